@@ -1,0 +1,8 @@
+"""The one exception type for mistakes a user can fix (bad config, bad data, bad path).
+
+Command-line entry points turn it into a one-line message on stderr and exit status 2.
+"""
+
+
+class UserError(Exception):
+    """A problem with the user's input, described in one line that names it."""
