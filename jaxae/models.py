@@ -1,0 +1,158 @@
+"""MLP autoencoders (flax.linen) whose width and code size can be masked per population slot.
+
+The padded model has ``hidden`` units per hidden layer and ``latent_dim`` code units; a slot that
+wants fewer passes masks that zero the unused units. A zeroed unit contributes exact zeros
+downstream and receives zero gradient, so a masked slot computes what the smaller model would
+(up to the summation order of the wider matmul).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+ACTIVATION_FNS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "relu": nn.relu,
+    "tanh": jnp.tanh,
+    "gelu": nn.gelu,
+    "elu": nn.elu,
+    "sigmoid": nn.sigmoid,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """The static shape of a model (everything that changes the compiled program).
+
+    Attributes:
+        kind: the autoencoder kind, one of ``hparams.MODELS``.
+        features: input size (64 for digits, 784 for MNIST).
+        hidden: padded width of each hidden layer.
+        latent_dim: padded code size.
+        depth: hidden layers in the encoder (at least 1); the decoder mirrors it.
+        activation: hidden-layer non-linearity, a key of ``ACTIVATION_FNS``.
+        loss: reconstruction loss, ``"mse"`` or ``"bce"``.
+    """
+
+    kind: str
+    features: int
+    hidden: int = 128
+    latent_dim: int = 16
+    depth: int = 1
+    activation: str = "relu"
+    loss: str = "mse"
+
+    @property
+    def variational(self) -> bool:
+        return self.kind == "vae"
+
+    @property
+    def code_activation(self) -> str:
+        # Sparse autoencoders (Ng's notes) use sigmoid codes: the KL target rho is a firing rate.
+        return "sigmoid" if self.kind == "sparse" else "linear"
+
+
+@struct.dataclass
+class Masks:
+    """Which units of the padded model a slot uses (1.0) or ignores (0.0)."""
+
+    hidden: jax.Array  # shape=[hidden], float32
+    latent: jax.Array  # shape=[latent_dim], float32
+
+
+def make_masks(spec: ModelSpec, hidden: jax.Array, latent_dim: jax.Array) -> Masks:
+    """Masks for a slot of width ``hidden`` and code size ``latent_dim`` (scalars, any dtype)."""
+    return Masks(
+        hidden=(jnp.arange(spec.hidden) < hidden).astype(jnp.float32),
+        latent=(jnp.arange(spec.latent_dim) < latent_dim).astype(jnp.float32),
+    )
+
+
+class MLPAutoencoder(nn.Module):
+    """Encoder ``depth x Dense(hidden)`` -> code, decoder mirrored -> logits of the input.
+
+    The decoder returns logits: ``sigmoid(logits)`` is the reconstruction of data in [0, 1], and the
+    bce loss is computed from the logits directly (numerically stable).
+    """
+
+    spec: ModelSpec
+
+    def setup(self) -> None:
+        s = self.spec
+        self.encoder_layers = [nn.Dense(s.hidden, name=f"enc_{i}") for i in range(s.depth)]
+        self.code = nn.Dense(s.latent_dim, name="code")
+        if s.variational:
+            self.code_logvar = nn.Dense(s.latent_dim, name="code_logvar")
+        self.decoder_layers = [nn.Dense(s.hidden, name=f"dec_{i}") for i in range(s.depth)]
+        self.output = nn.Dense(s.features, name="output")
+
+    def _hidden(self, x: jax.Array, layer: nn.Dense, mask: jax.Array) -> jax.Array:
+        return ACTIVATION_FNS[self.spec.activation](layer(x)) * mask
+
+    def encode(self, x: jax.Array, masks: Masks) -> jax.Array | tuple[jax.Array, jax.Array]:
+        """Codes of ``x`` [..., features]: z [..., latent_dim], or (mu, logvar) for a VAE."""
+        h = x
+        for layer in self.encoder_layers:
+            h = self._hidden(h, layer, masks.hidden)
+        pre = self.code(h)
+        if self.spec.variational:
+            return pre * masks.latent, self.code_logvar(h) * masks.latent
+        if self.spec.code_activation == "sigmoid":
+            pre = nn.sigmoid(pre)
+        return pre * masks.latent
+
+    def decode(self, z: jax.Array, masks: Masks) -> jax.Array:
+        """Logits [..., features] of the reconstruction of codes ``z`` [..., latent_dim]."""
+        h = z * masks.latent
+        for layer in self.decoder_layers:
+            h = self._hidden(h, layer, masks.hidden)
+        return self.output(h)
+
+    def __call__(self, x: jax.Array, masks: Masks) -> jax.Array:
+        code = self.encode(x, masks)
+        return self.decode(code[0] if self.spec.variational else code, masks)
+
+
+def init_params(spec: ModelSpec, key: jax.Array, masks: Masks) -> dict:
+    """Initial parameters of one slot, scaled for the slot's true (unmasked) fan-in.
+
+    Flax's default LeCun-normal init divides by the padded fan-in; a kernel reading a masked layer
+    is rescaled so its variance is 1 / (units actually used), as the smaller model's would be.
+    Unused units' weights are zeroed, so the padded parameters hold no stray values.
+    """
+    model = MLPAutoencoder(spec)
+    params = model.init(key, jnp.zeros((1, spec.features), jnp.float32), masks)["params"]
+
+    used = {
+        "hidden": (masks.hidden, masks.hidden.sum()),
+        "latent": (masks.latent, masks.latent.sum()),
+    }
+
+    def fix(name: str, layer: dict) -> dict:
+        kernel, bias = layer["kernel"], layer["bias"]
+        reads = {"enc_0": None, "dec_0": "latent"}.get(name, "hidden")
+        if reads is not None:
+            mask, count = used[reads]
+            kernel = kernel * jnp.sqrt(mask.shape[0] / count) * mask[:, None]
+        writes = {"code": "latent", "code_logvar": "latent", "output": None}.get(name, "hidden")
+        if writes is not None:
+            kernel = kernel * used[writes][0][None, :]
+            bias = bias * used[writes][0]
+        return {"kernel": kernel, "bias": bias}
+
+    return {name: fix(name, layer) for name, layer in params.items()}
+
+
+def apply_fn(spec: ModelSpec, method: str = "__call__") -> Callable:
+    """``fn(params, x, masks)`` calling ``MLPAutoencoder(spec).<method>``, for use inside jit."""
+    model = MLPAutoencoder(spec)
+
+    def fn(params: dict, x: jax.Array, masks: Masks):
+        return model.apply({"params": params}, x, masks, method=getattr(model, method))
+
+    return fn

@@ -1,0 +1,333 @@
+"""The population trainer: many autoencoders trained by one jitted program.
+
+Every leaf of a ``Population`` has the slot axis first. ``train_chunk`` trains all slots for K
+steps in one call (``vmap`` over slots, ``lax.scan`` over steps); ``evaluate`` gives per-slot
+validation metrics; ``assign`` puts new trials into slots without recompiling, because their
+hyperparameters are array leaves, not Python constants.
+
+A slot trains while ``step < target`` and it has not diverged. A step whose loss or new parameters
+are not finite is discarded and the slot is frozen and flagged ``diverged``: nothing a slot computes
+reaches another slot, so the others go on exactly as if it were not there.
+
+Randomness comes from the trial, never the slot: a member's init key, data-order key and
+evaluation key are derived from ``(sweep seed, trial id[, replicate])``.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+
+from jaxae import hparams as hparams_lib
+from jaxae.models import ModelSpec, init_params, make_masks
+from jaxae.objectives import make_metrics, make_objective
+from jaxae.optimizers import OPTIMIZER_HPARAMS, make_optimizer
+
+# How many times each jitted program was traced (a trace precedes every compilation): tests use it
+# to prove that assigning new hyperparameters does not recompile.
+TRACES: collections.Counter[str] = collections.Counter()
+
+EVAL_BLOCK = 1024  # validation examples per block: bounds eval memory at [slots, block, hidden].
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSpec:
+    """The static part of a population: one compiled program per distinct value (a bucket).
+
+    Attributes:
+        model: the model's shape and kind.
+        optimizer: the optimizer family, one of ``hparams.OPTIMIZERS``.
+        batch_size: training mini-batch size.
+    """
+
+    model: ModelSpec
+    optimizer: str = "adam"
+    batch_size: int = 64
+
+
+@struct.dataclass
+class Population:
+    """The state of every slot. Shapes are per leaf, slot axis first."""
+
+    params: dict  # leaves [slots, ...]
+    opt_state: Any  # leaves [slots, ...]
+    hparams: dict  # name -> [slots] float32, for every name in hparams.ARRAY_NAMES
+    init_key: jax.Array  # [slots, 2] uint32
+    data_key: jax.Array  # [slots, 2] uint32: batch order and step noise
+    eval_key: jax.Array  # [slots, 2] uint32: VAE posterior samples in evaluation
+    step: jax.Array  # [slots] int32, steps trained so far
+    target: jax.Array  # [slots] int32, the slot trains while step < target
+    diverged: jax.Array  # [slots] bool
+    trial: jax.Array  # [slots] int32, the trial in the slot, -1 when empty
+
+    @property
+    def size(self) -> int:
+        return int(self.step.shape[0])
+
+    @property
+    def active(self) -> jax.Array:
+        """[slots] bool: the slots that the next step will train."""
+        return (self.step < self.target) & ~self.diverged & (self.trial >= 0)
+
+
+def trial_keys(seed: int, trial: int, replicate: int = 0) -> dict[str, np.ndarray]:
+    """The PRNG keys of one member, from ``(seed, trial, replicate)`` only (not slot, not size)."""
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), trial), replicate)
+    return {
+        "init_key": np.asarray(jax.random.fold_in(key, 0)),
+        "data_key": np.asarray(jax.random.fold_in(key, 1)),
+        "eval_key": np.asarray(jax.random.fold_in(key, 2)),
+    }
+
+
+def shared_data_key(seed: int, replicate: int) -> np.ndarray:
+    """A data-order key shared by all members of one replicate index (common random numbers)."""
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), -1), replicate)
+    return np.asarray(jax.random.fold_in(key, 1))
+
+
+def hparam_arrays(configs: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
+    """Per-slot float32 arrays of the array / masked hyperparameters of ``configs``.
+
+    Names a config lacks (they do not apply to its model) take their default.
+    """
+    out = {}
+    for name in hparams_lib.ARRAY_NAMES:
+        default = hparams_lib.HPARAMS[name].default
+        out[name] = np.asarray(
+            [hparams_lib.array_value(name, c.get(name, default)) for c in configs], np.float32
+        )
+    return out
+
+
+def _tree_where(cond: jax.Array, new, old):
+    return jax.tree.map(lambda a, b: jnp.where(cond, a, b), new, old)
+
+
+def _init_member(spec: TrainSpec, init_key: jax.Array, hp: dict) -> tuple[dict, Any]:
+    masks = make_masks(spec.model, hp["hidden"], hp["latent_dim"])
+    params = init_params(spec.model, init_key, masks)
+    return params, make_optimizer(spec.optimizer).init(params)
+
+
+def _with_hparams(opt_state, hp: dict):
+    # The slot's own hyperparameter arrays are the single source of truth; the injected copy in
+    # the optimizer state is overwritten before every update.
+    return opt_state._replace(hyperparams={name: hp[name] for name in OPTIMIZER_HPARAMS})
+
+
+def member_step(spec: TrainSpec, train_x: jax.Array, m: Population) -> tuple[Population, jax.Array]:
+    """One training step of one member (no slot axis). Returns the new member and its loss (NaN
+    when the member did not train)."""
+    objective = make_objective(spec.model)
+    optimizer = make_optimizer(spec.optimizer)
+    active = (m.step < m.target) & ~m.diverged & (m.trial >= 0)
+    k_batch, k_noise = jax.random.split(jax.random.fold_in(m.data_key, m.step))
+    idx = jax.random.randint(k_batch, (spec.batch_size,), 0, train_x.shape[0])
+    (loss, _), grads = jax.value_and_grad(objective, has_aux=True)(
+        m.params, train_x[idx], k_noise, m.hparams
+    )
+    updates, opt_state = optimizer.update(grads, _with_hparams(m.opt_state, m.hparams), m.params)
+    params = optax.apply_updates(m.params, updates)
+    finite = jnp.isfinite(loss) & jnp.all(
+        jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)])
+    )
+    ok = active & finite
+    m = m.replace(
+        params=_tree_where(ok, params, m.params),
+        opt_state=_tree_where(ok, opt_state, m.opt_state),
+        step=m.step + ok.astype(jnp.int32),
+        diverged=m.diverged | (active & ~finite),
+    )
+    return m, jnp.where(active, loss, jnp.nan)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3), donate_argnums=(1,))
+def train_chunk(
+    spec: TrainSpec, pop: Population, train_x: jax.Array, num_steps: int
+) -> tuple[Population, jax.Array]:
+    """Trains every slot for ``num_steps`` steps in one call.
+
+    Args:
+        spec: the static program settings.
+        pop: the population; its buffers are donated (do not reuse the argument).
+        train_x: training data [n, features], on device, shared by all slots.
+        num_steps: steps in this chunk (static: one compilation per distinct value).
+
+    Returns:
+        The new population and the training losses [slots, num_steps] (NaN where a slot did not
+        train at that step).
+    """
+    TRACES["train_chunk"] += 1
+
+    def member_chunk(m: Population) -> tuple[Population, jax.Array]:
+        return jax.lax.scan(lambda c, _: member_step(spec, train_x, c), m, None, length=num_steps)
+
+    return jax.vmap(member_chunk)(pop)
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def evaluate(spec: TrainSpec, pop: Population, x: jax.Array) -> dict[str, jax.Array]:
+    """Mean validation metrics of every slot: ``{"recon": [slots], "val_loss": [slots]}``.
+
+    The data is processed in blocks of ``EVAL_BLOCK`` examples so memory stays bounded on large
+    validation sets. Non-finite results stay non-finite (the caller marks them diverged).
+    """
+    TRACES["evaluate"] += 1
+    metrics_fn = make_metrics(spec.model)
+    n = x.shape[0]
+    block = min(n, EVAL_BLOCK)
+    num_blocks = -(-n // block)
+    pad = num_blocks * block - n
+    xb = jnp.pad(x, ((0, pad), (0, 0))).reshape(num_blocks, block, x.shape[1])
+    weight = (jnp.arange(num_blocks * block) < n).astype(jnp.float32).reshape(num_blocks, block)
+
+    def member(m: Population) -> dict[str, jax.Array]:
+        def one_block(args):
+            i, xi, wi = args
+            out = metrics_fn(m.params, xi, jax.random.fold_in(m.eval_key, i), m.hparams)
+            return {k: jnp.sum(v * wi) for k, v in out.items()}
+
+        sums = jax.lax.map(one_block, (jnp.arange(num_blocks), xb, weight))
+        return {k: jnp.sum(v) / n for k, v in sums.items()}
+
+    return jax.vmap(member)(pop)
+
+
+@functools.partial(jax.jit, static_argnums=(0,), donate_argnums=(1,))
+def _reset(spec: TrainSpec, pop: Population, new: jax.Array, fresh: dict) -> Population:
+    """Re-initialises the slots where ``new`` [slots] is true from ``fresh``'s keys and hparams."""
+    TRACES["reset"] += 1
+    params, opt_state = jax.vmap(functools.partial(_init_member, spec))(
+        fresh["init_key"], fresh["hparams"]
+    )
+    sel = lambda a, b: jnp.where(new.reshape((-1,) + (1,) * (a.ndim - 1)), a, b)  # noqa: E731
+    replaced = pop.replace(
+        params=params,
+        opt_state=opt_state,
+        hparams=fresh["hparams"],
+        init_key=fresh["init_key"],
+        data_key=fresh["data_key"],
+        eval_key=fresh["eval_key"],
+        step=jnp.zeros_like(pop.step),
+        target=fresh["target"],
+        diverged=jnp.zeros_like(pop.diverged),
+        trial=fresh["trial"],
+    )
+    return jax.tree.map(sel, replaced, pop)
+
+
+def create(spec: TrainSpec, num_slots: int) -> Population:
+    """An empty population of ``num_slots`` slots (no trial, nothing to train)."""
+    default = hparams_lib.defaults(spec.model.kind)
+    hp = {k: jnp.asarray(v) for k, v in hparam_arrays([default] * num_slots).items()}
+    hp["hidden"] = jnp.full((num_slots,), spec.model.hidden, jnp.float32)
+    hp["latent_dim"] = jnp.full((num_slots,), spec.model.latent_dim, jnp.float32)
+    keys = jnp.zeros((num_slots, 2), jnp.uint32)
+    params, opt_state = jax.jit(jax.vmap(functools.partial(_init_member, spec)))(keys, hp)
+    return Population(
+        params=params,
+        opt_state=opt_state,
+        hparams=hp,
+        # Distinct buffers: the population is donated leaf by leaf.
+        init_key=keys,
+        data_key=jnp.zeros_like(keys),
+        eval_key=jnp.zeros_like(keys),
+        step=jnp.zeros((num_slots,), jnp.int32),
+        target=jnp.zeros((num_slots,), jnp.int32),
+        diverged=jnp.zeros((num_slots,), bool),
+        trial=jnp.full((num_slots,), -1, jnp.int32),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+    """What ``assign`` needs to start one trial in a slot."""
+
+    trial: int
+    config: Mapping[str, Any]  # a resolved configuration (hparams.resolve)
+    target: int  # train until this many steps
+    keys: Mapping[str, np.ndarray]  # trial_keys(...), possibly with a shared data_key
+
+
+def assign(spec: TrainSpec, pop: Population, slots: Sequence[int], members: Sequence[Member]
+           ) -> Population:
+    """Starts ``members`` from scratch in ``slots``; other slots are untouched. Never recompiles:
+    every argument of the jitted reset has the full slot shape whatever ``len(slots)`` is."""
+    if len(slots) != len(members):
+        raise ValueError("one slot per member")
+    if not slots:
+        return pop
+    new = np.zeros(pop.size, bool)
+    new[list(slots)] = True
+    host = jax.device_get(
+        {
+            "hparams": pop.hparams,
+            "init_key": pop.init_key,
+            "data_key": pop.data_key,
+            "eval_key": pop.eval_key,
+            "target": pop.target,
+            "trial": pop.trial,
+        }
+    )
+    fresh = {k: np.array(v) for k, v in host.items() if k != "hparams"}
+    fresh["hparams"] = {k: np.array(v) for k, v in host["hparams"].items()}
+    arrays = hparam_arrays([m.config for m in members])
+    for i, (slot, m) in enumerate(zip(slots, members, strict=True)):
+        for name in hparams_lib.ARRAY_NAMES:
+            fresh["hparams"][name][slot] = arrays[name][i]
+        for name in ("init_key", "data_key", "eval_key"):
+            fresh[name][slot] = m.keys[name]
+        fresh["target"][slot] = m.target
+        fresh["trial"][slot] = m.trial
+    _check_fits(spec, fresh["hparams"], slots)
+    return _reset(spec, pop, jnp.asarray(new), jax.device_put(fresh))
+
+
+def _check_fits(spec: TrainSpec, hp: dict, slots: Sequence[int]) -> None:
+    for name, cap in (("hidden", spec.model.hidden), ("latent_dim", spec.model.latent_dim)):
+        if np.any(hp[name][list(slots)] > cap):
+            raise ValueError(f"{name} exceeds the padded maximum {cap} of this population")
+
+
+def set_targets(pop: Population, slots: Sequence[int], targets: Sequence[int]) -> Population:
+    """Lets trials already in ``slots`` train on, up to ``targets`` steps in total."""
+    target = np.array(pop.target)
+    target[list(slots)] = targets
+    return pop.replace(target=jnp.asarray(target))
+
+
+def clear(pop: Population, slots: Sequence[int]) -> Population:
+    """Empties ``slots`` (they stop training; their contents are left as they are)."""
+    trial = np.array(pop.trial)
+    trial[list(slots)] = -1
+    return pop.replace(trial=jnp.asarray(trial))
+
+
+@jax.jit
+def _take(pop: Population, slot: jax.Array) -> Population:
+    return jax.tree.map(lambda a: a[slot], pop)
+
+
+@functools.partial(jax.jit, donate_argnums=(0,))
+def _put(pop: Population, slot: jax.Array, member: Population) -> Population:
+    return jax.tree.map(lambda a, b: a.at[slot].set(b), pop, member)
+
+
+def take(pop: Population, slot: int) -> Population:
+    """One slot's state, without the slot axis, on the host (to pause a trial)."""
+    return jax.device_get(_take(pop, jnp.int32(slot)))
+
+
+def put(pop: Population, slot: int, member: Population) -> Population:
+    """Puts a paused member's state (from ``take``) back into ``slot``."""
+    return _put(pop, jnp.int32(slot), member)

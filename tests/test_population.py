@@ -1,0 +1,187 @@
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxae import hparams
+from jaxae import population as P
+from jaxae.models import ModelSpec
+
+SPEC = P.TrainSpec(ModelSpec("ae", 64, hidden=32, latent_dim=8), "adam", 32)
+
+
+def member(trial, seed=0, target=40, spec=SPEC, **values):
+    sizes = {"hidden": spec.model.hidden, "latent_dim": spec.model.latent_dim}
+    config = hparams.resolve(spec.model.kind, {**sizes, **values})
+    return P.Member(trial, config, target, P.trial_keys(seed, trial))
+
+
+def run(spec, members, slots, size, data, steps):
+    pop = P.assign(spec, P.create(spec, size), slots, members)
+    pop, losses = P.train_chunk(spec, pop, data, steps)
+    return pop, np.asarray(losses)
+
+
+def test_member_of_population_equals_solo_run(digits):
+    lrs = np.geomspace(1e-4, 1e-2, 8)
+    members = [member(t, learning_rate=float(lr)) for t, lr in enumerate(lrs)]
+    slots = [5, 0, 7, 3, 1, 6, 2, 4]  # trial t deliberately not in slot t
+    pop, losses = run(SPEC, members, slots, 8, digits, 40)
+    val = np.asarray(P.evaluate(SPEC, pop, digits)["val_loss"])
+    for t in (0, 3, 7):
+        solo_pop, solo = run(SPEC, [members[t]], [0], 1, digits, 40)
+        np.testing.assert_allclose(losses[slots[t]], solo[0], rtol=1e-5, atol=1e-6)
+        solo_val = np.asarray(P.evaluate(SPEC, solo_pop, digits)["val_loss"])[0]
+        np.testing.assert_allclose(val[slots[t]], solo_val, rtol=1e-5)
+    assert np.all(np.diff(val[[slots[t] for t in (0, 7)]]) < 0)  # lr 1e-2 beats 1e-4 in 40 steps
+
+
+def test_solo_run_matches_a_hand_written_training_loop(digits):
+    """Independent check of the trainer: plain jax.grad + optax.adam, same data order."""
+    import optax
+
+    from jaxae.models import init_params, make_masks
+    from jaxae.objectives import make_objective
+
+    m = member(3, learning_rate=3e-3)
+    _, losses = run(SPEC, [m], [0], 1, digits, 15)
+    masks = make_masks(SPEC.model, 32, 8)
+    params = init_params(SPEC.model, m.keys["init_key"], masks)
+    opt = optax.adam(3e-3)
+    state = opt.init(params)
+    objective = make_objective(SPEC.model)
+    hp = {k: jnp.asarray(v[0]) for k, v in P.hparam_arrays([m.config]).items()}
+    expected = []
+    for step in range(15):
+        k_batch, k_noise = jax.random.split(jax.random.fold_in(m.keys["data_key"], step))
+        idx = jax.random.randint(k_batch, (SPEC.batch_size,), 0, digits.shape[0])
+        (loss, _), grads = jax.value_and_grad(objective, has_aux=True)(
+            params, digits[idx], k_noise, hp
+        )
+        updates, state = opt.update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+        expected.append(float(loss))
+    np.testing.assert_allclose(losses[0], expected, rtol=1e-5)
+
+
+def test_assigning_new_hyperparameters_does_not_recompile(digits):
+    pop = P.create(SPEC, 4)
+    pop = P.assign(SPEC, pop, [0, 1, 2, 3], [member(t) for t in range(4)])
+    pop, _ = P.train_chunk(SPEC, pop, digits, 5)
+    P.evaluate(SPEC, pop, digits)
+    before = dict(P.TRACES)
+    for round_ in range(3):
+        news = [member(10 + round_, learning_rate=0.01 * (round_ + 1), b1=0.5, weight_decay=1e-4,
+                       grad_clip=1.0, latent_dim=4, hidden=16)]
+        pop = P.assign(SPEC, pop, [round_], news)
+        pop, _ = P.train_chunk(SPEC, pop, digits, 5)
+        P.evaluate(SPEC, pop, digits)
+    assert dict(P.TRACES) == before
+
+
+def test_diverging_slot_is_frozen_flagged_and_harmless(digits):
+    members = [member(t, learning_rate=1e-3 * (t + 1)) for t in range(4)]
+    clean_pop, clean = run(SPEC, members, [0, 1, 2, 3], 4, digits, 30)
+    pop = P.assign(SPEC, P.create(SPEC, 4), [0, 1, 2, 3], members)
+    bad = jax.tree.map(lambda a: a.at[2].set(jnp.nan) if a.dtype == jnp.float32 else a, pop.params)
+    pop = pop.replace(params=bad)
+    frozen_params = jax.tree.map(lambda a: np.asarray(a[2]), pop.params)
+    pop, losses = P.train_chunk(SPEC, pop, digits, 30)
+    losses = np.asarray(losses)
+    assert np.asarray(pop.diverged).tolist() == [False, False, True, False]
+    assert int(pop.step[2]) == 0 and np.all(np.asarray(pop.step)[[0, 1, 3]] == 30)
+    chex.assert_trees_all_equal(jax.tree.map(lambda a: np.asarray(a[2]), pop.params), frozen_params)
+    for s in (0, 1, 3):
+        np.testing.assert_array_equal(losses[s], clean[s])
+    chex.assert_trees_all_equal(
+        jax.tree.map(lambda a: a[np.array([0, 1, 3])], pop.params),
+        jax.tree.map(lambda a: a[np.array([0, 1, 3])], clean_pop.params),
+    )
+
+
+def test_huge_learning_rate_diverges_only_its_slot(digits):
+    blowup = member(1)
+    members = [member(0), P.Member(1, {**blowup.config, "learning_rate": 1e30}, 40, blowup.keys)]
+    pop, losses = run(SPEC, members, [0, 1], 2, digits, 40)
+    assert np.asarray(pop.diverged).tolist() == [False, True]
+    assert np.isfinite(losses[0]).all()
+
+
+def test_slots_train_until_their_target_and_can_be_continued(digits):
+    members = [member(0, target=10), member(1, target=25)]
+    pop = P.assign(SPEC, P.create(SPEC, 2), [0, 1], members)
+    pop, losses = P.train_chunk(SPEC, pop, digits, 20)
+    assert np.asarray(pop.step).tolist() == [10, 20]
+    assert np.isnan(np.asarray(losses)[0, 10:]).all()
+    pop = P.set_targets(pop, [0], [20])
+    pop, _ = P.train_chunk(SPEC, pop, digits, 20)
+    assert np.asarray(pop.step).tolist() == [20, 25]
+    # Training 10 + 10 steps equals training 20 in one go (keys come from the step counter).
+    straight, _ = run(SPEC, [member(0, target=20)], [0], 1, digits, 20)
+    chex.assert_trees_all_close(
+        jax.tree.map(lambda a: a[0], pop.params), jax.tree.map(lambda a: a[0], straight.params),
+        rtol=1e-6, atol=1e-6,
+    )
+
+
+def test_take_and_put_move_a_paused_trial_between_slots(digits):
+    pop = P.assign(SPEC, P.create(SPEC, 3), [1], [member(7, target=10)])
+    pop, _ = P.train_chunk(SPEC, pop, digits, 10)
+    paused = P.take(pop, 1)
+    pop = P.put(P.clear(pop, [1]), 2, paused)
+    pop = P.set_targets(pop, [2], [20])
+    pop, _ = P.train_chunk(SPEC, pop, digits, 10)
+    straight, _ = run(SPEC, [member(7, target=20)], [0], 1, digits, 20)
+    np.testing.assert_allclose(
+        np.asarray(P.evaluate(SPEC, pop, digits)["val_loss"])[2],
+        np.asarray(P.evaluate(SPEC, straight, digits)["val_loss"])[0], rtol=1e-5,
+    )
+
+
+def test_masked_latent_and_width_equal_an_unpadded_model(digits):
+    padded = P.TrainSpec(ModelSpec("ae", 64, hidden=48, latent_dim=16, depth=2), "adam", 32)
+    small = P.TrainSpec(ModelSpec("ae", 64, hidden=20, latent_dim=8, depth=2), "adam", 32)
+    m = member(4, spec=padded, latent_dim=8, hidden=20, learning_rate=3e-3)
+    pop = P.assign(padded, P.create(padded, 3), [1], [m])
+    # The same initial weights, cut to the small shapes: rows/columns of unused units are zero.
+    p1 = jax.tree.map(lambda a: np.asarray(a[1]), pop.params)
+    in_size = {"enc_0": 64, "enc_1": 20, "code": 20, "dec_0": 8, "dec_1": 20, "output": 20}
+    out_size = {"enc_0": 20, "enc_1": 20, "code": 8, "dec_0": 20, "dec_1": 20, "output": 64}
+    sliced = {
+        name: {"kernel": layer["kernel"][: in_size[name], : out_size[name]],
+               "bias": layer["bias"][: out_size[name]]}
+        for name, layer in p1.items()
+    }
+    for name, layer in p1.items():  # nothing lives outside the used block
+        assert np.abs(layer["kernel"]).sum() == pytest.approx(
+            np.abs(sliced[name]["kernel"]).sum(), rel=1e-6)
+    m_small = P.Member(4, {**m.config}, m.target, m.keys)
+    small_pop = P.assign(small, P.create(small, 1), [0], [m_small])
+    small_pop = small_pop.replace(
+        params=jax.tree.map(lambda a: jnp.asarray(a)[None], sliced),
+        opt_state=jax.vmap(P.make_optimizer("adam").init)(
+            jax.tree.map(lambda a: jnp.asarray(a)[None], sliced)
+        ),
+    )
+    pop, losses = P.train_chunk(padded, pop, digits, 40)
+    small_pop, small_losses = P.train_chunk(small, small_pop, digits, 40)
+    np.testing.assert_allclose(np.asarray(losses)[1], np.asarray(small_losses)[0], rtol=2e-5)
+    np.testing.assert_allclose(
+        np.asarray(P.evaluate(padded, pop, digits)["val_loss"])[1],
+        np.asarray(P.evaluate(small, small_pop, digits)["val_loss"])[0], rtol=2e-5,
+    )
+
+
+def test_init_variance_follows_the_true_width():
+    spec = P.TrainSpec(ModelSpec("ae", 64, hidden=512, latent_dim=64), "adam", 32)
+    pop = P.assign(spec, P.create(spec, 1), [0], [member(0, spec=spec, hidden=32, latent_dim=64)])
+    kernel = np.asarray(pop.params["output"]["kernel"][0])[:32]  # reads 32 used hidden units
+    # LeCun normal (truncated at 2 std, rescaled): variance 1 / fan_in with the *used* fan-in.
+    assert kernel.var() == pytest.approx(1 / 32, rel=0.1)
+
+
+def test_hparam_arrays_fill_inapplicable_names_with_defaults():
+    arrays = P.hparam_arrays([hparams.resolve("ae", {"learning_rate": 0.1})])
+    assert arrays["learning_rate"][0] == pytest.approx(0.1)
+    assert arrays["beta"][0] == 1.0 and np.isinf(arrays["grad_clip"][0])
