@@ -1,0 +1,64 @@
+"""searchers: generic black-box and multi-fidelity hyperparameter search over a search space.
+
+Knows nothing about autoencoders (or JAX): a space of named dimensions, searchers that ``ask`` for
+configs and are ``tell``-ed losses, and schedulers that turn any of them into jobs (config, budget)
+for a driver that trains trials in slots.
+
+Example:
+    >>> from searchers import Float, Int, Choice, make_scheduler
+    >>> space = {"learning_rate": Float(1e-5, 1e-1, log=True), "latent_dim": Int(2, 64, log=True),
+    ...          "activation": Choice(["relu", "tanh"])}
+    >>> scheduler = make_scheduler("hyperband", space, max_trials=100, max_budget=2000, seed=0)
+    >>> while not scheduler.finished:
+    ...     for job in scheduler.ask(free_slots()):
+    ...         ...   # train job.trial_id to job.budget steps, then
+    ...         scheduler.tell(job.trial_id, job.budget, loss)
+"""
+
+from searchers.asha import ASHA
+from searchers.base import SEARCHERS, Searcher, searcher_from_state_dict
+from searchers.cma_es import CMAES, CMAESCore
+from searchers.hyperband import Hyperband
+from searchers.random_search import RandomSearch
+from searchers.registry import SCHEDULERS, make_sampler, make_scheduler, restore_scheduler
+from searchers.scheduler import FullBudget, Job, Scheduler
+from searchers.space import (
+    Choice,
+    Float,
+    Int,
+    dimension_from_dict,
+    space_from_dict,
+    space_from_unit,
+    space_sample,
+    space_to_dict,
+    space_to_unit,
+)
+from searchers.successive_halving import SuccessiveHalving
+
+__all__ = [
+    "ASHA",
+    "CMAES",
+    "SCHEDULERS",
+    "SEARCHERS",
+    "CMAESCore",
+    "Choice",
+    "Float",
+    "FullBudget",
+    "Hyperband",
+    "Int",
+    "Job",
+    "RandomSearch",
+    "Scheduler",
+    "Searcher",
+    "SuccessiveHalving",
+    "dimension_from_dict",
+    "make_sampler",
+    "make_scheduler",
+    "restore_scheduler",
+    "searcher_from_state_dict",
+    "space_from_dict",
+    "space_from_unit",
+    "space_sample",
+    "space_to_dict",
+    "space_to_unit",
+]

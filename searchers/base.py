@@ -1,0 +1,174 @@
+"""The Searcher protocol: ``ask`` a batch of configs, ``tell`` their losses, save and restore.
+
+A shared base does the common work (as evosax's ``EvolutionaryAlgorithm`` does): it validates the
+space and seed, turns NaN / inf losses into ``inf`` so that failed configs rank last, keeps the
+best-so-far ``best_config`` / ``best_loss``, and wraps the subclass's state in a JSON-serialisable
+dict that also records the searcher's name and space. Subclasses implement ``_ask``, ``_tell``,
+``_state`` and ``_from_state``, and register themselves by ``name`` (see ``SEARCHERS``).
+
+Losses are minimised. Non-finite losses are stored as ``null`` in state dicts so that they pass
+``json.dumps(..., allow_nan=False)``.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+
+from searchers.space import Space, check_space, space_to_dict
+
+__all__ = [
+    "SEARCHERS",
+    "Searcher",
+    "check_seed",
+    "clean_loss",
+    "decode_loss",
+    "encode_loss",
+    "searcher_from_state_dict",
+]
+
+# name -> Searcher subclass; filled by Searcher.__init_subclass__ (evosax-style registry).
+SEARCHERS: dict[str, type[Searcher]] = {}
+
+
+def clean_loss(loss: Any) -> float:
+    """A loss as a Python float; NaN and +-inf (failed) become ``inf`` so they rank last."""
+    if isinstance(loss, bool) or not isinstance(loss, numbers.Real | np.floating | np.integer):
+        raise ValueError(f"a loss must be a number, got {loss!r}")
+    loss = float(loss)
+    return loss if math.isfinite(loss) else math.inf
+
+
+def encode_loss(loss: float) -> float | None:
+    """A loss for a JSON state dict: finite floats as they are, failures as ``None``."""
+    return loss if math.isfinite(loss) else None
+
+
+def decode_loss(value: float | None) -> float:
+    """Inverse of ``encode_loss``."""
+    return math.inf if value is None else float(value)
+
+
+def check_seed(seed: Any) -> int:
+    """Returns ``seed`` as an int; ``ValueError`` unless it is a non-negative integer."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    return int(seed)
+
+
+def check_state_space(space: Space, state: Mapping[str, Any]) -> None:
+    """Refuses to restore a state saved for another search space (names, order or priors)."""
+    saved = state.get("space")
+    # Compare item lists, not dicts: the order fixes the unit-cube coordinates.
+    if not isinstance(saved, Mapping) or list(space_to_dict(space).items()) != list(saved.items()):
+        raise ValueError("the state was saved for a different search space")
+
+
+class Searcher:
+    """Base class of black-box searchers over a search space (losses are minimised).
+
+    Attributes:
+        space: the search space, ``{name: Float | Int | Choice}``.
+        seed: the seed; together with the history of tells it fixes every ask.
+        best_config: the config with the lowest finite loss told so far (``None`` before).
+        best_loss: its loss (``inf`` before any finite loss).
+        num_told: how many (config, loss) pairs were told.
+        synchronous: class constant; ``True`` if every ``tell`` must receive exactly the batch of
+            the last ``ask`` before the next ``ask`` (a generation). ``False`` if asks and tells may
+            interleave freely, one config at a time (schedulers then tell each loss as it settles).
+
+    Subclasses must be deterministic: the same seed and the same tells give the same asks, and a
+    searcher restored from ``state_dict`` asks exactly what the original would have asked.
+    """
+
+    name: ClassVar[str] = ""
+    synchronous: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        name = cls.__dict__.get("name")
+        if name:
+            if name in SEARCHERS and SEARCHERS[name] is not cls:
+                raise ValueError(f"a searcher named {name!r} is already registered")
+            SEARCHERS[name] = cls
+
+    def __init__(self, space: Space, seed: int = 0) -> None:
+        check_space(space)
+        self.space: dict[str, Any] = dict(space)
+        self.seed = check_seed(seed)
+        self.best_config: dict[str, Any] | None = None
+        self.best_loss = math.inf
+        self.num_told = 0
+
+    def ask(self) -> list[dict[str, Any]]:
+        """The next batch of configs to evaluate (fresh dicts the caller may keep)."""
+        return [dict(config) for config in self._ask()]
+
+    def tell(self, configs: Sequence[Mapping[str, Any]], losses: Sequence[float]) -> None:
+        """Reports the losses of evaluated configs; NaN / inf mean failed and rank last.
+
+        Raises:
+            ValueError: lengths differ, a loss is not a number, or (for synchronous searchers)
+                the configs are not the batch of the last ask.
+        """
+        configs = [dict(config) for config in configs]
+        clean = [clean_loss(loss) for loss in losses]
+        if len(configs) != len(clean):
+            raise ValueError(f"tell got {len(configs)} configs but {len(clean)} losses")
+        self._tell(configs, np.array(clean, dtype=float))
+        for config, loss in zip(configs, clean, strict=True):
+            if loss < self.best_loss:
+                self.best_config, self.best_loss = config, loss
+        self.num_told += len(configs)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue identically, as JSON-serialisable data."""
+        return {
+            "name": self.name,
+            "space": space_to_dict(self.space),
+            "seed": self.seed,
+            "best_config": self.best_config,
+            "best_loss": encode_loss(self.best_loss),
+            "num_told": self.num_told,
+            **self._state(),
+        }
+
+    @classmethod
+    def from_state_dict(cls, space: Space, state: Mapping[str, Any]) -> Searcher:
+        """Rebuilds a searcher saved by ``state_dict`` over the same ``space``."""
+        if state.get("name") != cls.name:
+            raise ValueError(f"the state is for searcher {state.get('name')!r}, not {cls.name!r}")
+        check_state_space(space, state)
+        searcher = cls._from_state(space, state)
+        searcher.best_config = state["best_config"]
+        searcher.best_loss = decode_loss(state["best_loss"])
+        searcher.num_told = int(state["num_told"])
+        return searcher
+
+    # -- what subclasses implement --------------------------------------------------------------
+
+    def _ask(self) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def _tell(self, configs: list[dict[str, Any]], losses: np.ndarray) -> None:
+        """``losses``: ``[len(configs)]`` floats, failures already ``inf``."""
+        raise NotImplementedError
+
+    def _state(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def _from_state(cls, space: Space, state: Mapping[str, Any]) -> Searcher:
+        raise NotImplementedError
+
+
+def searcher_from_state_dict(space: Space, state: Mapping[str, Any]) -> Searcher:
+    """Rebuilds any registered searcher from its ``state_dict`` (dispatching on its name)."""
+    name = state.get("name") if isinstance(state, Mapping) else None
+    if name not in SEARCHERS:
+        raise ValueError(f"unknown searcher {name!r} in state (known: {sorted(SEARCHERS)})")
+    return SEARCHERS[name].from_state_dict(space, state)

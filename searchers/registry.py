@@ -1,0 +1,93 @@
+"""Name -> class registries and the factory the sweep driver uses.
+
+``make_scheduler(name, space, ...)`` builds any method behind the one ``Scheduler`` interface:
+``random`` and ``cmaes`` run each trial as one job at the maximum budget (``FullBudget``); ``sha``,
+``hyperband`` and ``asha`` are multi-fidelity and draw new configurations from ``sampler``.
+``restore_scheduler(space, state)`` rebuilds any of them from its ``state_dict``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from searchers.asha import ASHA
+from searchers.base import SEARCHERS, Searcher
+from searchers.cma_es import CMAES
+from searchers.hyperband import Hyperband
+from searchers.random_search import RandomSearch
+from searchers.scheduler import FullBudget, Scheduler
+from searchers.space import Space
+from searchers.successive_halving import SuccessiveHalving
+
+__all__ = ["SCHEDULERS", "SEARCHERS", "make_sampler", "make_scheduler", "restore_scheduler"]
+
+SCHEDULERS: tuple[str, ...] = ("random", "cmaes", "sha", "hyperband", "asha")
+
+_MULTI_FIDELITY: dict[str, type[SuccessiveHalving | Hyperband | ASHA]] = {
+    "sha": SuccessiveHalving,
+    "hyperband": Hyperband,
+    "asha": ASHA,
+}
+_BY_KIND: dict[str, type[Scheduler]] = {
+    cls.kind: cls for cls in (FullBudget, SuccessiveHalving, Hyperband, ASHA)
+}
+
+
+def make_sampler(sampler: str | Searcher, space: Space, *, population: int | None = None,
+                 seed: int = 0) -> Searcher:
+    """A searcher by name (``"random"`` or ``"cmaes"``), or ``sampler`` itself if it is one.
+
+    CMA-ES gets ``population_size = population`` (at least 2, which CMA-ES needs; ``None``: its
+    default ``4 + floor(3 ln n)``).
+    """
+    if isinstance(sampler, Searcher):
+        return sampler
+    if sampler == "random":
+        return RandomSearch(space, batch_size=1, seed=seed)
+    if sampler == "cmaes":
+        return CMAES(space, population_size=None if population is None else max(2, population),
+                     seed=seed)
+    raise ValueError(f"sampler must be 'random', 'cmaes' or a Searcher, got {sampler!r}")
+
+
+def make_scheduler(name: str, space: Space, *, max_trials: int, max_budget: int,
+                   min_budget: int | None = None, eta: int = 3, population: int | None = None,
+                   seed: int = 0, sampler: str | Searcher = "random") -> Scheduler:
+    """Builds the scheduler ``name`` (one of ``SCHEDULERS``).
+
+    Args:
+        name: ``random`` / ``cmaes`` (black-box, one job per trial at ``max_budget``), or ``sha`` /
+            ``hyperband`` / ``asha`` (multi-fidelity).
+        space: the search space.
+        max_trials: configurations the sweep tries (for multi-fidelity: started at the lowest
+            budget); never more trials than this are created.
+        max_budget: steps of a trial that runs to the end.
+        min_budget: lowest rung's budget (multi-fidelity only; default ``max(1, R // eta**3)``).
+        eta: reduction factor (multi-fidelity only), an integer >= 2.
+        population: the driver's slot count; CMA-ES's population size (``cmaes``, or the ``cmaes``
+            sampler).
+        seed: seed of the searcher / sampler.
+        sampler: where multi-fidelity schedulers get new configurations: ``"random"``,
+            ``"cmaes"`` or any ``Searcher`` over ``space`` (ignored by ``random`` / ``cmaes``).
+
+    Example:
+        >>> scheduler = make_scheduler("asha", space, max_trials=64, max_budget=2000)
+        >>> jobs = scheduler.ask(8)
+    """
+    if name == "random" or name == "cmaes":
+        return FullBudget(make_sampler(name, space, population=population, seed=seed),
+                          max_budget=max_budget, max_trials=max_trials)
+    if name not in _MULTI_FIDELITY:
+        raise ValueError(f"unknown scheduler {name!r} (known: {', '.join(SCHEDULERS)})")
+    return _MULTI_FIDELITY[name](
+        space, max_trials=max_trials, max_budget=max_budget, min_budget=min_budget, eta=eta,
+        sampler=make_sampler(sampler, space, population=population, seed=seed))
+
+
+def restore_scheduler(space: Space, state: Mapping[str, Any]) -> Scheduler:
+    """Rebuilds any scheduler from its ``state_dict``; it continues exactly as the original."""
+    kind = state.get("kind") if isinstance(state, Mapping) else None
+    if kind not in _BY_KIND:
+        raise ValueError(f"unknown scheduler kind {kind!r} in state")
+    return _BY_KIND[kind].from_state_dict(space, state)
