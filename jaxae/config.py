@@ -1,0 +1,220 @@
+"""A sweep's resolved configuration: defaults, the TOML file, CLI overrides, and the search space.
+
+Everything a user can get wrong is checked here and refused with a one-line ``UserError`` that
+names the setting, before any output is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from jaxae import hparams
+from jaxae.errors import UserError
+from searchers import SCHEDULERS, Choice, Float, Int
+from searchers import space_from_dict as _space_from_dict
+from searchers import space_to_dict as _space_to_dict
+
+SEARCHERS = tuple(SCHEDULERS)
+AGGREGATES = ("mean", "median")
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepConfig:
+    """Every setting of a sweep. ``space`` maps a hyperparameter name to either a dimension in
+    JSON form (``{"dist": "float", "low": ..., "high": ..., "log": ...}``) or a fixed value."""
+
+    model: str = "ae"
+    searcher: str = "asha"
+    population: int = 32
+    trials: int = 96
+    steps: int = 1200
+    seed: int = 0
+    data: str = "digits"
+    repeats: int = 1
+    aggregate: str = "mean"
+    crn: bool = False
+    chunk: int = 50
+    eta: int = 3
+    min_steps: int | None = None
+    sampler: str = "random"
+    space: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# What the sweep searches when [space] is absent: the settings that matter most for each kind
+# (learning rate first), plus code size and activation, which every autoencoder study varies.
+_COMMON_SPACE = {
+    "learning_rate": {"dist": "float", "low": 1e-4, "high": 3e-2, "log": True},
+    "weight_decay": {"dist": "float", "low": 1e-6, "high": 1e-2, "log": True},
+    "latent_dim": {"dist": "int", "low": 4, "high": 32, "log": True},
+    "hidden": {"dist": "int", "low": 32, "high": 256, "log": True},
+    "activation": {"dist": "choice", "options": ["relu", "tanh"]},
+}
+_MODEL_SPACE = {
+    "ae": {},
+    "sparse": {
+        "l1": {"dist": "float", "low": 1e-5, "high": 1e-1, "log": True},
+        "sparsity_weight": {"dist": "float", "low": 1e-3, "high": 1.0, "log": True},
+        "rho": {"dist": "float", "low": 0.01, "high": 0.3, "log": True},
+    },
+    "denoising": {
+        "noise": {"dist": "float", "low": 0.05, "high": 0.8},
+        "noise_kind": {"dist": "choice", "options": ["gaussian", "mask"]},
+    },
+    "contractive": {"contractive": {"dist": "float", "low": 1e-4, "high": 1.0, "log": True}},
+    "vae": {"beta": {"dist": "float", "low": 0.1, "high": 4.0, "log": True}},
+}
+
+
+def default_space(model: str) -> dict[str, Any]:
+    """The search space a sweep of ``model`` uses when the config has no ``[space]``."""
+    return {**_COMMON_SPACE, **_MODEL_SPACE[model]}
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """The ``[sweep]`` settings and ``[space]`` of a config file, as one flat dict."""
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except FileNotFoundError:
+        raise UserError(f"config file {str(path)!r} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"config file {str(path)!r} cannot be read: {e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"config file {str(path)!r} is not valid TOML: {e}") from None
+    unknown = set(doc) - {"sweep", "space"}
+    if unknown:
+        raise UserError(f"config file {str(path)!r}: unknown table(s) {', '.join(sorted(unknown))}"
+                        " (expected [sweep] and [space])")
+    for table in ("sweep", "space"):
+        if table in doc and not isinstance(doc[table], dict):
+            raise UserError(f"config file {str(path)!r}: {table} must be a table")
+    settings = dict(doc.get("sweep", {}))
+    if "space" in doc:
+        settings["space"] = doc["space"]
+    return settings
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(SweepConfig)}
+
+
+def build(settings: Mapping[str, Any]) -> SweepConfig:
+    """A validated ``SweepConfig`` from ``settings`` (file values overridden by CLI flags)."""
+    for name in settings:
+        if name not in _FIELDS:
+            raise UserError(f"unknown sweep setting {name!r}; known: {', '.join(_FIELDS)}")
+    values = dict(settings)
+    _check_choice(values, "model", hparams.MODELS)
+    _check_choice(values, "searcher", SEARCHERS)
+    _check_choice(values, "aggregate", AGGREGATES)
+    _check_choice(values, "sampler", ("random", "cmaes"))
+    for name, low in (("population", 1), ("trials", 1), ("steps", 1), ("seed", 0),
+                      ("repeats", 1), ("chunk", 1), ("eta", 2), ("min_steps", 1)):
+        if name in values and values[name] is not None:
+            _check_int(name, values[name], low)
+    if "crn" in values and not isinstance(values["crn"], bool):
+        raise UserError(f"crn = {values['crn']!r} must be true or false")
+    if "data" in values and not isinstance(values["data"], str):
+        raise UserError(f"data = {values['data']!r} must be 'digits' or a path")
+    config = SweepConfig(**values)
+    if config.repeats > config.population:
+        raise UserError(f"repeats = {config.repeats} exceeds population = {config.population}")
+    if config.min_steps is not None and config.min_steps > config.steps:
+        raise UserError(f"min_steps = {config.min_steps} exceeds steps = {config.steps}")
+    raw_space = default_space(config.model) if config.space is None else config.space
+    space = check_space(config.model, raw_space)
+    return dataclasses.replace(config, space=space)
+
+
+def _check_choice(values: Mapping[str, Any], name: str, options: tuple[str, ...]) -> None:
+    if name in values and values[name] not in options:
+        raise UserError(f"{name} = {values[name]!r} is not one of {', '.join(options)}")
+
+
+def _check_int(name: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise UserError(f"{name} = {value!r} must be an integer >= {low}")
+
+
+def check_space(model: str, raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Validates a ``[space]`` table for ``model``; returns it in canonical JSON form."""
+    if not isinstance(raw, Mapping):
+        raise UserError("[space] must be a table")
+    out: dict[str, Any] = {}
+    for name, value in raw.items():
+        hparams.check_name(name, model)
+        if isinstance(value, Mapping):
+            out[name] = _check_dimension(name, value)
+        else:
+            out[name] = hparams.check_value(name, value)
+    return out
+
+
+def _check_dimension(name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
+    hp = hparams.HPARAMS[name]
+    dist = spec.get("dist")
+    if dist not in ("float", "int", "choice"):
+        raise UserError(f"[space] {name}: dist must be 'float', 'int' or 'choice', got {dist!r}")
+    allowed = {"float": {"low", "high", "log"}, "int": {"low", "high", "log"},
+               "choice": {"options"}}[dist] | {"dist"}
+    extra = set(spec) - allowed
+    if extra:
+        raise UserError(f"[space] {name}: unknown key(s) {', '.join(sorted(extra))} for {dist}")
+    if hp.options and dist != "choice":
+        raise UserError(f"[space] {name} is categorical: use dist = 'choice' with options "
+                        f"from {', '.join(hp.options)}")
+    if dist == "float" and hp.integer:
+        raise UserError(f"[space] {name} is an integer: use dist = 'int' or 'choice'")
+    try:
+        (dim,) = _space_from_dict({name: dict(spec)}).values()
+    except (ValueError, TypeError, KeyError) as e:
+        raise UserError(f"[space] {name}: {_one_line(e)}") from None
+    values = dim.options if isinstance(dim, Choice) else (dim.low, dim.high)
+    for v in values:
+        hparams.check_value(name, v)
+    (canonical,) = _space_to_dict({name: dim}).values()
+    return canonical
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def searched(config: SweepConfig) -> dict[str, Any]:
+    """The dimensions of the space that vary, as ``searchers`` objects."""
+    varying = {k: v for k, v in config.space.items() if isinstance(v, Mapping)}
+    return _space_from_dict(varying)
+
+
+def fixed(config: SweepConfig) -> dict[str, Any]:
+    """The hyperparameters the space fixes for every trial."""
+    return {k: v for k, v in config.space.items() if not isinstance(v, Mapping)}
+
+
+def value_range(config: SweepConfig, name: str) -> list[Any]:
+    """Every value ``name`` can take in this sweep (its options, its int range, or its fixed /
+    default value); used to size padded shapes and count buckets."""
+    spec = config.space.get(name)
+    if isinstance(spec, Mapping):
+        (dim,) = _space_from_dict({name: spec}).values()
+        if isinstance(dim, Choice):
+            return list(dim.options)
+        if isinstance(dim, Int):
+            return list(range(dim.low, dim.high + 1))
+        if isinstance(dim, Float):
+            return [dim.low, dim.high]
+    if spec is not None:
+        return [spec]
+    return [hparams.defaults(config.model)[name]]
+
+
+def count_buckets(config: SweepConfig) -> int:
+    """How many distinct compiled programs the space can ask for."""
+    return math.prod(len(set(value_range(config, name))) for name in hparams.BUCKET_NAMES)

@@ -1,0 +1,245 @@
+"""End-to-end tests of ``python -m jaxae.sweep`` through ``main`` (and one real SIGKILL)."""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jaxae.sweep import main
+from searchers import SCHEDULERS
+
+# One bucket, tiny shapes: each sweep compiles one small program.
+SMALL = """
+[sweep]
+model = "ae"
+searcher = "{searcher}"
+population = {population}
+trials = {trials}
+steps = {steps}
+min_steps = 10
+chunk = 10
+[space]
+learning_rate = {{dist = "float", low = 1e-3, high = 3e-2, log = true}}
+latent_dim = {{dist = "int", low = 2, high = 8}}
+hidden = 16
+activation = "tanh"
+batch_size = 32
+"""
+
+
+def write_config(tmp_path, name="sweep.toml", searcher="random", population=4, trials=6,
+                 steps=40):
+    path = tmp_path / name
+    path.write_text(SMALL.format(searcher=searcher, population=population, trials=trials,
+                                 steps=steps))
+    return path
+
+
+def sweep(tmp_path, out, *extra, **kw):
+    config = write_config(tmp_path, f"{out}.toml", **kw)
+    code = main(["--config", str(config), "--out", str(tmp_path / out), "--no-report",
+                 "--no-progress", *extra])
+    return code, tmp_path / out
+
+
+def rows(out, sql="SELECT trial_id, status, params, val_loss, steps FROM trials ORDER BY 1"):
+    with sqlite3.connect(out / "trials.db") as db:
+        return db.execute(sql).fetchall()
+
+
+def test_same_seed_gives_bit_identical_results(tmp_path):
+    code_a, a = sweep(tmp_path, "a", searcher="asha", trials=9, steps=90)
+    code_b, b = sweep(tmp_path, "b", searcher="asha", trials=9, steps=90)
+    assert code_a == code_b == 0
+    assert rows(a) == rows(b)
+    assert rows(a, "SELECT * FROM curves ORDER BY 1, 2, 3") == rows(
+        b, "SELECT * FROM curves ORDER BY 1, 2, 3")
+    best = json.loads((a / "best.json").read_text())
+    finite = [r[3] for r in rows(a) if r[1] == "completed"]
+    assert best["val_loss"] == min(finite)
+    info = json.loads((a / "sweep.json").read_text())
+    assert info["config"]["searcher"] == "asha" and info["versions"]["jax"]
+    assert info["device"]["count"] >= 1 and info["end_time"]
+
+
+def test_trial_loss_does_not_depend_on_population_size(tmp_path):
+    _, small = sweep(tmp_path, "p2", population=2, trials=5)
+    _, large = sweep(tmp_path, "p5", population=5, trials=5)
+    a, b = rows(small), rows(large)
+    assert [r[2] for r in a] == [r[2] for r in b]  # the seed names the same configurations
+    np.testing.assert_allclose([r[3] for r in a], [r[3] for r in b], rtol=1e-5)
+
+
+def test_diverging_trial_is_recorded_and_the_sweep_goes_on(tmp_path, capsys):
+    config = tmp_path / "div.toml"
+    config.write_text("""
+[sweep]
+model = "vae"
+searcher = "random"
+population = 4
+trials = 4
+steps = 30
+chunk = 10
+[space]
+learning_rate = {dist = "choice", options = [0.001, 10.0]}
+hidden = 16
+latent_dim = 4
+activation = "relu"
+""")
+    assert main(["--config", str(config), "--out", str(tmp_path / "o"), "--no-report",
+                 "--no-progress"]) == 0
+    result = rows(tmp_path / "o")
+    statuses = {json.loads(p)["learning_rate"]: s for _, s, p, _, _ in result}
+    assert statuses == {10.0: "diverged", 0.001: "completed"}
+    assert all(v is None for _, s, _, v, _ in result if s == "diverged")
+    best = json.loads((tmp_path / "o" / "best.json").read_text())
+    assert np.isfinite(best["val_loss"]) and best["params"]["learning_rate"] == 0.001
+    assert "diverged" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("searcher", SCHEDULERS)
+def test_every_searcher_runs_end_to_end(tmp_path, searcher):
+    code, out = sweep(tmp_path, searcher, searcher=searcher, trials=9, steps=90)
+    assert code == 0
+    result = rows(out)
+    assert 1 <= len(result) <= 9
+    assert {s for _, s, _, _, _ in result} <= {"completed", "pruned"}
+    assert any(s == "completed" for _, s, _, _, _ in result)
+    for _, status, _, _, steps in result:
+        assert steps == 90 if status == "completed" else steps < 90
+    budgets = sorted({b for (b,) in rows(out, "SELECT budget FROM rungs")})
+    if searcher in ("sha", "hyperband", "asha"):
+        assert len(budgets) > 1 and budgets[-1] == 90
+    else:
+        assert budgets == [90]
+
+
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
+    kw = dict(searcher="asha", trials=12, steps=270, population=3)
+    _, straight = sweep(tmp_path, "straight", **kw)
+    total_points = rows(straight, "SELECT count(*) FROM curves")[0][0]
+    config = write_config(tmp_path, "killed.toml", **kw)
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "jaxae.sweep", "--config", str(config), "--out", str(out),
+           "--no-report", "--no-progress", "--checkpoint-every", "0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        db = out / "trials.db"
+        if db.exists():
+            try:
+                done = rows(out, "SELECT count(*) FROM curves")[0][0]
+            except sqlite3.OperationalError:
+                done = 0
+            if done >= total_points // 3:
+                break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the sweep ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert rows(out, "SELECT count(*) FROM curves")[0][0] < total_points, "killed too late"
+    assert main(["--config", str(config), "--out", str(out), "--no-report", "--no-progress",
+                 "--resume"]) == 0
+    assert rows(out) == rows(straight)
+    assert rows(out, "SELECT * FROM curves ORDER BY 1, 2, 3") == rows(
+        straight, "SELECT * FROM curves ORDER BY 1, 2, 3")
+    assert rows(out, "SELECT * FROM rungs ORDER BY 1, 2") == rows(
+        straight, "SELECT * FROM rungs ORDER BY 1, 2")
+
+
+def test_resume_refuses_a_different_configuration(tmp_path, capsys):
+    code, out = sweep(tmp_path, "r", trials=2, steps=20)
+    assert code == 0
+    other = write_config(tmp_path, "other.toml", trials=3, steps=20)
+    assert main(["--config", str(other), "--out", str(out), "--resume", "--no-report"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "'trials'" in err
+
+
+# -- bad input: exit status 2, one line naming the problem, nothing written -------------------
+
+BAD_CONFIGS = {
+    "unknown_name": ('[space]\nlearningrate = 0.1\n', "learningrate"),
+    "not_for_model": ('[space]\nbeta = 2.0\n', "beta"),
+    "low_above_high": ('[space]\nlearning_rate = {dist = "float", low = 0.1, high = 0.01}\n',
+                       "learning_rate"),
+    "log_of_zero": ('[space]\nweight_decay = {dist = "float", low = 0.0, high = 0.1, log = true}\n',
+                    "weight_decay"),
+    "bad_choice": ('[space]\nactivation = {dist = "choice", options = ["relu", "swish"]}\n',
+                   "swish"),
+    "empty_choice": ('[space]\nactivation = {dist = "choice", options = []}\n', "activation"),
+    "float_for_int": ('[space]\nlatent_dim = {dist = "float", low = 2, high = 8}\n',
+                      "latent_dim"),
+    "malformed_toml": ('[sweep\nmodel = "ae"\n', "not valid TOML"),
+    "unknown_setting": ('[sweep]\npopulaton = 4\n', "populaton"),
+    "bad_model": ('[sweep]\nmodel = "gan"\n', "gan"),
+    "negative_trials": ('[sweep]\ntrials = -3\n', "trials"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CONFIGS))
+def test_bad_config_exits_2_with_one_line(tmp_path, capsys, case):
+    text, needle = BAD_CONFIGS[case]
+    config = tmp_path / "bad.toml"
+    config.write_text(text)
+    out = tmp_path / "out"
+    assert main(["--config", str(config), "--out", str(out), "--no-report"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and needle in err
+    assert not out.exists()
+
+
+def test_bad_data_and_paths_exit_2(tmp_path, capsys):
+    empty = tmp_path / "empty.npy"
+    np.save(empty, np.zeros((0, 4), np.float32))
+    flat = tmp_path / "flat.npy"
+    np.save(flat, np.zeros((50,), np.float32))
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "something").write_text("x")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    cases = [
+        (["--data", str(tmp_path / "missing.npy")], "missing.npy"),
+        (["--data", str(empty)], "empty.npy"),
+        (["--data", str(flat)], "flat.npy"),
+        (["--config", str(tmp_path / "nope.toml")], "nope.toml"),
+        (["--out", str(a_file)], "not a directory"),
+        (["--out", str(full)], "not empty"),
+        (["--out", str(tmp_path / "fresh"), "--resume"], "no sweep"),
+    ]
+    if os.geteuid() != 0:  # root writes anywhere
+        cases.append((["--out", str(locked / "sub")], "not writable"))
+    for args, needle in cases:
+        assert main([*args, "--no-report", "--no-progress"]) == 2, args
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and needle in err, (args, err)
+    assert not (tmp_path / "fresh").exists()
+    assert list(full.iterdir()) == [full / "something"]
+
+
+def test_unwritable_out_exits_2(tmp_path, capsys):
+    out = "/proc/jaxae-cannot-write-here"
+    assert main(["--out", out, "--no-report", "--no-progress"]) == 2
+    assert "not writable" in capsys.readouterr().err
+
+
+def test_help_documents_every_option(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--model", "--searcher", "--population", "--trials", "--steps", "--seed",
+                 "--data", "--out", "--config", "--resume", "--repeats"):
+        assert flag in text
