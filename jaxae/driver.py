@@ -42,6 +42,31 @@ from searchers import Job, Scheduler, make_scheduler, restore_scheduler
 CHECKPOINT = "checkpoint.msgpack"
 
 
+def train_spec(config: SweepConfig, features: int, bucket: tuple) -> pop_lib.TrainSpec:
+    """The program of ``bucket`` (values of ``hparams.BUCKET_NAMES``) in a sweep of ``config``:
+    width and code size padded to the largest values the space allows."""
+    b = dict(zip(hparams.BUCKET_NAMES, bucket, strict=True))
+    model = ModelSpec(
+        kind=config.model,
+        features=features,
+        hidden=max(value_range(config, "hidden")),
+        latent_dim=max(value_range(config, "latent_dim")),
+        depth=b["depth"],
+        activation=b["activation"],
+        loss=b["loss"],
+    )
+    return pop_lib.TrainSpec(model, b["optimizer"], b["batch_size"])
+
+
+def member_keys(config: SweepConfig, trial: int, replicate: int) -> dict[str, np.ndarray]:
+    """The PRNG keys of one member of ``trial``; with common random numbers, replicate r of every
+    trial shares one data order."""
+    keys = pop_lib.trial_keys(config.seed, trial, replicate)
+    if config.crn:
+        keys = {**keys, "data_key": pop_lib.shared_data_key(config.seed, replicate)}
+    return keys
+
+
 @dataclasses.dataclass
 class Bucket:
     """One compiled program and its slots."""
@@ -91,6 +116,7 @@ class Event:
     bucket: tuple
     replicate_losses: list[float]
     told: bool  # whether the scheduler was told a loss at `budget` this chunk
+    keys: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (init, data) hex
 
 
 class Driver:
@@ -107,8 +133,6 @@ class Driver:
         self.val_x = jnp.asarray(dataset.val.x)
         self.features = dataset.features
         self.repeats = config.repeats
-        self.max_hidden = max(value_range(config, "hidden"))
-        self.max_latent = max(value_range(config, "latent_dim"))
         n_buckets = count_buckets(config)
         per_bucket = max(self.repeats, math.ceil(config.population / n_buckets))
         self.capacity = self.repeats * math.ceil(per_bucket / self.repeats)
@@ -142,17 +166,7 @@ class Driver:
 
     def _bucket(self, key: tuple) -> Bucket:
         if key not in self.buckets:
-            b = dict(zip(hparams.BUCKET_NAMES, key, strict=True))
-            model = ModelSpec(
-                kind=self.config.model,
-                features=self.features,
-                hidden=self.max_hidden,
-                latent_dim=self.max_latent,
-                depth=b["depth"],
-                activation=b["activation"],
-                loss=b["loss"],
-            )
-            spec = pop_lib.TrainSpec(model, b["optimizer"], b["batch_size"])
+            spec = train_spec(self.config, self.features, key)
             self.buckets[key] = Bucket(key, spec, pop_lib.create(spec, self.capacity),
                                        [None] * self.capacity)
         return self.buckets[key]
@@ -180,6 +194,10 @@ class Driver:
             self._place(job, config, bucket, free[: self.repeats])
         self.queue = waiting
 
+    def _keys_hex(self, trial: int) -> list[tuple[str, str]]:
+        keys = [member_keys(self.config, trial, r) for r in range(self.repeats)]
+        return [(k["init_key"].tobytes().hex(), k["data_key"].tobytes().hex()) for k in keys]
+
     def _place(self, job: Job, config: dict, bucket: Bucket, slots: list[int]) -> None:
         paused = self.paused.pop(job.trial_id, None)
         if paused is not None:
@@ -187,12 +205,9 @@ class Driver:
                 bucket.pop = pop_lib.put(bucket.pop, slot, member)
             bucket.pop = pop_lib.set_targets(bucket.pop, slots, [job.budget] * len(slots))
         else:
-            members = []
-            for r in range(self.repeats):
-                keys = pop_lib.trial_keys(self.config.seed, job.trial_id, r)
-                if self.config.crn:
-                    keys = {**keys, "data_key": pop_lib.shared_data_key(self.config.seed, r)}
-                members.append(pop_lib.Member(job.trial_id, config, job.budget, keys))
+            members = [pop_lib.Member(job.trial_id, config, job.budget,
+                                      member_keys(self.config, job.trial_id, r))
+                       for r in range(self.repeats)]
             bucket.pop = pop_lib.assign(bucket.spec, bucket.pop, slots, members)
         for r, slot in enumerate(slots):
             bucket.owner[slot] = (job.trial_id, r)
@@ -276,13 +291,14 @@ class Driver:
             for s in run.slots:
                 bucket.owner[s] = None
             events.append(Event(trial, state, run.config, loss, steps, run.job.budget, run.bucket,
-                                losses, True))
+                                losses, True, self._keys_hex(trial)))
         # A synchronous rung decides about paused trials only when it completes.
         for trial in sorted(self.paused):
             if self.scheduler.status(trial) == "stopped":
                 p = self.paused.pop(trial)
                 events.append(Event(trial, "pruned", p.config, p.loss, int(p.members[0].step),
-                                    p.budget, p.bucket, p.replicate_losses, False))
+                                    p.budget, p.bucket, p.replicate_losses, False,
+                                    self._keys_hex(trial)))
         return events
 
     # -- checkpoints ------------------------------------------------------------------------------
@@ -375,7 +391,9 @@ def record(store: TrialStore, config: SweepConfig, events: list[Event], curves: 
                             steps=e.steps, seed=config.seed, budget=e.budget, bucket=bucket)
             for r, v in enumerate(e.replicate_losses):
                 status = "diverged" if not math.isfinite(v) else e.status
-                store.put_replicate(e.trial, r, status=status, val_loss=v, steps=e.steps)
+                init_key, data_key = e.keys[r] if r < len(e.keys) else (None, None)
+                store.put_replicate(e.trial, r, status=status, val_loss=v, steps=e.steps,
+                                    init_key=init_key, data_key=data_key)
             if e.told:
                 store.put_rung(e.trial, e.budget, e.val_loss)
 

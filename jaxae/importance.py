@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -75,6 +76,23 @@ class TreeVariance:
     pair: np.ndarray
 
 
+def fit_forest(X: np.ndarray, y: np.ndarray, *, n_trees: int = 64, seed: int = 0,
+               oob_score: bool = False) -> RandomForestRegressor:
+    """The surrogate ``fanova`` decomposes, for callers that also want its predictions.
+
+    Same settings as Optuna's fANOVA: fully grown trees on bootstrap samples, so the surrogate
+    interpolates the observations and the forest averages out the partition noise. ``oob_score``
+    only adds the out-of-bag predictions; the trees are the same.
+    """
+    forest = RandomForestRegressor(n_estimators=n_trees, max_depth=64, min_samples_split=2,
+                                   min_samples_leaf=1, random_state=seed, oob_score=oob_score)
+    with warnings.catch_warnings():
+        # Tiny fits leave some point in every bootstrap; callers skip those OOB predictions.
+        warnings.simplefilter("ignore", UserWarning)
+        forest.fit(X, y)
+    return forest
+
+
 def fanova(
     X: np.ndarray,
     y: np.ndarray,
@@ -117,16 +135,7 @@ def fanova(
     if X.min() < 0.0 or X.max() > 1.0:
         raise ValueError("fanova wants X inside the unit cube [0, 1]^d")
 
-    # Same forest settings as Optuna's fANOVA: fully grown trees on bootstrap samples, so the
-    # surrogate interpolates the observations and the forest averages out the partition noise.
-    forest = RandomForestRegressor(
-        n_estimators=n_trees,
-        max_depth=64,
-        min_samples_split=2,
-        min_samples_leaf=1,
-        random_state=seed,
-    )
-    forest.fit(X, y)
+    forest = fit_forest(X, y, n_trees=n_trees, seed=seed)
 
     main_fracs, pair_fracs = [], []
     for estimator in forest.estimators_:

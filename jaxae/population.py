@@ -32,9 +32,10 @@ from jaxae.models import ModelSpec, init_params, make_masks
 from jaxae.objectives import make_metrics, make_objective
 from jaxae.optimizers import OPTIMIZER_HPARAMS, make_optimizer
 
-# How many times each jitted program was traced (a trace precedes every compilation): tests use it
-# to prove that assigning new hyperparameters does not recompile.
-TRACES: collections.Counter[str] = collections.Counter()
+# How many times each jitted program was traced (a trace precedes every compilation), by name and
+# by (name, spec): tests use it to prove that assigning new hyperparameters does not recompile and
+# that each bucket compiles once.
+TRACES: collections.Counter = collections.Counter()
 
 EVAL_BLOCK = 1024  # validation examples per block: bounds eval memory at [slots, block, hidden].
 
@@ -91,7 +92,8 @@ def trial_keys(seed: int, trial: int, replicate: int = 0) -> dict[str, np.ndarra
 
 def shared_data_key(seed: int, replicate: int) -> np.ndarray:
     """A data-order key shared by all members of one replicate index (common random numbers)."""
-    key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), -1), replicate)
+    # Trial ids are non-negative, so this stream can never coincide with a trial's.
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), 2**32 - 1), replicate)
     return np.asarray(jax.random.fold_in(key, 1))
 
 
@@ -168,6 +170,7 @@ def train_chunk(
         train at that step).
     """
     TRACES["train_chunk"] += 1
+    TRACES["train_chunk", spec] += 1
 
     def member_chunk(m: Population) -> tuple[Population, jax.Array]:
         return jax.lax.scan(lambda c, _: member_step(spec, train_x, c), m, None, length=num_steps)
@@ -233,7 +236,9 @@ def create(spec: TrainSpec, num_slots: int) -> Population:
     hp["hidden"] = jnp.full((num_slots,), spec.model.hidden, jnp.float32)
     hp["latent_dim"] = jnp.full((num_slots,), spec.model.latent_dim, jnp.float32)
     keys = jnp.zeros((num_slots, 2), jnp.uint32)
-    params, opt_state = jax.jit(jax.vmap(functools.partial(_init_member, spec)))(keys, hp)
+    # Empty slots never train, so zeros of the right shapes do; eval_shape compiles nothing.
+    shapes = jax.eval_shape(jax.vmap(functools.partial(_init_member, spec)), keys, hp)
+    params, opt_state = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
     return Population(
         params=params,
         opt_state=opt_state,

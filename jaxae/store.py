@@ -36,6 +36,8 @@ CREATE TABLE IF NOT EXISTS replicates (
     status TEXT NOT NULL,
     val_loss REAL,
     steps INTEGER NOT NULL,
+    init_key TEXT,                 -- the member's PRNG keys (hex): distinct per replicate;
+    data_key TEXT,                 -- data_key is shared across trials with common random numbers
     PRIMARY KEY (trial_id, replicate)
 );
 CREATE TABLE IF NOT EXISTS curves (
@@ -109,11 +111,12 @@ class TrialStore:
         )
 
     def put_replicate(
-        self, trial_id: int, replicate: int, *, status: str, val_loss: float | None, steps: int
+        self, trial_id: int, replicate: int, *, status: str, val_loss: float | None, steps: int,
+        init_key: str | None = None, data_key: str | None = None,
     ) -> None:
         self._db.execute(
-            "INSERT OR REPLACE INTO replicates VALUES (?, ?, ?, ?, ?)",
-            (trial_id, replicate, status, finite_or_none(val_loss), steps),
+            "INSERT OR REPLACE INTO replicates VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (trial_id, replicate, status, finite_or_none(val_loss), steps, init_key, data_key),
         )
 
     def put_curve(self, rows: Sequence[tuple[int, int, int, float | None, float | None]]) -> None:

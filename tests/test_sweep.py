@@ -243,3 +243,93 @@ def test_help_documents_every_option(capsys):
     for flag in ("--model", "--searcher", "--population", "--trials", "--steps", "--seed",
                  "--data", "--out", "--config", "--resume", "--repeats"):
         assert flag in text
+
+
+# -- structural hyperparameters and replicates (buckets, masks, repeats) ------------------------
+
+STRUCTURAL = """
+[sweep]
+model = "ae"
+searcher = "{searcher}"
+population = 8
+trials = {trials}
+steps = 40
+min_steps = 10
+chunk = 10
+[space]
+learning_rate = {{dist = "float", low = 1e-3, high = 3e-2, log = true}}
+latent_dim = {{dist = "int", low = 2, high = 8}}
+hidden = {{dist = "int", low = 8, high = 24}}
+depth = {{dist = "choice", options = [1, 2]}}
+activation = {{dist = "choice", options = ["relu", "tanh"]}}
+optimizer = {{dist = "choice", options = ["adam", "sgd"]}}
+batch_size = {{dist = "choice", options = [16, 32]}}
+"""
+
+
+def test_structural_sweep_compiles_one_program_per_bucket(tmp_path):
+    from jaxae import population as P
+
+    config = tmp_path / "s.toml"
+    config.write_text(STRUCTURAL.format(searcher="random", trials=10))
+    before = {k: v for k, v in P.TRACES.items() if isinstance(k, tuple)}
+    assert main(["--config", str(config), "--out", str(tmp_path / "o"), "--no-report",
+                 "--no-progress"]) == 0
+    traced = {k[1]: v - before.get(k, 0) for k, v in P.TRACES.items()
+              if isinstance(k, tuple) and v - before.get(k, 0) > 0}
+    buckets = {b for (b,) in rows(tmp_path / "o", "SELECT DISTINCT bucket FROM trials")}
+    assert len(buckets) > 4  # the space really spread over several programs
+    assert len(traced) == len(buckets) and set(traced.values()) == {1}
+    for spec in traced:  # masked sizes never add a program: one padded shape per sweep
+        assert (spec.model.hidden, spec.model.latent_dim) == (24, 8)
+    info = json.loads((tmp_path / "o" / "sweep.json").read_text())
+    assert len(info["compile_s"]) == len(buckets)
+
+
+@pytest.mark.parametrize("searcher", SCHEDULERS)
+def test_structural_space_runs_with_every_searcher(tmp_path, searcher):
+    config = tmp_path / "s.toml"
+    config.write_text(STRUCTURAL.format(searcher=searcher, trials=6))
+    assert main(["--config", str(config), "--out", str(tmp_path / "o"), "--no-report",
+                 "--no-progress"]) == 0
+    result = rows(tmp_path / "o")
+    assert any(s == "completed" for _, s, _, _, _ in result)
+    for _, _, params, _, _ in result:
+        p = json.loads(params)
+        assert 2 <= p["latent_dim"] <= 8 and p["depth"] in (1, 2) and p["batch_size"] in (16, 32)
+
+
+@pytest.mark.parametrize("aggregate", ["mean", "median"])
+def test_replicates_are_stored_and_their_aggregate_is_told(tmp_path, aggregate):
+    code, out = sweep(tmp_path, "rep", "--repeats", "3", "--aggregate", aggregate,
+                      searcher="asha", trials=9, steps=90, population=6)
+    assert code == 0
+    reps = rows(out, "SELECT trial_id, replicate, val_loss, init_key, data_key FROM replicates "
+                     "ORDER BY 1, 2")
+    by_trial: dict[int, list] = {}
+    for trial, r, v, init_key, data_key in reps:
+        by_trial.setdefault(trial, []).append((r, v, init_key, data_key))
+    assert len(by_trial) == 9
+    told = dict(rows(out, "SELECT trial_id, val_loss FROM rungs WHERE budget = 10"))
+    agg = np.mean if aggregate == "mean" else np.median
+    for trial, members in by_trial.items():
+        assert [r for r, *_ in members] == [0, 1, 2]
+        assert len({k for *_, k, _ in members}) == 3 and len({d for *_, d in members}) == 3
+        if trial in told and all(v is not None for _, v, _, _ in members) and \
+                rows(out, f"SELECT steps FROM trials WHERE trial_id = {trial}")[0][0] == 10:
+            assert told[trial] == pytest.approx(agg([v for _, v, _, _ in members]), rel=1e-6)
+    final = rows(out, "SELECT trial_id, val_loss FROM trials WHERE status = 'completed'")
+    for trial, v in final:
+        assert v == pytest.approx(agg([m[1] for m in by_trial[trial]]), rel=1e-6)
+
+
+def test_common_random_numbers_share_data_order_per_replicate(tmp_path):
+    code, out = sweep(tmp_path, "crn", "--repeats", "2", "--crn", trials=3, steps=20,
+                      population=6)
+    assert code == 0
+    reps = rows(out, "SELECT trial_id, replicate, data_key, init_key FROM replicates")
+    by_replicate = {}
+    for _, r, data_key, _ in reps:
+        by_replicate.setdefault(r, set()).add(data_key)
+    assert all(len(keys) == 1 for keys in by_replicate.values()) and len(by_replicate) == 2
+    assert len({k for *_, k in reps}) == 6  # initialisations stay distinct

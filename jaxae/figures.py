@@ -1,0 +1,597 @@
+"""The report's figures (matplotlib, headless): each function returns ``(png_bytes, caption)``,
+or None when the sweep has nothing to show for it.
+
+Figures are drawn on ``matplotlib.figure.Figure`` objects with the Agg canvas directly, never
+through ``pyplot``: no global backend or figure registry is touched, so a report can run inside a
+notebook or a long sweep process without leaking figures or opening windows.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import LogNorm, Normalize
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+from searchers import Choice, Float, Int
+from searchers.space import Dimension
+
+if TYPE_CHECKING:
+    from jaxae.report import Analysis, Downstream, Noise, Sweep
+
+DPI = 110
+TOP_CURVES = 8  # learning curves drawn in colour
+TOP_MARKED = 5  # trials ringed in the per-hyperparameter panels
+COMPLETED = "#1f4e9c"
+DIVERGED = "#d62728"
+BEST = "#ff9f1c"
+PAIR = "#8e6bbf"
+JITTER = 0.12  # half-width of the strip a categorical value's trials spread over
+
+
+def _figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _png(fig: Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI)
+    return buf.getvalue()
+
+
+# -- how a dimension is drawn ---------------------------------------------------------------------
+
+
+def _is_log(dim: Dimension) -> bool:
+    return isinstance(dim, Float | Int) and dim.log
+
+
+def _position(dim: Dimension, value: Any, rng: np.random.Generator) -> float:
+    """Where a trial's value sits on an axis: the value itself, or a choice's index jittered so
+    that trials with the same option do not hide each other."""
+    if isinstance(dim, Choice):
+        return dim.index(value) + rng.uniform(-JITTER, JITTER)
+    return float(value)
+
+
+def _display(dim: Dimension, u: np.ndarray) -> np.ndarray:
+    """Axis coordinates of unit-cube coordinates ``u``: the continuous inverse of the searchers'
+    map (an integer k owns the cell around k; option k spans [k - 0.5, k + 0.5])."""
+    u = np.asarray(u, dtype=np.float64)
+    if isinstance(dim, Choice):
+        return u * len(dim.options) - 0.5
+    if isinstance(dim, Int):
+        if dim.log:
+            lo, hi = math.log(dim.low - 0.5), math.log(dim.high + 0.5)
+            return np.exp(lo + u * (hi - lo))
+        return dim.low - 0.5 + u * (dim.high - dim.low + 1)
+    if dim.log:
+        lo, hi = math.log(dim.low), math.log(dim.high)
+        return np.exp(lo + u * (hi - lo))
+    return dim.low + u * (dim.high - dim.low)
+
+
+def _style_axis(ax: Any, dim: Dimension, name: str, which: str = "x") -> None:
+    """Log scale where the space is log, option names for a choice, the space's bounds as limits."""
+    set_label = ax.set_xlabel if which == "x" else ax.set_ylabel
+    set_scale = ax.set_xscale if which == "x" else ax.set_yscale
+    set_lim = ax.set_xlim if which == "x" else ax.set_ylim
+    if isinstance(dim, Choice):
+        set_ticks = ax.set_xticks if which == "x" else ax.set_yticks
+        set_ticks(range(len(dim.options)), [str(o) for o in dim.options])
+        set_lim(-0.5, len(dim.options) - 0.5)
+        set_label(name)
+        return
+    edges = _display(dim, np.array([0.0, 1.0]))
+    if dim.log:
+        set_scale("log")
+        _log_ticks(ax.xaxis if which == "x" else ax.yaxis, *edges)
+    set_lim(*edges)
+    set_label(f"{name} (log scale)" if dim.log else name)
+
+
+def _log_ticks(axis: Any, lo: float, hi: float) -> None:
+    """Plain numbers (0.5, 1, 2, 5) on a log axis that spans under two decades, where
+    matplotlib's default would label one or two ticks as powers of ten."""
+    if 0 < lo < hi and hi / lo < 100:
+        axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        axis.set_minor_formatter(NullFormatter())
+
+
+def _loss_label(sweep: Sweep) -> str:
+    return ("validation loss (negative ELBO)" if sweep.config.model == "vae"
+            else "validation loss (reconstruction)")
+
+
+def _finite_groups(sweep: Sweep) -> dict[str, list[dict[str, Any]]]:
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for t in sweep.trials:
+        if t["val_loss"] is None:
+            key = "running" if t["status"] == "running" else "diverged"
+        else:
+            key = t["status"]
+        groups.setdefault(key, []).append(t)
+    return groups
+
+
+# -- 1. each hyperparameter against the loss ------------------------------------------------------
+
+
+def hyperparameters(sweep: Sweep, analysis: Analysis | None) -> tuple[bytes, str] | None:
+    """One panel per varying hyperparameter: final validation loss against its value."""
+    from jaxae.report import ranked
+
+    names = list(sweep.space)
+    if not names:
+        return None
+    share = {}
+    if analysis is not None:
+        names = [analysis.importance.names[i] for i in analysis.order()]
+        share = dict(zip(analysis.importance.names, analysis.importance.main, strict=True))
+    ncols = min(3, len(names))
+    nrows = math.ceil(len(names) / ncols)
+    fig = _figure(4.4 * ncols, 3.4 * nrows + 1.1)
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    groups = _finite_groups(sweep)
+    finite = [t["val_loss"] for t in sweep.trials if t["val_loss"] is not None]
+    positive = bool(finite) and min(finite) > 0
+    top = ranked(sweep)[:TOP_MARKED]
+    # Stopped trials in lighter shades the earlier they stopped; finished ones darkest.
+    stopped = sorted({t["steps"] for t in groups.get("pruned", [])})
+    shades = colormaps["Blues"](np.linspace(0.3, 0.6, max(len(stopped), 1)))
+    handles: dict[str, Any] = {}
+
+    for ax, name in zip(axes, names, strict=False):
+        dim = sweep.space[name]
+        rng = np.random.default_rng(0)
+        pos = {t["trial_id"]: _position(dim, t["params"][name], rng) for t in sweep.trials
+               if name in t["params"]}
+
+        def scatter(trials: list[dict[str, Any]], label: str, ax: Any = ax, pos: dict = pos,
+                    **style: Any) -> None:
+            if not trials:
+                return
+            handles[label] = ax.scatter([pos[t["trial_id"]] for t in trials],
+                                        [t["val_loss"] for t in trials], label=label, **style)
+
+        for steps, shade in zip(stopped, shades, strict=False):
+            trials = [t for t in groups.get("pruned", []) if t["steps"] == steps]
+            scatter(trials, f"stopped at {steps} steps ({len(trials)})", s=16, color=shade,
+                    alpha=0.8, linewidths=0)
+        running = [t for t in groups.get("running", []) if t["val_loss"] is not None]
+        scatter(running, f"still running ({len(running)})", s=16, color="#999999")
+        done = groups.get("completed", [])
+        scatter(done, f"completed, {sweep.config.steps} steps ({len(done)})", s=22,
+                color=COMPLETED, alpha=0.9, linewidths=0)
+        ringed = [t for t in top if name in t["params"]]
+        scatter(ringed, f"top {len(ringed)} trials", s=90, facecolors="none", edgecolors=BEST,
+                linewidths=1.6)
+        if top:
+            handles["best"] = ax.scatter([pos[top[0]["trial_id"]]], [top[0]["val_loss"]],
+                                         marker="*", s=180, color=BEST, edgecolors="black",
+                                         linewidths=0.6, zorder=5,
+                                         label=f"best (trial {top[0]['trial_id']})")
+        bad = groups.get("diverged", [])
+        if bad:
+            # Diverged trials have no loss: pinned to the top edge (axes coordinates) in red.
+            handles["diverged"] = ax.scatter(
+                [pos[t["trial_id"]] for t in bad], [0.96] * len(bad),
+                transform=ax.get_xaxis_transform(), marker="x", color=DIVERGED, s=30,
+                clip_on=False, label=f"diverged, no loss ({len(bad)})")
+        _style_axis(ax, dim, name)
+        if positive:
+            ax.set_yscale("log")
+        if finite:
+            lo, hi = min(finite), max(finite)
+            # Headroom above the worst finite loss keeps the diverged row apart from it.
+            if positive:
+                ax.set_ylim(lo / 1.25, hi * 2.2)
+                _log_ticks(ax.yaxis, lo / 1.25, hi * 2.2)
+            else:
+                ax.set_ylim(lo - 0.05 * (hi - lo + 1e-12), hi + 0.3 * (hi - lo + 1e-12))
+        ax.grid(True, which="major", alpha=0.3)
+        title = name if name not in share else f"{name}: {100 * share[name]:.0f}% of variance"
+        ax.set_title(title, fontsize=10)
+        if ax.get_subplotspec().is_first_col():
+            ax.set_ylabel(_loss_label(sweep) + (" (log)" if positive else ""), fontsize=9)
+    for ax in axes[len(names):]:
+        ax.set_visible(False)
+    where = (f"fANOVA importance at {analysis.fit.budget} steps" if analysis is not None
+             else "the search space")
+    fig.suptitle(f"Final validation loss against each hyperparameter: {sweep.title}\n"
+                 f"(panels ordered by {where}; a trial's loss at the last budget it reached)",
+                 fontsize=11)
+    fig.legend(handles=list(handles.values()), loc="outside lower center",
+               ncols=min(4, len(handles)), fontsize=8, frameon=False)
+    caption = ("Final validation loss of every trial against each varying hyperparameter (log "
+               "axes where the search space is log; categorical values as jittered strips). "
+               "Darker blue: trials trained to the full budget; lighter: trials a multi-fidelity "
+               "searcher stopped early (their loss at that budget); red x on the top edge: "
+               "diverged trials; orange rings: the top trials, star: the best.")
+    if share:
+        caption += " Panels are ordered by fANOVA importance."
+    return _png(fig), caption
+
+
+# -- 3. importances -------------------------------------------------------------------------------
+
+
+def importance(sweep: Sweep, analysis: Analysis | None) -> tuple[bytes, str] | None:
+    """Bars of main effects and top pair interactions, the synthetic cross-check and, for
+    multi-fidelity sweeps, the main effects at every budget."""
+    if analysis is None:
+        return None
+    imp, fit = analysis.importance, analysis.fit
+    order = analysis.order()
+    pairs = sorted(imp.pairs, key=lambda p: -imp.pairs[p])[:3]
+    labels = [imp.names[i] for i in order] + [f"{a} × {b}" for a, b in pairs]
+    values = [100 * imp.main[i] for i in order] + [100 * imp.pairs[p] for p in pairs]
+    errors = [100 * imp.main_std[i] for i in order] + [0.0] * len(pairs)
+    colours = [COMPLETED] * len(order) + [PAIR] * len(pairs)
+    rungs_panel = len(analysis.by_budget) >= 2
+
+    n = len(labels)
+    ratios = [3, 2, 2] if rungs_panel else [3, 2]
+    fig = _figure(15.5 if rungs_panel else 12, 2.0 + 0.42 * max(n, len(order) + 1))
+    axes = fig.subplots(1, len(ratios), width_ratios=ratios)
+    left, right = axes[0], axes[1]
+    y = np.arange(n)[::-1]
+    left.barh(y, values, xerr=errors, color=colours, capsize=3, error_kw={"alpha": 0.5})
+    for yi, v, err in zip(y, values, errors, strict=True):
+        left.text(min(v + err, 100) + 1.5, yi, f"{v:.1f}%", va="center", fontsize=8)
+    left.set_yticks(y, labels)
+    left.set_xlim(0, 112)
+    target = "log val loss" if fit.logged else "val loss"
+    left.set_xlabel(f"% of the variance of {target} explained\n(bar: mean over "
+                    f"{len(analysis.forest.estimators_)} trees, whisker: std over trees)")
+    explained = 100 * (imp.main.sum() + sum(imp.pairs.values()))
+    left.set_title(f"fANOVA importance, {len(fit.trial_ids)} trials at {fit.budget} steps\n"
+                   f"surrogate out-of-bag R² = {analysis.r2:.2f}; main effects + pairs explain "
+                   f"{explained:.0f}%", fontsize=10)
+    if pairs:
+        left.legend(handles=[Line2D([], [], color=COMPLETED, lw=6, label="main effect"),
+                             Line2D([], [], color=PAIR, lw=6, label="pair interaction")],
+                    loc="lower right", fontsize=8)
+    left.grid(True, axis="x", alpha=0.3)
+
+    d = len(imp.names)
+    yy = np.arange(d)[::-1]
+    right.barh(yy + 0.2, 100 * analysis.synthetic_true, height=0.38, color="#bbbbbb",
+               label="true share")
+    right.barh(yy - 0.2, 100 * analysis.synthetic_est, height=0.38, color=COMPLETED,
+               label="fANOVA estimate")
+    right.set_yticks(yy, list(imp.names))
+    right.set_xlim(0, 100)
+    right.set_xlabel("% of variance of the synthetic objective")
+    recovered = _same_order(analysis.synthetic_true, analysis.synthetic_est)
+    right.set_title(f"Cross-check: linear objective with known\nshares at the same "
+                    f"{len(fit.trial_ids)} configurations:\norder "
+                    f"{'recovered' if recovered else 'NOT recovered (too few trials?)'}",
+                    fontsize=10)
+    right.legend(loc="upper right", fontsize=8)
+    right.grid(True, axis="x", alpha=0.3)
+
+    if rungs_panel:
+        ax = axes[2]
+        budgets = sorted(analysis.by_budget)
+        shades = colormaps["Blues"](np.linspace(0.35, 0.95, len(budgets)))
+        height = 0.8 / len(budgets)
+        for k, (budget, shade) in enumerate(zip(budgets, shades, strict=True)):
+            count, main = analysis.by_budget[budget]
+            ax.barh(yy + 0.4 - (k + 0.5) * height, 100 * main, height=height, color=shade,
+                    label=f"{budget} steps ({count} trials)")
+        ax.set_yticks(yy, list(imp.names))
+        ax.set_xlim(0, 100)
+        ax.set_xlabel(f"% of the variance of {target} explained")
+        ax.set_title("Main effects at each budget\n(higher budgets: promoted trials only)",
+                     fontsize=10)
+        ax.legend(loc="upper right", fontsize=8)
+        ax.grid(True, axis="x", alpha=0.3)
+    fig.suptitle(f"Which hyperparameters matter: {sweep.title}", fontsize=11)
+    caption = (f"Hyperparameter importance by functional ANOVA (Hutter et al. 2014) of a random "
+               f"forest fitted to the {target} of {len(fit.trial_ids)} trials measured at "
+               f"{fit.budget} steps: the share of the loss's variance over the search space that "
+               f"each hyperparameter explains alone, and the largest pairwise interactions. The "
+               f"out-of-bag R² says how well the forest predicts trials it did not see (near 0: "
+               f"the shares describe noise). Middle: the same method on a synthetic linear "
+               f"objective of known importances at the same configurations; if it cannot recover "
+               f"their order, the sweep has too few or too clustered trials to trust the left.")
+    if rungs_panel:
+        caption += (" Right: main effects at every budget with enough trials. The lowest budget "
+                    "holds every trial, drawn from the search prior; higher budgets hold only "
+                    "the trials the searcher promoted, so their shares describe the promising "
+                    "region (and are extrapolated outside it).")
+    return _png(fig), caption
+
+
+def _same_order(true: np.ndarray, est: np.ndarray) -> bool:
+    return list(np.argsort(-true, kind="stable")) == list(np.argsort(-est, kind="stable"))
+
+
+# -- 2. pairwise interactions ---------------------------------------------------------------------
+
+
+def interactions(sweep: Sweep, analysis: Analysis | None) -> tuple[bytes, str] | None:
+    """Heat maps of the surrogate over the most important pairs, with the trials on top."""
+    from jaxae.report import pair_surface
+
+    if analysis is None or not analysis.top_pairs:
+        return None
+    imp, fit = analysis.importance, analysis.fit
+    main = dict(zip(imp.names, imp.main, strict=True))
+    params = {t["trial_id"]: t["params"] for t in sweep.trials}
+    losses = np.exp(fit.y) if fit.logged else fit.y
+    best = int(np.argmin(fit.y))
+    surfaces = [pair_surface(analysis.forest, sweep.space, p, seed=sweep.config.seed)
+                for p in analysis.top_pairs]
+    values = [np.exp(z) if fit.logged else z for *_, z in surfaces]
+    lo = min(float(v.min()) for v in values)
+    hi = max(float(v.max()) for v in values)
+    norm = LogNorm(lo, hi) if fit.logged and lo < hi else Normalize(lo, max(hi, lo + 1e-12))
+
+    k = len(analysis.top_pairs)
+    fig = _figure(4.6 * k + 0.8, 4.6)
+    axes = np.atleast_1d(fig.subplots(1, k, squeeze=False)).ravel()
+    mesh = None
+    for ax, (a, b), (ua, ub, _), z in zip(axes, analysis.top_pairs, surfaces, values,
+                                          strict=True):
+        da, db = sweep.space[a], sweep.space[b]
+        ea = _display(da, _edges(da, ua))
+        eb = _display(db, _edges(db, ub))
+        mesh = ax.pcolormesh(ea, eb, z.T, norm=norm, cmap="viridis_r", shading="flat")
+        rng = np.random.default_rng(1)
+        xs = [_position(da, params[t][a], rng) for t in fit.trial_ids]
+        ys = [_position(db, params[t][b], rng) for t in fit.trial_ids]
+        ax.scatter(xs, ys, s=14, c="white", edgecolors="black", linewidths=0.6,
+                   label=f"trials ({len(xs)})")
+        ax.scatter([xs[best]], [ys[best]], marker="*", s=200, color=BEST, edgecolors="black",
+                   linewidths=0.7, label=f"best: trial {fit.trial_ids[best]} "
+                                         f"({losses[best]:.3g})")
+        _style_axis(ax, da, a, "x")
+        _style_axis(ax, db, b, "y")
+        share = main[a] + main[b] + imp.pairs.get((a, b), imp.pairs.get((b, a), 0.0))
+        pair = imp.pairs.get((a, b), imp.pairs.get((b, a), 0.0))
+        ax.set_title(f"{a} × {b}\n{100 * share:.0f}% of variance "
+                     f"({100 * pair:.1f}% interaction)", fontsize=10)
+        ax.legend(loc="upper right", fontsize=7, framealpha=0.8)
+    target = "val loss" if not fit.logged else "val loss (geometric mean)"
+    bar = fig.colorbar(mesh, ax=list(axes), label=f"surrogate {target}; lighter is better",
+                       shrink=0.9)
+    if isinstance(norm, LogNorm):
+        _log_ticks(bar.ax.yaxis, lo, hi)
+    fig.suptitle(f"Pairwise effects of the most important pairs: {sweep.title}\n"
+                 f"random-forest surrogate of {len(fit.trial_ids)} trials at {fit.budget} steps,"
+                 f" other hyperparameters averaged over the search space", fontsize=10)
+    caption = ("Predicted validation loss of the random-forest surrogate over the pairs with the "
+               "largest combined importance (both main effects plus their interaction), the "
+               "other hyperparameters averaged over the search prior; dots are the trials it was "
+               "fitted on, the star the best of them. Parallel colour bands mean the two act "
+               "independently; bands that bend or tilt mean an interaction (e.g. the best "
+               "learning rate depending on the other hyperparameter).")
+    return _png(fig), caption
+
+
+def _edges(dim: Dimension, centres: np.ndarray) -> np.ndarray:
+    if isinstance(dim, Choice):
+        return np.arange(len(dim.options) + 1) / len(dim.options)
+    return np.linspace(0.0, 1.0, len(centres) + 1)
+
+
+# -- 4. learning curves and rungs -----------------------------------------------------------------
+
+
+def curves(sweep: Sweep) -> tuple[bytes, str] | None:
+    """Validation loss against step: the top trials in colour, every other trial in grey."""
+    from jaxae.report import ranked
+
+    drawn = [t for t in ranked(sweep) if len(sweep.curves.get(t["trial_id"], ([],))[0])]
+    if not drawn:
+        return None
+    top = drawn[:TOP_CURVES]
+    top_ids = {t["trial_id"] for t in top}
+    fig = _figure(9.5, 5.2)
+    ax = fig.subplots()
+    all_values = []
+    for trial, (steps, vals) in sweep.curves.items():
+        if trial in top_ids or not len(steps):
+            continue
+        ax.plot(steps, vals, color="#b0b0b0", lw=0.7, alpha=0.6)
+        all_values.append(vals)
+    colours = colormaps["tab10"](np.arange(len(top)))
+    for rank, (t, colour) in enumerate(zip(top, colours, strict=True)):
+        steps, vals = sweep.curves[t["trial_id"]]
+        ax.plot(steps, vals, color=colour, lw=1.8,
+                label=f"#{rank + 1} trial {t['trial_id']}: {t['val_loss']:.4g} "
+                      f"({t['status']}, {t['steps']} steps)")
+        all_values.append(vals)
+    flat = np.concatenate(all_values)
+    if np.all(flat > 0):
+        ax.set_yscale("log")
+        _log_ticks(ax.yaxis, flat.min(), flat.max())
+    if sweep.multi_fidelity:
+        budgets = sorted({b for rows in sweep.rungs.values() for b, _ in rows})
+        for b in budgets:
+            ax.axvline(b, color="black", ls=":", lw=0.8, alpha=0.6)
+        if budgets:
+            ax.plot([], [], color="black", ls=":", lw=0.8, label="rung budgets")
+    ax.plot([], [], color="#b0b0b0", lw=0.7, label="other trials")
+    ax.set_xlabel("training step")
+    ax.set_ylabel(_loss_label(sweep) + (" (log)" if np.all(flat > 0) else ""))
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(fontsize=8, loc="upper right")
+    repl = f", mean of {sweep.config.repeats} seeds" if sweep.config.repeats > 1 else ""
+    ax.set_title(f"Learning curves of the top {len(top)} trials{repl}: {sweep.title}",
+                 fontsize=11)
+    caption = (f"Validation loss during training of the {len(top)} best trials (legend: final "
+               f"loss), every other trial in grey"
+               + (", dotted lines at the multi-fidelity rung budgets" if sweep.multi_fidelity
+                  else "") + ". Curves still falling at the end mean more steps would help.")
+    return _png(fig), caption
+
+
+def rungs(sweep: Sweep) -> tuple[bytes, str] | None:
+    """Multi-fidelity rungs: each trial's loss at each budget it reached, and where it stopped."""
+    budgets = sorted({b for rows in sweep.rungs.values() for b, _ in rows})
+    if not sweep.multi_fidelity or len(budgets) < 2:
+        return None
+    status = {t["trial_id"]: t["status"] for t in sweep.trials}
+    finite = [v for rows in sweep.rungs.values() for _, v in rows if v is not None]
+    positive = bool(finite) and min(finite) > 0
+    fig = _figure(9.5, 5.4)
+    ax = fig.subplots()
+    top_budget = max(budgets)
+    for trial, rows in sweep.rungs.items():
+        xs = [b for b, v in rows if v is not None]
+        ys = [v for _, v in rows if v is not None]
+        reached_top = bool(xs) and xs[-1] == top_budget
+        colour = COMPLETED if reached_top else "#9a9a9a"
+        if xs:
+            ax.plot(xs, ys, color=colour, lw=1.0 if reached_top else 0.6,
+                    alpha=0.9 if reached_top else 0.5)
+            if status.get(trial) == "pruned":
+                ax.scatter(xs[-1:], ys[-1:], marker="x", color="#555555", s=18, lw=0.8)
+            elif status.get(trial) == "completed":
+                ax.scatter(xs[-1:], ys[-1:], marker="o", color=COMPLETED, s=26, zorder=3)
+        for b, v in rows:
+            if v is None:
+                ax.scatter([b], [0.96], transform=ax.get_xaxis_transform(), marker="x",
+                           color=DIVERGED, s=30, clip_on=False)
+    counts = {b: sum(1 for rows in sweep.rungs.values() for bb, _ in rows if bb == b)
+              for b in budgets}
+    for b in budgets:
+        ax.text(b, 1.01, f"{counts[b]} trials", transform=ax.get_xaxis_transform(),
+                ha="center", va="bottom", fontsize=8)
+    ax.set_xscale("log")
+    if positive:
+        ax.set_yscale("log")
+        _log_ticks(ax.yaxis, min(finite), max(finite))
+    ax.set_xticks(budgets, [str(b) for b in budgets])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("budget (training steps, log scale)")
+    ax.set_ylabel(_loss_label(sweep) + " at the rung" + (" (log)" if positive else ""))
+    ax.grid(True, alpha=0.25)
+    ax.legend(handles=[
+        Line2D([], [], color=COMPLETED, marker="o", label="reached the top rung"),
+        Line2D([], [], color="#9a9a9a", marker="x", markeredgecolor="#555555", lw=0.6,
+               label="stopped at its last rung"),
+        Line2D([], [], color=DIVERGED, marker="x", lw=0, label="diverged at that rung"),
+    ], fontsize=8, loc="lower left")
+    eta = f", eta = {sweep.config.eta}"
+    ax.set_title(f"Rungs of {sweep.config.searcher}{eta}: validation loss at each budget\n"
+                 f"{sweep.title}", fontsize=11, pad=16)
+    caption = ("Multi-fidelity rungs: each line is one trial's validation loss at the budgets it "
+               "reached; x marks where the searcher stopped it, dots the trials trained to the "
+               "full budget; the counts on top give the trials evaluated at each rung. Lines "
+               "that cross show where low-budget rankings mislead.")
+    return _png(fig), caption
+
+
+# -- 5. noise -------------------------------------------------------------------------------------
+
+
+def noise(sweep: Sweep, noise_: Noise | None) -> tuple[bytes, str] | None:
+    """Replicates: spread across seeds next to the spread across configurations."""
+    if noise_ is None:
+        return None
+    c, r = noise_.losses.shape
+    fig = _figure(11.5, 4.8)
+    left, right = fig.subplots(1, 2, width_ratios=[3, 1.3])
+    x = np.arange(c)
+    for j in range(r):
+        left.scatter(x, noise_.losses[:, j], s=14, color=COMPLETED, alpha=0.6,
+                     label="one seed" if j == 0 else None)
+    means = 10 ** np.log10(noise_.losses).mean(axis=1)
+    left.scatter(x, means, marker="_", s=160, color="black", label="geometric mean")
+    left.vlines(x, noise_.losses.min(axis=1), noise_.losses.max(axis=1), color=COMPLETED,
+                alpha=0.4, lw=1)
+    left.set_yscale("log")
+    _log_ticks(left.yaxis, float(noise_.losses.min()), float(noise_.losses.max()))
+    if c <= 30:
+        left.set_xticks(x, [str(t) for t in noise_.trial_ids], fontsize=7,
+                        rotation=90 if c > 12 else 0)
+        left.set_xlabel("trial (configurations ranked by mean loss)")
+    else:
+        left.set_xlabel("configurations ranked by mean loss")
+    left.set_ylabel(_loss_label(sweep) + " (log)")
+    left.legend(fontsize=8)
+    left.grid(True, alpha=0.25)
+    left.set_title(f"{c} configurations × {r} seeds at {noise_.steps} steps", fontsize=10)
+
+    per_config = np.std(np.log10(noise_.losses), axis=1, ddof=1)
+    right.bar([0, 1], [noise_.seed_std, noise_.config_std], color=["#9ecae1", COMPLETED],
+              width=0.6)
+    rng = np.random.default_rng(0)
+    right.scatter(rng.uniform(-0.15, 0.15, c), per_config, s=10, color="black", alpha=0.5,
+                  label="each configuration")
+    right.set_xticks([0, 1], ["across seeds\n(pooled)", "across\nconfigurations"])
+    right.set_ylabel("std of log10 val loss")
+    right.legend(fontsize=8)
+    ratio = noise_.config_std / noise_.seed_std if noise_.seed_std > 0 else math.inf
+    right.set_title(f"configurations differ {ratio:.1f}× more\nthan seeds do", fontsize=10)
+    fig.suptitle(f"Noise: seed-to-seed spread against configuration-to-configuration spread: "
+                 f"{sweep.title}", fontsize=11)
+    caption = ("Left: every configuration's replicate losses (one dot per seed, bar: geometric "
+               "mean), ranked. Right: the pooled standard deviation of log10 loss across seeds "
+               "of one configuration against the standard deviation of the configurations' mean "
+               "log10 loss. When the two are close, differences between configurations (and the "
+               "importances) are mostly seed noise.")
+    return _png(fig), caption
+
+
+# -- 6. downstream --------------------------------------------------------------------------------
+
+
+def downstream(sweep: Sweep, down: Downstream | None) -> tuple[bytes, str] | None:
+    """Bars of anomaly AUC, linear-probe accuracy and test loss of the retrained top trials."""
+    if down is None:
+        return None
+    labels = [f"trial {t}\n{steps} steps\nval {v:.3g}"
+              for t, steps, v in zip(down.trial_ids, down.steps, down.stored_val_loss,
+                                     strict=True)]
+    panels: list[tuple[str, np.ndarray, float, str]] = []
+    if down.auc is not None:
+        panels.append((f"anomaly detection ROC AUC\n(class {down.anomaly_class} held out, score ="
+                       f" reconstruction error)", down.auc, 0.5, "ROC AUC"))
+    if down.probe_accuracy is not None:
+        panels.append((f"linear-probe accuracy of the codes\n({down.num_classes} classes, "
+                       f"test split)", down.probe_accuracy, 1.0 / max(down.num_classes, 1),
+                       "accuracy"))
+    panels.append(("reconstruction error on the test split\n(model trained on all classes)",
+                   down.test_loss, math.nan, "test reconstruction error"))
+    fig = _figure(4.2 * len(panels), 4.4)
+    axes = np.atleast_1d(fig.subplots(1, len(panels), squeeze=False)).ravel()
+    x = np.arange(len(labels))
+    for ax, (title, values, chance, ylabel) in zip(axes, panels, strict=True):
+        ax.bar(x, values, color=COMPLETED, width=0.6)
+        for xi, v in zip(x, values, strict=True):
+            ax.text(xi, v, f"{v:.3f}", ha="center", va="bottom", fontsize=8)
+        if math.isfinite(chance):
+            ax.axhline(chance, color="black", ls="--", lw=0.8, label=f"chance ({chance:.2f})")
+            ax.set_ylim(0, 1.08)
+            ax.legend(fontsize=8, loc="lower right")
+        else:
+            ax.set_ylim(0, float(np.nanmax(values)) * 1.15 if np.isfinite(values).any() else 1)
+        ax.set_xticks(x, labels, fontsize=8)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=10)
+        ax.grid(True, axis="y", alpha=0.25)
+    fig.suptitle(f"Downstream quality of the top {len(labels)} configurations, retrained: "
+                 f"{sweep.title}", fontsize=11)
+    caption = (f"The {len(labels)} best configurations retrained from their trial keys (the "
+               f"retrained validation losses match the stored ones, see the table). Anomaly "
+               f"detection: each configuration retrained on the training examples of every "
+               f"class but {down.anomaly_class}, test examples scored by reconstruction error, "
+               f"class {down.anomaly_class} as the anomaly. Linear probe: logistic regression on "
+               f"the codes (VAE: posterior means) of the training split, accuracy on the test "
+               f"split. Dashed lines: chance.")
+    return _png(fig), caption
