@@ -27,12 +27,12 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import serialization
 
 from jaxae import hparams
 from jaxae import population as pop_lib
+from jaxae import sharding as sharding_lib
 from jaxae.config import SweepConfig, count_buckets, fixed, searched, value_range
 from jaxae.data import Dataset
 from jaxae.models import ModelSpec
@@ -129,13 +129,19 @@ class Driver:
 
     def __init__(self, config: SweepConfig, dataset: Dataset) -> None:
         self.config = config
-        self.train_x = jnp.asarray(dataset.train.x)
-        self.val_x = jnp.asarray(dataset.val.x)
+        # With several devices the slot axis is sharded over all of them (each device trains its
+        # share of every bucket, no communication); the data is replicated.
+        self.mesh = sharding_lib.slot_mesh()
+        self.slots = sharding_lib.slot_sharding(self.mesh)
+        data_sharding = sharding_lib.replicated(self.mesh)
+        self.train_x = jax.device_put(dataset.train.x, data_sharding)
+        self.val_x = jax.device_put(dataset.val.x, data_sharding)
         self.features = dataset.features
         self.repeats = config.repeats
         n_buckets = count_buckets(config)
         per_bucket = max(self.repeats, math.ceil(config.population / n_buckets))
-        self.capacity = self.repeats * math.ceil(per_bucket / self.repeats)
+        capacity = self.repeats * math.ceil(per_bucket / self.repeats)
+        self.capacity = sharding_lib.round_up(capacity, self.mesh)
         self.scheduler: Scheduler = make_scheduler(
             config.searcher,
             searched(config),
@@ -167,8 +173,8 @@ class Driver:
     def _bucket(self, key: tuple) -> Bucket:
         if key not in self.buckets:
             spec = train_spec(self.config, self.features, key)
-            self.buckets[key] = Bucket(key, spec, pop_lib.create(spec, self.capacity),
-                                       [None] * self.capacity)
+            pop = sharding_lib.shard(pop_lib.create(spec, self.capacity), self.slots)
+            self.buckets[key] = Bucket(key, spec, pop, [None] * self.capacity)
         return self.buckets[key]
 
     # -- the loop ---------------------------------------------------------------------------------
@@ -230,6 +236,8 @@ class Driver:
         for bucket in self.buckets.values():
             if all(o is None for o in bucket.owner):
                 continue
+            # Host-side edits (assign, pause, clear) may leave leaves on one device.
+            bucket.pop = sharding_lib.shard(bucket.pop, self.slots)
             before = np.asarray(bucket.pop.step)
             t0 = time.perf_counter()
             bucket.pop, losses = pop_lib.train_chunk(
@@ -346,7 +354,7 @@ class Driver:
             key = tuple(b["key"])
             bucket = self._bucket(key)
             bucket.pop = serialization.from_state_dict(bucket.pop, arrays["buckets"][str(i)])
-            bucket.pop = jax.device_put(bucket.pop)
+            bucket.pop = sharding_lib.shard(bucket.pop, self.slots)
             bucket.owner = [tuple(o) if o is not None else None for o in b["owner"]]
         self.running = {
             r["trial"]: Running(Job(r["trial"], r["job_config"], r["budget"]), r["config"],
