@@ -922,6 +922,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.top_k < 0:
             raise UserError(f"--top-k {args.top_k} must be >= 0")
+        from jaxae import runtime
+
+        runtime.enable_compilation_cache()
         report = build(args.dir, top_k=args.top_k, anomaly_class=args.anomaly_class,
                        with_downstream=not args.no_downstream)
     except UserError as e:

@@ -164,6 +164,9 @@ def _environment() -> dict[str, Any]:
 
 def _run(args: argparse.Namespace) -> int:
     config = config_lib.build(_settings(args))
+    from jaxae import runtime
+
+    runtime.enable_compilation_cache()
     # Data problems are found before anything is written.
     from jaxae import data as data_lib
 
