@@ -28,3 +28,26 @@ def test_throughput_prints_one_json_line_per_case():
             assert math.isfinite(r[key]) and r[key] > 0, (key, r[key])
         assert r["compile_s"] >= 0
     assert rows[1]["ratio_vs_sequential"] == 1.0 and rows[2]["ratio_vs_loop"] == 1.0
+
+
+def test_time_to_quality_prints_one_json_line_per_case():
+    cases = "jaxae-random,jaxae-asha"
+    try:
+        import optuna  # noqa: F401
+
+        cases += ",optuna-tpe"
+    except ImportError:  # optional: the bench extra
+        pass
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "time_to_quality.py"), "--cases", cases,
+         "--trials", "4", "--steps", "20", "--population", "2", "--target", "100"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=True,
+    )
+    rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    assert [r["case"] for r in rows] == cases.split(",")
+    for r in rows:
+        assert r["trials"] == 4 and r["steps"] == 20 and r["wall_s"] > 0
+        if r["case"] == "jaxae-asha":  # 4 trials may all stop before the top rung
+            continue
+        assert math.isfinite(r["best_val_loss"])
+        assert r["time_to_target_s"] is not None and r["time_to_target_s"] <= r["wall_s"]
