@@ -15,6 +15,7 @@ from typing import Any
 
 from jaxae import hparams
 from jaxae.errors import UserError
+from jaxae.models import PRECISIONS
 from searchers import SCHEDULERS, Choice, Float, Int
 from searchers import space_from_dict as _space_from_dict
 from searchers import space_to_dict as _space_to_dict
@@ -42,6 +43,7 @@ class SweepConfig:
     eta: int = 3
     min_steps: int | None = None
     sampler: str = "random"
+    precision: str = "float32"
     space: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -115,6 +117,7 @@ def build(settings: Mapping[str, Any]) -> SweepConfig:
     _check_choice(values, "searcher", SEARCHERS)
     _check_choice(values, "aggregate", AGGREGATES)
     _check_choice(values, "sampler", ("random", "cmaes"))
+    _check_choice(values, "precision", tuple(PRECISIONS))
     for name, low in (("population", 1), ("trials", 1), ("steps", 1), ("seed", 0),
                       ("repeats", 1), ("chunk", 1), ("eta", 2), ("min_steps", 1)):
         if name in values and values[name] is not None:

@@ -54,6 +54,7 @@ def train_spec(config: SweepConfig, features: int, bucket: tuple) -> pop_lib.Tra
         depth=b["depth"],
         activation=b["activation"],
         loss=b["loss"],
+        precision=config.precision,
     )
     return pop_lib.TrainSpec(model, b["optimizer"], b["batch_size"])
 

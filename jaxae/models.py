@@ -9,12 +9,24 @@ downstream and receives zero gradient, so a masked slot computes what the smalle
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from flax import struct
+
+# Matmul precision: parameters (the optimizer's master copy) stay float32 in every case.
+#   float32  -- full float32 matmuls (Precision.HIGHEST)
+#   tf32     -- the backend's default float32 matmul: TF32 tensor cores on NVIDIA GPUs since
+#               Ampere, plain float32 on CPU
+#   bfloat16 -- activations and matmul inputs in bfloat16, accumulation in float32
+PRECISIONS: dict[str, tuple[jnp.dtype, jax.lax.Precision]] = {
+    "float32": (jnp.float32, jax.lax.Precision.HIGHEST),
+    "tf32": (jnp.float32, jax.lax.Precision.DEFAULT),
+    "bfloat16": (jnp.bfloat16, jax.lax.Precision.DEFAULT),
+}
 
 ACTIVATION_FNS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": nn.relu,
@@ -37,6 +49,7 @@ class ModelSpec:
         depth: hidden layers in the encoder (at least 1); the decoder mirrors it.
         activation: hidden-layer non-linearity, a key of ``ACTIVATION_FNS``.
         loss: reconstruction loss, ``"mse"`` or ``"bce"``.
+        precision: matmul precision, a key of ``PRECISIONS``.
     """
 
     kind: str
@@ -46,6 +59,7 @@ class ModelSpec:
     depth: int = 1
     activation: str = "relu"
     loss: str = "mse"
+    precision: str = "float32"
 
     @property
     def variational(self) -> bool:
@@ -84,12 +98,15 @@ class MLPAutoencoder(nn.Module):
 
     def setup(self) -> None:
         s = self.spec
-        self.encoder_layers = [nn.Dense(s.hidden, name=f"enc_{i}") for i in range(s.depth)]
-        self.code = nn.Dense(s.latent_dim, name="code")
+        dtype, precision = PRECISIONS[s.precision]
+        dense = functools.partial(nn.Dense, dtype=dtype, param_dtype=jnp.float32,
+                                  precision=precision)
+        self.encoder_layers = [dense(s.hidden, name=f"enc_{i}") for i in range(s.depth)]
+        self.code = dense(s.latent_dim, name="code")
         if s.variational:
-            self.code_logvar = nn.Dense(s.latent_dim, name="code_logvar")
-        self.decoder_layers = [nn.Dense(s.hidden, name=f"dec_{i}") for i in range(s.depth)]
-        self.output = nn.Dense(s.features, name="output")
+            self.code_logvar = dense(s.latent_dim, name="code_logvar")
+        self.decoder_layers = [dense(s.hidden, name=f"dec_{i}") for i in range(s.depth)]
+        self.output = dense(s.features, name="output")
 
     def _hidden(self, x: jax.Array, layer: nn.Dense, mask: jax.Array) -> jax.Array:
         return ACTIVATION_FNS[self.spec.activation](layer(x)) * mask
@@ -99,9 +116,11 @@ class MLPAutoencoder(nn.Module):
         h = x
         for layer in self.encoder_layers:
             h = self._hidden(h, layer, masks.hidden)
-        pre = self.code(h)
+        # Codes and logits leave the model in float32: losses and penalties are computed there.
+        pre = self.code(h).astype(jnp.float32)
         if self.spec.variational:
-            return pre * masks.latent, self.code_logvar(h) * masks.latent
+            logvar = self.code_logvar(h).astype(jnp.float32)
+            return pre * masks.latent, logvar * masks.latent
         if self.spec.code_activation == "sigmoid":
             pre = nn.sigmoid(pre)
         return pre * masks.latent
@@ -111,7 +130,7 @@ class MLPAutoencoder(nn.Module):
         h = z * masks.latent
         for layer in self.decoder_layers:
             h = self._hidden(h, layer, masks.hidden)
-        return self.output(h)
+        return self.output(h).astype(jnp.float32)
 
     def __call__(self, x: jax.Array, masks: Masks) -> jax.Array:
         code = self.encode(x, masks)

@@ -75,6 +75,8 @@ def parser() -> argparse.ArgumentParser:
         help="lowest budget of sha / hyperband / asha [default: steps // eta**3]")
     add("--sampler", choices=("random", "cmaes"), default=None,
         help="where sha / hyperband / asha get new configurations [default: random]")
+    add("--precision", choices=("float32", "tf32", "bfloat16"), default=None,
+        help="matmul precision; parameters stay float32 [default: float32]")
     add("--chunk", type=int, default=None,
         help=f"steps trained per jitted call between evaluations [default: {d.chunk}]")
     add("--checkpoint-every", type=float, default=30.0, metavar="SECONDS",
@@ -96,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
     settings = config_lib.read_toml(args.config) if args.config else {}
     for name in ("model", "searcher", "population", "trials", "steps", "seed", "data", "repeats",
-                 "aggregate", "crn", "eta", "min_steps", "sampler", "chunk"):
+                 "aggregate", "crn", "eta", "min_steps", "sampler", "chunk", "precision"):
         value = getattr(args, name)
         if value is not None:
             settings[name] = value

@@ -185,3 +185,20 @@ def test_hparam_arrays_fill_inapplicable_names_with_defaults():
     arrays = P.hparam_arrays([hparams.resolve("ae", {"learning_rate": 0.1})])
     assert arrays["learning_rate"][0] == pytest.approx(0.1)
     assert arrays["beta"][0] == 1.0 and np.isinf(arrays["grad_clip"][0])
+
+
+@pytest.mark.parametrize("precision", ["tf32", "bfloat16"])
+def test_matmul_precision_keeps_float32_parameters(digits, precision):
+    spec = P.TrainSpec(ModelSpec("ae", 64, hidden=32, latent_dim=8, precision=precision),
+                       "adam", 32)
+    members = [member(t, spec=spec, learning_rate=3e-3) for t in range(2)]
+    pop, losses = run(spec, members, [0, 1], 2, digits, 40)
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(pop.params))
+    _, reference = run(SPEC, [member(t, learning_rate=3e-3) for t in range(2)], [0, 1], 2,
+                       digits, 40)
+    if precision == "tf32" and jax.devices()[0].platform == "cpu":
+        np.testing.assert_allclose(losses, reference, rtol=1e-5)  # CPU has no TF32
+    else:  # bfloat16 matmuls: the same training, within bfloat16's ~3 significant digits
+        np.testing.assert_allclose(losses, reference, rtol=0.05)
+        assert not np.allclose(losses, reference, rtol=1e-6)
+    assert losses[:, -5:].mean() < losses[:, :5].mean()
