@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -199,15 +200,61 @@ def train_chunk(
 # ~15-45 %; for hidden 256, 8 is best.
 CPU_GROUP = 8
 
+# Share of the device's free memory that one group's activations may take.
+ACTIVATION_MEMORY_SHARE = 0.5
+
+
+def state_bytes(spec: TrainSpec) -> int:
+    """Bytes one member keeps between steps: parameters and two optimizer moments (float32)."""
+    m = spec.model
+    widths = [m.features] + [m.hidden] * m.depth + [m.latent_dim * (2 if m.variational else 1)]
+    n_params = 2 * sum(a * b + b for a, b in zip(widths[:-1], widths[1:], strict=True))
+    return 12 * n_params
+
+
+def activation_bytes(spec: TrainSpec) -> int:
+    """A rough upper bound on one member's transient memory in a step: forward activations,
+    their gradients and the gradient of every parameter (the contractive penalty also holds the
+    encoder Jacobian of the batch)."""
+    m = spec.model
+    widths = [m.features] + [m.hidden] * m.depth + [m.latent_dim] + [m.hidden] * m.depth
+    per_example = 4 * 4 * (sum(widths) + m.features)
+    if m.kind == "contractive":
+        per_example += 4 * 2 * m.latent_dim * (m.features + m.hidden * m.depth)
+    return spec.batch_size * per_example + state_bytes(spec) // 3
+
+
+def memory_budget() -> int | None:
+    """Bytes a program's transient buffers may use: ``$JAXAE_MEMORY_BUDGET`` if set, else a share
+    of the first device's free memory where the backend reports it (GPUs), else None."""
+    setting = os.environ.get("JAXAE_MEMORY_BUDGET")
+    if setting:
+        return int(float(setting))
+    stats = jax.devices()[0].memory_stats() or {}
+    if "bytes_limit" not in stats:
+        return None
+    free = stats["bytes_limit"] - stats.get("bytes_in_use", 0)
+    return int(ACTIVATION_MEMORY_SHARE * free)
+
 
 def group_size(spec: TrainSpec, slots: int) -> int:
-    """How many slots train side by side. Accelerators take the whole population at once; a
-    single CPU device takes the largest divisor of ``slots`` up to ``CPU_GROUP``."""
-    del spec  # the measured optimum barely moved with the model's size
+    """How many slots train side by side (the rest wait their turn inside the same program).
+
+    Accelerators take the whole population at once unless its activations would not fit the
+    memory budget; a single CPU device takes at most ``CPU_GROUP`` (cache locality). The group is
+    the largest divisor of ``slots`` within both limits. With several devices each device holds
+    its share of the slots and no grouping is done.
+    """
     devices = jax.devices()
-    if devices[0].platform != "cpu" or len(devices) > 1:
+    if len(devices) > 1:
         return slots
-    return max(d for d in range(1, min(CPU_GROUP, slots) + 1) if slots % d == 0)
+    limit = slots
+    if devices[0].platform == "cpu":
+        limit = min(limit, CPU_GROUP)
+    budget = memory_budget()
+    if budget is not None:
+        limit = min(limit, max(1, budget // activation_bytes(spec)))
+    return max(d for d in range(1, limit + 1) if slots % d == 0)
 
 
 @functools.partial(jax.jit, static_argnums=(0,))

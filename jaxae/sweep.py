@@ -93,6 +93,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # the device ran out of memory: say what to change, not a traceback
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        print("error: out of device memory; lower --population (or the widths in [space]), or "
+              "set JAXAE_MEMORY_BUDGET to train fewer slots at a time; the sweep can be continued "
+              "with --resume", file=sys.stderr)
+        return 2
 
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
