@@ -239,13 +239,13 @@ class Driver:
                 continue
             # Host-side edits (assign, pause, clear) may leave leaves on one device.
             bucket.pop = sharding_lib.shard(bucket.pop, self.slots)
-            before = np.asarray(bucket.pop.step)
+            before = sharding_lib.to_host(bucket.pop.step)
             t0 = time.perf_counter()
             bucket.pop, losses = pop_lib.train_chunk(
                 bucket.spec, bucket.pop, self.train_x, self.config.chunk
             )
             metrics = pop_lib.evaluate(bucket.spec, bucket.pop, self.val_x)
-            host = jax.device_get({"losses": losses, "val": metrics["val_loss"],
+            host = sharding_lib.to_host({"losses": losses, "val": metrics["val_loss"],
                                    "step": bucket.pop.step, "diverged": bucket.pop.diverged,
                                    "active": bucket.pop.active})
             if bucket.first_chunk_s is None:
@@ -285,7 +285,7 @@ class Driver:
             self.scheduler.tell(trial, run.job.budget, loss)
             del self.running[trial]
             bucket = self.buckets[run.bucket]
-            steps = int(np.asarray(bucket.pop.step)[run.slots].max())
+            steps = int(sharding_lib.to_host(bucket.pop.step)[run.slots].max())
             status = self.scheduler.status(trial)
             if status == "paused":
                 members = [pop_lib.take(bucket.pop, s) for s in run.slots]
@@ -334,7 +334,7 @@ class Driver:
                       for j in self.queue],
         }
         arrays = {
-            "buckets": {str(i): serialization.to_state_dict(jax.device_get(b.pop))
+            "buckets": {str(i): serialization.to_state_dict(sharding_lib.to_host(b.pop))
                         for i, b in enumerate(self.buckets.values())},
             "paused": {str(t): {str(r): serialization.to_state_dict(m)
                                 for r, m in enumerate(p.members)}
@@ -407,22 +407,36 @@ def record(store: TrialStore, config: SweepConfig, events: list[Event], curves: 
                 store.put_rung(e.trial, e.budget, e.val_loss)
 
 
-def save_checkpoint(out: Path, driver: Driver) -> None:
-    atomic_write_bytes(out / CHECKPOINT, driver.state_bytes())
+# With several processes a checkpoint gathers every process's slots, so all processes must take it
+# at the same chunks: a chunk count replaces the (per-process) clock.
+MULTIPROCESS_CHECKPOINT_CHUNKS = 20
 
 
 def run(driver: Driver, store: TrialStore, out: Path | None, *, checkpoint_every: float = 30.0,
-        on_chunk: Callable[[Driver, list[Event]], None] | None = None) -> None:
-    """Steps ``driver`` to the end, recording every chunk and checkpointing every
-    ``checkpoint_every`` seconds (0: after every chunk) and at the end."""
+        on_chunk: Callable[[Driver, list[Event]], None] | None = None,
+        write: bool = True) -> None:
+    """Steps ``driver`` to the end, recording every chunk and checkpointing into ``out`` every
+    ``checkpoint_every`` seconds (0: after every chunk) and at the end. ``write=False`` (processes
+    other than 0) takes the same checkpoints without writing them."""
+    multiprocess = jax.process_count() > 1
     last = time.monotonic()
+
+    def checkpoint() -> None:
+        data = driver.state_bytes()
+        if write and out is not None:
+            atomic_write_bytes(out / CHECKPOINT, data)
+
     while not driver.done:
         events, curves = driver.step()
         record(store, driver.config, events, curves)
         if on_chunk is not None:
             on_chunk(driver, events)
-        if out is not None and time.monotonic() - last >= checkpoint_every:
-            save_checkpoint(out, driver)
+        if multiprocess:
+            due = driver.chunk % MULTIPROCESS_CHECKPOINT_CHUNKS == 0
+        else:
+            due = out is not None and time.monotonic() - last >= checkpoint_every
+        if due:
+            checkpoint()
             last = time.monotonic()
-    if out is not None:
-        save_checkpoint(out, driver)
+    if out is not None or multiprocess:
+        checkpoint()

@@ -32,6 +32,7 @@ from jaxae import hparams as hparams_lib
 from jaxae.models import ModelSpec, init_params, make_masks
 from jaxae.objectives import make_metrics, make_objective
 from jaxae.optimizers import OPTIMIZER_HPARAMS, make_optimizer
+from jaxae.sharding import to_host
 
 # How many times each jitted program was traced (a trace precedes every compilation), by name and
 # by (name, spec): tests use it to prove that assigning new hyperparameters does not recompile and
@@ -353,7 +354,7 @@ def assign(spec: TrainSpec, pop: Population, slots: Sequence[int], members: Sequ
         return pop
     new = np.zeros(pop.size, bool)
     new[list(slots)] = True
-    host = jax.device_get(
+    host = to_host(
         {
             "hparams": pop.hparams,
             "init_key": pop.init_key,
@@ -389,14 +390,14 @@ def _check_fits(spec: TrainSpec, hp: dict, slots: Sequence[int]) -> None:
 
 def set_targets(pop: Population, slots: Sequence[int], targets: Sequence[int]) -> Population:
     """Lets trials already in ``slots`` train on, up to ``targets`` steps in total."""
-    target = np.array(pop.target)
+    target = to_host(pop.target).copy()
     target[list(slots)] = targets
     return pop.replace(target=jax.device_put(target, pop.target.sharding))
 
 
 def clear(pop: Population, slots: Sequence[int]) -> Population:
     """Empties ``slots`` (they stop training; their contents are left as they are)."""
-    trial = np.array(pop.trial)
+    trial = to_host(pop.trial).copy()
     trial[list(slots)] = -1
     return pop.replace(trial=jax.device_put(trial, pop.trial.sharding))
 
@@ -413,7 +414,7 @@ def _put(pop: Population, slot: jax.Array, member: Population) -> Population:
 
 def take(pop: Population, slot: int) -> Population:
     """One slot's state, without the slot axis, on the host (to pause a trial)."""
-    return jax.device_get(_take(pop, jnp.int32(slot)))
+    return to_host(_take(pop, jnp.int32(slot)))
 
 
 def put(pop: Population, slot: int, member: Population) -> Population:

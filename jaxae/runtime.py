@@ -60,6 +60,8 @@ def initialize_distributed() -> bool:
         num, pid = int(os.environ["JAX_NUM_PROCESSES"]), int(os.environ["JAX_PROCESS_ID"])
     except ValueError:
         raise UserError("JAX_NUM_PROCESSES and JAX_PROCESS_ID must be integers") from None
+    # CPU processes exchange results (the gathers of the driver's host reads) through gloo.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
                                num_processes=num, process_id=pid)
     return True

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -36,7 +37,28 @@ def round_up(slots: int, mesh: Mesh) -> int:
     return -(-slots // n) * n
 
 
+def to_host(tree):
+    """A numpy copy of every leaf. With several processes a leaf sharded over all of them is
+    gathered first (every process gets the whole array: they all run the same driver)."""
+
+    def leaf(x):
+        if not isinstance(x, jax.Array) or x.is_fully_addressable or x.is_fully_replicated:
+            return np.asarray(x)
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+    return jax.tree.map(leaf, tree)
+
+
 def shard(tree, sharding: NamedSharding):
     """Places every leaf of ``tree`` (slot axis first) with ``sharding``; a no-op for leaves that
-    are already placed so."""
-    return jax.device_put(tree, sharding)
+    are already placed so. With several processes, leaves living on one process's device go via
+    the host (every process holds the same value, so each can place its own shards)."""
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+
+    def leaf(x):
+        if isinstance(x, jax.Array) and x.sharding == sharding:
+            return x
+        return jax.device_put(to_host(x), sharding)
+
+    return jax.tree.map(leaf, tree)

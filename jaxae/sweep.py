@@ -175,18 +175,29 @@ def _run(args: argparse.Namespace) -> int:
     config = config_lib.build(_settings(args))
     from jaxae import runtime
 
+    runtime.initialize_distributed()
     runtime.enable_compilation_cache()
+    import jax
+
+    # Several processes run the same deterministic driver, each on its own devices; process 0
+    # alone writes the outputs (the others keep their store in memory).
+    primary = jax.process_index() == 0
     # Data problems are found before anything is written.
     from jaxae import data as data_lib
 
     dataset = data_lib.load(config.data, seed=config.seed)
-    out = _prepare_out(args, config)
+    if primary or args.resume:
+        out = _prepare_out(args, config)
+    else:
+        out = Path(args.out) if args.out else Path("runs") / "process-0-writes"
 
     from jaxae import driver as driver_lib
     from jaxae.store import TrialStore, atomic_write_json
 
     driver = driver_lib.Driver(config, dataset)
     sweep_json = out / "sweep.json"
+    if not primary:
+        return _run_secondary(args, driver, out)
     if args.resume:
         info = json.loads(sweep_json.read_text())
         checkpoint = out / driver_lib.CHECKPOINT
@@ -223,13 +234,31 @@ def _run(args: argparse.Namespace) -> int:
         _print_summary(store, out, best, elapsed)
     finally:
         store.close()
-    if not args.no_report:
+    if not args.no_report and jax.process_count() > 1:
+        print(f"multi-process sweep: run `python -m jaxae.report {out}` for the report")
+    elif not args.no_report:
         try:
             from jaxae import report
         except ImportError:
             report = None
         if report is not None:
             report.main([str(out)])
+    return 0
+
+
+def _run_secondary(args: argparse.Namespace, driver: Any, out: Path) -> int:
+    """A non-zero process of a multi-process sweep: the same loop, nothing written."""
+    from jaxae import driver as driver_lib
+    from jaxae.store import TrialStore
+
+    checkpoint = out / driver_lib.CHECKPOINT
+    if args.resume and checkpoint.exists():
+        driver.restore(checkpoint.read_bytes())
+    store = TrialStore(":memory:")
+    try:
+        driver_lib.run(driver, store, out, write=False)
+    finally:
+        store.close()
     return 0
 
 
