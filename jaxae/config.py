@@ -56,7 +56,7 @@ _COMMON_SPACE = {
     "learning_rate": {"dist": "float", "low": 1e-4, "high": 3e-2, "log": True},
     "weight_decay": {"dist": "float", "low": 1e-6, "high": 1e-2, "log": True},
     "latent_dim": {"dist": "int", "low": 4, "high": 32, "log": True},
-    "hidden": {"dist": "int", "low": 32, "high": 256, "log": True},
+    "hidden": {"dist": "int", "low": 32, "high": 128, "log": True},
     "activation": {"dist": "choice", "options": ["relu", "tanh"]},
 }
 _MODEL_SPACE = {
