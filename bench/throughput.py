@@ -28,15 +28,47 @@ encoder Jacobian, one vector-Jacobian product per code unit and its gradient, co
 (``cost_analysis``) of the compiled ``jit(member_step)``, elementwise operations included, as a
 cross-check.
 
+Roofline. Every row compares the measured time of a member-step with its roofline bound,
+``max(flops / peak_flops, bytes / bandwidth)`` (``roofline_us_per_member_step``), and reports
+``roofline_ratio`` = measured / bound (1 would be the hardware's limit) and
+``fraction_of_matmul_peak`` = model FLOP/s / ``peak_flops``. The bytes of a member-step
+(``bytes_per_member_step``) are a minimal-traffic model, float32 throughout:
+
+* parameter-sized traffic, ``4 * n_params * (2 * k + 5)`` for an optimizer with ``k`` moment
+  arrays (Adam / AdamW / RMSProp-with-momentum: 2, SGD with momentum: 1): the optimizer reads the
+  parameters, the gradient and the ``k`` moments and writes the parameters and the moments
+  (``2 * k + 3`` passes: 7 for Adam), the backward pass writes the gradient (1) and the forward
+  pass reads the weights (1). For 784-512-32 with Adam: 9 x 4 B x 837,424 = 30.1 MB.
+* activation traffic, ``4 * 4 * batch * (features + sum of the layers' outputs)``: the gathered
+  input batch and every layer's output are written and read once forward, and their gradients
+  written and read once backward (4 passes; fused activations count once).
+
+It is a lower bound on memory traffic: it assumes nothing is re-read and ignores caches, the
+per-step gradient-norm / divergence / select passes of ``population.member_step`` and the
+contractive / VAE extras. On a CPU a working set that fits in cache can beat it
+(``roofline_ratio`` < 1 on the memory side is possible there).
+
+``peak_flops`` and ``bandwidth_bytes_per_s``: ``--peak-flops`` / ``--bandwidth`` when given; for
+a known accelerator, its datasheet numbers (``ACCELERATOR_PEAKS``); otherwise (CPU) measured in
+the same run, inside the same timing rounds as the cases: the best FLOP/s of one float32
+``jnp.dot`` of ``--matmul-size`` squared matrices, and the best bytes read + written per second
+of an in-place ``a + 1`` over a float32 array of ``--bandwidth-mb`` MB. The measured values are
+also reported on accelerators (``measured_matmul_flops_per_s``, ``measured_bandwidth_bytes_per_s``)
+and ``peak_source`` says where the peaks came from.
+
 Output: one JSON line per case (and per grid point with ``--sweep-populations`` /
 ``--sweep-hidden``), with keys ``case``, ``population``, ``steps``, ``member_steps_per_s``,
-``model_gflops_per_s``, ``device``, ``compile_s``, ``ratio_vs_sequential``, ``ratio_vs_loop`` and
-the settings.
+``model_gflops_per_s``, ``device``, ``compile_s``, ``ratio_vs_sequential``, ``ratio_vs_loop``,
+the roofline keys (``bytes_per_member_step``, ``peak_flops``, ``bandwidth_bytes_per_s``,
+``roofline_us_per_member_step``, ``measured_us_per_member_step``, ``roofline_ratio``,
+``roofline_limit``, ``fraction_of_matmul_peak``) and the settings.
 
 Example:
     python bench/throughput.py --population 64 --steps 300 --hidden 64 --latent 16 --batch 128 \
         --data digits
     python bench/throughput.py --sweep-populations 1,8,32,128 --sweep-hidden 64,256 --steps 100
+    python bench/throughput.py --data mnist-shape --hidden 512 --latent 32 \
+        --sweep-populations 1,8,32,128 --steps 20 --cases vmap,sequential
 """
 
 from __future__ import annotations
@@ -96,6 +128,95 @@ def xla_flops(compiled) -> float | None:
     if isinstance(cost, list | tuple):
         cost = cost[0] if cost else None
     return float(cost["flops"]) if cost and "flops" in cost else None
+
+
+# Moment arrays (each the size of the parameters) that each optimizer family keeps.
+OPTIMIZER_MOMENTS = {"adam": 2, "adamw": 2, "sgd": 1, "rmsprop": 2}
+
+# Datasheet peaks of known accelerators, matched in order against a substring of jax's
+# ``device_kind``: (substring, dense TF32 tensor-core FLOP/s, strict float32 FLOP/s, HBM bytes/s).
+# Sources: NVIDIA H100 datasheet (SXM5: TF32 989 TFLOP/s *with sparsity*, i.e. 494.7 dense, FP32
+# 67 TFLOP/s, HBM3 3.35 TB/s; PCIe: 756 sparse / 378 dense, 51, 2.0 TB/s; NVL: 835 sparse /
+# 417.5 dense, 60, 3.9 TB/s), H200 datasheet (SXM: the H100 SXM's compute, HBM3e 4.8 TB/s), A100
+# datasheet (TF32 156 dense, FP32 19.5; 80 GB SXM 2.039 TB/s, 80 GB PCIe 1.935, 40 GB 1.555).
+# These are marketing peaks at boost clocks; sustained matmuls reach ~70-80 % of them. float32
+# matmuls run on TF32 tensor cores under JAX's default precision on these GPUs; with
+# ``jax_default_matmul_precision`` set to "highest" / "float32" the strict FP32 column applies.
+ACCELERATOR_PEAKS: tuple[tuple[str, float, float, float], ...] = (
+    ("H200", 494.7e12, 67e12, 4.8e12),
+    ("H100 PCIe", 378e12, 51e12, 2.0e12),
+    ("H100 NVL", 417.5e12, 60e12, 3.9e12),
+    ("H100", 494.7e12, 67e12, 3.35e12),
+    ("A100-SXM4-80GB", 156e12, 19.5e12, 2.039e12),
+    ("A100 80GB PCIe", 156e12, 19.5e12, 1.935e12),
+    ("A100", 156e12, 19.5e12, 1.555e12),
+)
+
+
+def param_count(model: ModelSpec) -> int:
+    """Parameters of one member: every dense layer's kernel and bias."""
+    return sum(i * o + o for i, o in dense_layers(model))
+
+
+def bytes_per_member_step(spec: P.TrainSpec) -> dict[str, float]:
+    """Minimal memory traffic of one member's training step (the model of the module docstring).
+
+    Returns ``{"param": bytes, "activation": bytes}``.
+    """
+    passes = 2 * OPTIMIZER_MOMENTS[spec.optimizer] + 3 + 2  # optimizer + grad write + weight read
+    outputs = sum(o for _, o in dense_layers(spec.model))
+    return {
+        "param": 4.0 * param_count(spec.model) * passes,
+        "activation": 4.0 * 4 * spec.batch_size * (spec.model.features + outputs),
+    }
+
+
+def table_peaks(device: jax.Device) -> tuple[float, float, str] | None:
+    """(peak FLOP/s, bytes/s, source) of a known accelerator, or None."""
+    if device.platform == "cpu":
+        return None
+    strict = str(jax.config.jax_default_matmul_precision).lower() in ("highest", "float32")
+    for key, tf32, fp32, bandwidth in ACCELERATOR_PEAKS:
+        if key.lower() in device.device_kind.lower():
+            precision = "fp32" if strict else "tf32"
+            return (fp32 if strict else tf32), bandwidth, f"table:{key}:{precision}"
+    return None
+
+
+def matmul_timer(n: int) -> tuple[Callable[[], float], float]:
+    """A timer of one float32 ``[n, n] x [n, n]`` matmul (best of 3 calls) and its FLOPs."""
+    ka, kb = jax.random.split(jax.random.PRNGKey(0))
+    a = jax.random.normal(ka, (n, n), jnp.float32)
+    b = jax.random.normal(kb, (n, n), jnp.float32)
+    dot = jax.jit(jnp.dot).lower(a, b).compile()
+    jax.block_until_ready(dot(a, b))
+
+    def timer() -> float:
+        best = float("inf")
+        for _ in range(3):
+            t0 = time.perf_counter()
+            jax.block_until_ready(dot(a, b))
+            best = min(best, time.perf_counter() - t0)
+        return best
+
+    return timer, 2.0 * n**3
+
+
+def bandwidth_timer(megabytes: float) -> tuple[Callable[[], float], float]:
+    """A timer of an in-place ``a + 1`` over a float32 array (best of 3) and its bytes moved."""
+    n = max(1, int(megabytes * 1e6) // 4)
+    add = jax.jit(lambda a: a + 1.0, donate_argnums=(0,))
+    state = [jax.block_until_ready(add(jnp.zeros((n,), jnp.float32)))]
+
+    def timer() -> float:
+        best = float("inf")
+        for _ in range(3):
+            t0 = time.perf_counter()
+            state[0] = jax.block_until_ready(add(state[0]))
+            best = min(best, time.perf_counter() - t0)
+        return best
+
+    return timer, 2.0 * 4 * n  # every element read once and written once
 
 
 def make_members(args: argparse.Namespace, hidden: int, population: int) -> list[P.Member]:
@@ -196,12 +317,29 @@ def run_point(args: argparse.Namespace, x: jax.Array, population: int, hidden: i
 
         timers["loop"] = time_loop
 
-    times: dict[str, list[float]] = {case: [] for case in timers}
+    # The hardware's own limits, measured inside the same rounds as the cases so that load from
+    # other processes hits them alike (skipped when given by flags).
+    probes: dict[str, tuple[Callable[[], float], float]] = {}
+    if args.peak_flops is None:
+        probes["matmul"] = matmul_timer(args.matmul_size)
+    if args.bandwidth is None:
+        probes["bandwidth"] = bandwidth_timer(args.bandwidth_mb)
+
+    times: dict[str, list[float]] = {case: [] for case in [*timers, *probes]}
     for _ in range(args.repeats):  # rounds: every case once per round, side by side
         for case, timer in timers.items():
             times[case].append(timer())
+        for name, (timer, _) in probes.items():
+            times[name].append(timer())
+    measured = {name: work / min(times[name]) for name, (_, work) in probes.items()}
+    peaks = resolve_peaks(args, measured)
 
     flops = model_flops_per_step(spec)
+    traffic = bytes_per_member_step(spec)
+    moved = traffic["param"] + traffic["activation"]
+    compute_s = flops / peaks["peak_flops"]
+    memory_s = moved / peaks["bandwidth_bytes_per_s"]
+    bound_s = max(compute_s, memory_s)
     rows = []
     for case in timers:
         best = min(times[case])
@@ -230,6 +368,18 @@ def run_point(args: argparse.Namespace, x: jax.Array, population: int, hidden: i
                 "flops_per_member_step": flops,
                 "xla_flops_per_member_step": xla_step_flops,
                 "sync_every_step": args.sync_every_step if case == "loop" else None,
+                "n_params": param_count(spec.model),
+                "bytes_per_member_step": moved,
+                "param_bytes_per_member_step": traffic["param"],
+                "activation_bytes_per_member_step": traffic["activation"],
+                **peaks,
+                "roofline_us_per_member_step": bound_s * 1e6,
+                "roofline_compute_us": compute_s * 1e6,
+                "roofline_memory_us": memory_s * 1e6,
+                "roofline_limit": "compute" if compute_s >= memory_s else "memory",
+                "measured_us_per_member_step": 1e6 / rate,
+                "roofline_ratio": (1.0 / rate) / bound_s,
+                "fraction_of_matmul_peak": rate * flops / peaks["peak_flops"],
                 "jax": jax.__version__,
                 "xla_flags": os.environ.get("XLA_FLAGS", ""),
             }
@@ -239,6 +389,33 @@ def run_point(args: argparse.Namespace, x: jax.Array, population: int, hidden: i
         for base in ("sequential", "loop"):
             r[f"ratio_vs_{base}"] = r["member_steps_per_s"] / rates[base] if base in rates else None
     return rows
+
+
+def resolve_peaks(args: argparse.Namespace, measured: dict[str, float]) -> dict:
+    """The peaks the roofline uses: flags first, then the accelerator table, then measured."""
+    table = table_peaks(jax.devices()[0])
+    sources = []
+    if args.peak_flops is not None:
+        peak_flops, sources = args.peak_flops, ["flag"]
+    elif table is not None:
+        peak_flops, sources = table[0], [table[2]]
+    else:
+        peak_flops, sources = measured["matmul"], [f"measured:matmul{args.matmul_size}"]
+    if args.bandwidth is not None:
+        bandwidth, source = args.bandwidth, "flag"
+    elif table is not None:
+        bandwidth, source = table[1], table[2]
+    else:
+        bandwidth, source = measured["bandwidth"], f"measured:add{args.bandwidth_mb:g}MB"
+    if source not in sources:
+        sources.append(source)
+    return {
+        "peak_flops": peak_flops,
+        "bandwidth_bytes_per_s": bandwidth,
+        "peak_source": "+".join(sources),
+        "measured_matmul_flops_per_s": measured.get("matmul"),
+        "measured_bandwidth_bytes_per_s": measured.get("bandwidth"),
+    }
 
 
 def int_list(text: str) -> list[int]:
@@ -291,12 +468,28 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--sweep-hidden", type=int_list, default=None,
                         help="e.g. 64,256: run every case for each hidden width")
     parser.add_argument("--seed", type=int, default=0, help="seed of the members' keys")
+    parser.add_argument("--peak-flops", type=float, default=None,
+                        help="peak matmul FLOP/s for the roofline (default: the accelerator's "
+                        "datasheet value, or on CPU a float32 matmul measured in the same run)")
+    parser.add_argument("--bandwidth", type=float, default=None,
+                        help="memory bandwidth in bytes/s for the roofline (default: the "
+                        "accelerator's datasheet value, or on CPU measured in the same run)")
+    parser.add_argument("--matmul-size", type=int, default=2048,
+                        help="n of the measured [n, n] x [n, n] float32 matmul (default 2048)")
+    parser.add_argument("--bandwidth-mb", type=float, default=256.0,
+                        help="MB of the float32 array of the measured in-place add (default 256)")
     args = parser.parse_args(argv)
     for name in ("population", "steps", "hidden", "latent", "depth", "batch", "repeats"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
     if args.loop_members is not None and args.loop_members < 1:
         parser.error("--loop-members must be at least 1")
+    if args.matmul_size < 1 or args.bandwidth_mb <= 0:
+        parser.error("--matmul-size and --bandwidth-mb must be positive")
+    for name in ("peak_flops", "bandwidth"):
+        value = getattr(args, name)
+        if value is not None and not value > 0:
+            parser.error(f"--{name.replace('_', '-')} must be positive")
     return args
 
 

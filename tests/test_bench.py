@@ -9,12 +9,16 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 REQUIRED = ("case", "population", "steps", "member_steps_per_s", "model_gflops_per_s", "device",
             "compile_s", "ratio_vs_sequential", "ratio_vs_loop")
+ROOFLINE = ("bytes_per_member_step", "peak_flops", "bandwidth_bytes_per_s",
+            "roofline_us_per_member_step", "measured_us_per_member_step", "roofline_ratio",
+            "fraction_of_matmul_peak")
 
 
 def test_throughput_prints_one_json_line_per_case():
     out = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "throughput.py"), "--population", "2", "--steps",
-         "5", "--hidden", "8", "--latent", "4", "--batch", "16", "--repeats", "1"],
+         "5", "--hidden", "8", "--latent", "4", "--batch", "16", "--repeats", "1",
+         "--matmul-size", "128", "--bandwidth-mb", "4"],
         cwd=ROOT, capture_output=True, text=True, timeout=300, check=True,
     )
     rows = [json.loads(line) for line in out.stdout.splitlines()]
@@ -24,10 +28,34 @@ def test_throughput_prints_one_json_line_per_case():
         assert r["population"] == 2 and r["steps"] == 5
         assert isinstance(r["device"], str) and r["device"]
         for key in ("member_steps_per_s", "model_gflops_per_s", "ratio_vs_sequential",
-                    "ratio_vs_loop"):
+                    "ratio_vs_loop", *ROOFLINE):
             assert math.isfinite(r[key]) and r[key] > 0, (key, r[key])
         assert r["compile_s"] >= 0
+        # The roofline bound is max(compute, memory); the ratio is measured / bound.
+        bound = max(r["flops_per_member_step"] / r["peak_flops"],
+                    r["bytes_per_member_step"] / r["bandwidth_bytes_per_s"]) * 1e6
+        assert math.isclose(r["roofline_us_per_member_step"], bound, rel_tol=1e-9)
+        assert math.isclose(r["roofline_ratio"], r["measured_us_per_member_step"] / bound,
+                            rel_tol=1e-9)
+        assert math.isclose(r["measured_us_per_member_step"], 1e6 / r["member_steps_per_s"],
+                            rel_tol=1e-9)
     assert rows[1]["ratio_vs_sequential"] == 1.0 and rows[2]["ratio_vs_loop"] == 1.0
+    # Adam, hidden 8, latent 4, digits (64 features), batch 16: 9 parameter passes + activations.
+    n_params = 64 * 8 + 8 + 8 * 4 + 4 + 4 * 8 + 8 + 8 * 64 + 64
+    expected = 9 * 4 * n_params + 16 * 16 * (64 + 8 + 4 + 8 + 64)
+    assert all(r["bytes_per_member_step"] == expected for r in rows)
+
+
+def test_throughput_peak_flags_override_the_measured_peaks():
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "throughput.py"), "--population", "1", "--steps",
+         "2", "--hidden", "8", "--latent", "4", "--batch", "8", "--repeats", "1", "--cases",
+         "vmap", "--peak-flops", "1e12", "--bandwidth", "1e11"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=True,
+    )
+    (row,) = [json.loads(line) for line in out.stdout.splitlines()]
+    assert row["peak_flops"] == 1e12 and row["bandwidth_bytes_per_s"] == 1e11
+    assert row["peak_source"] == "flag" and row["measured_matmul_flops_per_s"] is None
 
 
 def test_time_to_quality_prints_one_json_line_per_case():
