@@ -137,34 +137,54 @@ class MLPAutoencoder(nn.Module):
         return self.decode(code[0] if self.spec.variational else code, masks)
 
 
-def init_params(spec: ModelSpec, key: jax.Array, masks: Masks) -> dict:
-    """Initial parameters of one slot, scaled for the slot's true (unmasked) fan-in.
+# LeCun normal as flax draws it: a normal truncated at +-2 std, rescaled to unit variance.
+_TRUNCATED_STD = 0.87962566103423978
 
-    Flax's default LeCun-normal init divides by the padded fan-in; a kernel reading a masked layer
-    is rescaled so its variance is 1 / (units actually used), as the smaller model's would be.
-    Unused units' weights are zeroed, so the padded parameters hold no stray values.
+
+def _kernel(key: jax.Array, shape: tuple[int, int], fan_in: jax.Array) -> jax.Array:
+    """A LeCun-normal kernel [in, out] whose used block does not depend on the padding.
+
+    Row ``i`` is drawn from ``fold_in(key, i)`` as a 1-D vector: with JAX's partitionable threefry
+    (the default) a 1-D draw's first ``n`` values are the same whatever its length, so a slot's
+    used block [:in_used, :out_used] equals what the unpadded model draws from the same key.
     """
-    model = MLPAutoencoder(spec)
-    params = model.init(key, jnp.zeros((1, spec.features), jnp.float32), masks)["params"]
+    rows = jax.vmap(lambda i: jax.random.truncated_normal(
+        jax.random.fold_in(key, i), -2.0, 2.0, (shape[1],)))(jnp.arange(shape[0]))
+    return rows * (jnp.sqrt(1.0 / fan_in) / _TRUNCATED_STD)
 
-    used = {
-        "hidden": (masks.hidden, masks.hidden.sum()),
-        "latent": (masks.latent, masks.latent.sum()),
-    }
 
-    def fix(name: str, layer: dict) -> dict:
-        kernel, bias = layer["kernel"], layer["bias"]
-        reads = {"enc_0": None, "dec_0": "latent"}.get(name, "hidden")
-        if reads is not None:
-            mask, count = used[reads]
-            kernel = kernel * jnp.sqrt(mask.shape[0] / count) * mask[:, None]
-        writes = {"code": "latent", "code_logvar": "latent", "output": None}.get(name, "hidden")
-        if writes is not None:
-            kernel = kernel * used[writes][0][None, :]
-            bias = bias * used[writes][0]
-        return {"kernel": kernel, "bias": bias}
+def init_params(spec: ModelSpec, key: jax.Array, masks: Masks) -> dict:
+    """Initial parameters of one slot: LeCun normal for the slot's true (unmasked) fan-in, zero
+    biases, and zeros for every weight of an unused unit.
 
-    return {name: fix(name, layer) for name, layer in params.items()}
+    The used block equals the parameters of an unpadded model of the slot's own size drawn from
+    the same key, so a trial starts from the same weights whatever the sweep's padded maximum.
+    """
+    shapes = jax.eval_shape(
+        MLPAutoencoder(spec).init, key, jnp.zeros((1, spec.features), jnp.float32), masks
+    )["params"]
+    sizes = {"features": (jnp.ones((spec.features,)), spec.features),
+             "hidden": (masks.hidden, masks.hidden.sum()),
+             "latent": (masks.latent, masks.latent.sum())}
+    reads = {"enc_0": "features", "dec_0": "latent"}
+    writes = {"code": "latent", "code_logvar": "latent", "output": "features"}
+    params = {}
+    # Layer keys by name, not position: adding a layer kind never shifts another's draw.
+    for name, layer in shapes.items():
+        in_mask, in_used = sizes[reads.get(name, "hidden")]
+        out_mask, _ = sizes[writes.get(name, "hidden")]
+        layer_key = jax.random.fold_in(key, _stable_hash(name))
+        kernel = _kernel(layer_key, layer["kernel"].shape, in_used)
+        params[name] = {
+            "kernel": kernel * in_mask[:, None] * out_mask[None, :],
+            "bias": jnp.zeros(layer["bias"].shape, jnp.float32),
+        }
+    return params
+
+
+def _stable_hash(name: str) -> int:
+    # Python's hash() is salted per process; keys must be the same in every run.
+    return int.from_bytes(name.encode()[:4].ljust(4, b"\0"), "little") ^ len(name)
 
 
 def apply_fn(spec: ModelSpec, method: str = "__call__") -> Callable:
