@@ -79,3 +79,20 @@ def test_time_to_quality_prints_one_json_line_per_case():
             continue
         assert math.isfinite(r["best_val_loss"])
         assert r["time_to_target_s"] is not None and r["time_to_target_s"] <= r["wall_s"]
+
+
+def _json_lines(args, script):
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300, check=True)
+    return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+
+
+def test_masking_and_crn_benches_print_json_lines():
+    rows = _json_lines(["--population", "2", "--steps", "5", "--hidden", "8", "--latent", "4",
+                        "--batch", "16", "--repeats", "1", "--pads", "1,2", "--pad-axes", "both",
+                        "--no-mixed"], "masking.py")
+    assert [r["case"] for r in rows][0] == "fixed" and len(rows) >= 2
+    assert all(r["member_steps_per_s"] > 0 and r["ratio_vs_fixed"] > 0 for r in rows)
+    rows = _json_lines(["--configs", "3", "--replicates", "2", "--budgets", "10", "--seeds", "0",
+                        "--hidden", "8"], "crn.py")
+    assert {r["crn"] for r in rows} == {False, True}
