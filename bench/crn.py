@@ -68,6 +68,7 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 from scipy import stats
+from throughput import int_list  # the sibling bench script: python puts bench/ on sys.path
 
 from jaxae import config as config_lib
 from jaxae import data as data_lib
@@ -209,16 +210,6 @@ def add_ratios(independent: dict, crn: dict) -> None:
     for metric in ("var_diff", "flip_prob"):
         name = "var_diff_ratio" if metric == "var_diff" else "flip_ratio"
         crn[name] = crn[metric] / independent[metric] if independent[metric] else None
-
-
-def int_list(text: str, low: int) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected integers joined by commas: {text!r}") from err
-    if not values or min(values) < low:
-        raise argparse.ArgumentTypeError(f"expected integers >= {low}: {text!r}")
-    return values
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

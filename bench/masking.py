@@ -56,6 +56,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from throughput import int_list  # the sibling bench script: python puts bench/ on sys.path
 
 from jaxae import hparams
 from jaxae import population as P
@@ -203,16 +204,6 @@ def run(args: argparse.Namespace) -> list[dict]:
             "xla_flags": os.environ.get("XLA_FLAGS", ""),
         })
     return rows
-
-
-def int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected integers joined by commas: {text!r}") from err
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers: {text!r}")
-    return values
 
 
 def axis_list(text: str) -> list[str]:

@@ -418,13 +418,14 @@ def resolve_peaks(args: argparse.Namespace, measured: dict[str, float]) -> dict:
     }
 
 
-def int_list(text: str) -> list[int]:
+def int_list(text: str, low: int = 1) -> list[int]:
+    """An argparse type: integers >= ``low`` joined by commas (shared by the bench scripts)."""
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError as err:
         raise argparse.ArgumentTypeError(f"expected integers joined by commas: {text!r}") from err
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers: {text!r}")
+    if not values or min(values) < low:
+        raise argparse.ArgumentTypeError(f"expected integers >= {low}: {text!r}")
     return values
 
 
