@@ -267,11 +267,13 @@ def _now() -> str:
 
 
 class _Progress:
-    """A tqdm bar over settled trials, with the best loss so far and member-steps/s."""
+    """A tqdm bar over trials that have reported at least once (multi-fidelity trials report at
+    their first rung long before they settle), with the best completed loss and member-steps/s."""
 
     def __init__(self, config: config_lib.SweepConfig, driver: Any, enabled: bool) -> None:
         self.bar = None
         self.best = math.inf
+        self.reported: set[int] = set()
         self.t0 = time.perf_counter()
         self.steps0 = driver.member_steps
         if enabled:
@@ -281,7 +283,8 @@ class _Progress:
                             unit="trial", file=sys.stderr, dynamic_ncols=True)
 
     def update(self, driver: Any, events: list) -> None:
-        settled = [e for e in events if e.status != "running"]
+        new = {e.trial for e in events if e.told or e.status != "running"} - self.reported
+        self.reported |= new
         for e in events:
             if e.status == "completed" and math.isfinite(e.val_loss):
                 self.best = min(self.best, e.val_loss)
@@ -289,7 +292,7 @@ class _Progress:
             rate = (driver.member_steps - self.steps0) / max(time.perf_counter() - self.t0, 1e-9)
             self.bar.set_postfix(best=f"{self.best:.4g}", running=len(driver.running),
                                  steps_per_s=f"{rate:,.0f}", refresh=False)
-            self.bar.update(len(settled))
+            self.bar.update(len(new))
 
     def close(self) -> None:
         if self.bar is not None:
