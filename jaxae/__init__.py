@@ -1,0 +1,14 @@
+"""jaxae: train whole populations of autoencoders at once in JAX while searchers pick their
+hyperparameters.
+
+Modules, one idea each: ``data`` (data sets), ``models`` (masked MLP autoencoders),
+``objectives`` (a loss per autoencoder kind), ``optimizers``, ``hparams`` (the hyperparameter
+names), ``population`` (the vmapped trainer), ``sharding`` (devices), ``config`` / ``driver`` /
+``store`` / ``sweep`` (the sweep and its CLI), ``report`` / ``figures`` / ``importance`` /
+``downstream`` (the analysis), ``runtime`` (process set-up). The search side is the separate
+package ``searchers``.
+
+Importing the package is cheap: submodules are imported where they are used.
+"""
+
+__version__ = "0.1.0"
