@@ -74,6 +74,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -84,7 +85,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxae import hparams
+from jaxae import hparams, runtime, sharding
 from jaxae import population as P
 from jaxae.data import load_digits
 from jaxae.models import ModelSpec
@@ -267,13 +268,25 @@ def run_point(args: argparse.Namespace, x: jax.Array, population: int, hidden: i
     xla_step_flops = xla_flops(step_compiled)
 
     if "vmap" in args.cases:
-        chunk = compile_timed("vmap", lambda: P.train_chunk.lower(spec, pop, x, steps))
+        # With several devices (JAXAE_CPU_DEVICES=N splits a CPU into N), the slots are sharded
+        # and each device trains its own share, as the sweep driver does.
+        mesh = sharding.slot_mesh() if jax.device_count() > 1 else None
+        if mesh is not None and population % mesh.size:
+            mesh = None  # the driver would pad; the bench keeps P exact and uses one device
+        if mesh is None:
+            place, xv = jax.device_put, x
+        else:
+            place = functools.partial(sharding.shard, sharding=sharding.slot_sharding(mesh))
+            xv = jax.device_put(x, sharding.replicated(mesh))
+        chunk = compile_timed(
+            "vmap", lambda: P.train_chunk.lower(spec, place(host), xv, steps, mesh=mesh)
+        )
         timed_members["vmap"] = population
 
         def time_vmap() -> float:
-            p = jax.block_until_ready(jax.device_put(host))
+            p = jax.block_until_ready(place(host))
             t0 = time.perf_counter()
-            jax.block_until_ready(chunk(p, x))
+            jax.block_until_ready(chunk(p, xv))
             return time.perf_counter() - t0
 
         timers["vmap"] = time_vmap
@@ -496,6 +509,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    runtime.use_cpu_cores()  # JAXAE_CPU_DEVICES, before JAX starts its backends
     x = jnp.asarray(load_data(args.data, args.seed))
     populations = args.sweep_populations or [args.population]
     widths = args.sweep_hidden or [args.hidden]

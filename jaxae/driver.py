@@ -134,6 +134,8 @@ class Driver:
         # share of every bucket, no communication); the data is replicated.
         self.mesh = sharding_lib.slot_mesh()
         self.slots = sharding_lib.slot_sharding(self.mesh)
+        # One process, several devices: each trains its own slots (grouped on CPU devices).
+        self.local_mesh = self.mesh if self.mesh.size > 1 and jax.process_count() == 1 else None
         data_sharding = sharding_lib.replicated(self.mesh)
         self.train_x = jax.device_put(dataset.train.x, data_sharding)
         self.val_x = jax.device_put(dataset.val.x, data_sharding)
@@ -242,7 +244,7 @@ class Driver:
             before = sharding_lib.to_host(bucket.pop.step)
             t0 = time.perf_counter()
             bucket.pop, losses = pop_lib.train_chunk(
-                bucket.spec, bucket.pop, self.train_x, self.config.chunk
+                bucket.spec, bucket.pop, self.train_x, self.config.chunk, mesh=self.local_mesh
             )
             metrics = pop_lib.evaluate(bucket.spec, bucket.pop, self.val_x)
             host = sharding_lib.to_host({"losses": losses, "val": metrics["val_loss"],

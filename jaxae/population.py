@@ -27,12 +27,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import struct
+from jax.sharding import Mesh, PartitionSpec
 
 from jaxae import hparams as hparams_lib
 from jaxae.models import ModelSpec, init_params, make_masks
 from jaxae.objectives import make_metrics, make_objective
 from jaxae.optimizers import OPTIMIZER_HPARAMS, make_optimizer
-from jaxae.sharding import to_host
+from jaxae.sharding import AXIS, to_host
 
 # How many times each jitted program was traced (a trace precedes every compilation), by name and
 # by (name, spec): tests use it to prove that assigning new hyperparameters does not recompile and
@@ -161,9 +162,10 @@ def member_step(spec: TrainSpec, train_x: jax.Array, m: Population) -> tuple[Pop
     return m, jnp.where(active, loss, jnp.nan)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3), donate_argnums=(1,))
+@functools.partial(jax.jit, static_argnums=(0, 3), static_argnames=("mesh",),
+                   donate_argnums=(1,))
 def train_chunk(
-    spec: TrainSpec, pop: Population, train_x: jax.Array, num_steps: int
+    spec: TrainSpec, pop: Population, train_x: jax.Array, num_steps: int, mesh: Mesh | None = None
 ) -> tuple[Population, jax.Array]:
     """Trains every slot for ``num_steps`` steps in one call.
 
@@ -172,6 +174,9 @@ def train_chunk(
         pop: the population; its buffers are donated (do not reuse the argument).
         train_x: training data [n, features], on device, shared by all slots.
         num_steps: steps in this chunk (static: one compilation per distinct value).
+        mesh: when the slots are sharded over this mesh's ``"pop"`` axis, each device trains its
+            own slots (``shard_map``), in cache-sized groups on CPU devices. Without it a sharded
+            population is partitioned by XLA, ungrouped.
 
     Returns:
         The new population and the training losses [slots, num_steps] (NaN where a slot did not
@@ -179,12 +184,21 @@ def train_chunk(
     """
     TRACES["train_chunk"] += 1
     TRACES["train_chunk", spec] += 1
+    if mesh is not None and mesh.size > 1:
+        local = functools.partial(_train_slots, spec, num_steps=num_steps, per_device=True)
+        spmd = jax.shard_map(local, mesh=mesh, in_specs=(PartitionSpec(AXIS), PartitionSpec()),
+                             out_specs=(PartitionSpec(AXIS), PartitionSpec(AXIS)))
+        return spmd(pop, train_x)
+    return _train_slots(spec, pop, train_x, num_steps=num_steps)
 
+
+def _train_slots(spec: TrainSpec, pop: Population, train_x: jax.Array, *, num_steps: int,
+                 per_device: bool = False) -> tuple[Population, jax.Array]:
     def member_chunk(m: Population) -> tuple[Population, jax.Array]:
         return jax.lax.scan(lambda c, _: member_step(spec, train_x, c), m, None, length=num_steps)
 
     slots = pop.size
-    group = group_size(spec, slots)
+    group = group_size(spec, slots, per_device=per_device)
     if group == slots:
         return jax.vmap(member_chunk)(pop)
     # Groups of slots one after another, each vmapped through all the chunk's steps: a group's
@@ -238,16 +252,16 @@ def memory_budget() -> int | None:
     return int(ACTIVATION_MEMORY_SHARE * free)
 
 
-def group_size(spec: TrainSpec, slots: int) -> int:
+def group_size(spec: TrainSpec, slots: int, *, per_device: bool = False) -> int:
     """How many slots train side by side (the rest wait their turn inside the same program).
 
     Accelerators take the whole population at once unless its activations would not fit the
     memory budget; a single CPU device takes at most ``CPU_GROUP`` (cache locality). The group is
-    the largest divisor of ``slots`` within both limits. With several devices each device holds
-    its share of the slots and no grouping is done.
+    the largest divisor of ``slots`` within both limits. ``per_device``: ``slots`` are one
+    device's share (inside ``shard_map``); otherwise several devices mean no grouping.
     """
     devices = jax.devices()
-    if len(devices) > 1:
+    if len(devices) > 1 and not per_device:
         return slots
     limit = slots
     if devices[0].platform == "cpu":

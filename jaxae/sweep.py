@@ -333,4 +333,11 @@ def _fmt(v: Any) -> str:
 
 if __name__ == "__main__":
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from jaxae import runtime
+
+    try:
+        runtime.use_cpu_cores()  # before anything starts JAX's backends
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     raise SystemExit(main())

@@ -36,7 +36,7 @@ def test_two_processes_run_one_sweep(tmp_path):
     for pid in range(2):
         env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_COORDINATOR_ADDRESS":
                f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(pid),
-               "JAXAE_COMPILATION_CACHE": "off"}
+               "JAXAE_COMPILATION_CACHE": "off", "JAXAE_CPU_DEVICES": "1"}
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "jaxae.sweep", *ARGS, "--out", str(tmp_path / "multi")],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))

@@ -35,19 +35,22 @@ SCRIPT = textwrap.dedent("""
                                                    "learning_rate": 1e-3 * (t + 1)}),
                         30, P.trial_keys(0, t)) for t in range(6)]
 
-    def train(place):
+    def train(place, mesh=None):
         pop = place(P.assign(spec, P.create(spec, slots), list(range(6)), members))
-        pop, losses = P.train_chunk(spec, pop, x, 30)
+        pop, losses = P.train_chunk(spec, pop, x, 30, mesh=mesh)
         val = P.evaluate(spec, pop, x)["val_loss"]
         return pop, np.asarray(losses)[:6].tolist(), np.asarray(val)[:6].tolist()
 
     one = jax.devices()[0]
+    on_mesh = lambda t: sharding.shard(t, sharding.slot_sharding(mesh))
     pop1, l1, v1 = train(lambda t: jax.device_put(t, one))
-    pop4, l4, v4 = train(lambda t: sharding.shard(t, sharding.slot_sharding(mesh)))
+    pop4, l4, v4 = train(on_mesh)  # XLA partitions the vmapped program
+    popm, lm, vm = train(on_mesh, mesh)  # shard_map: each device its own slots, grouped
     print(json.dumps({
         "slots": slots,
         "devices_used": len(pop4.params["code"]["kernel"].sharding.device_set),
-        "losses_1": l1, "losses_4": l4, "val_1": v1, "val_4": v4,
+        "devices_used_map": len(popm.params["code"]["kernel"].sharding.device_set),
+        "losses_1": l1, "losses_4": l4, "val_1": v1, "val_4": v4, "losses_m": lm, "val_m": vm,
     }))
 """)
 
@@ -58,8 +61,27 @@ def test_sharded_population_equals_one_device():
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["slots"] == 8 and result["devices_used"] == 4
-    np.testing.assert_allclose(result["losses_4"], result["losses_1"], rtol=1e-5)
-    np.testing.assert_allclose(result["val_4"], result["val_1"], rtol=1e-5)
+    assert result["devices_used_map"] == 4
+    for case in ("4", "m"):
+        np.testing.assert_allclose(result[f"losses_{case}"], result["losses_1"], rtol=1e-5)
+        np.testing.assert_allclose(result[f"val_{case}"], result["val_1"], rtol=1e-5)
+
+
+def test_cpu_cores_become_devices_unless_xla_flags_choose(monkeypatch):
+    from jaxae import runtime
+
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
+    monkeypatch.setenv("JAXAE_CPU_DEVICES", "3")
+    assert runtime.use_cpu_cores() == 3
+    assert os.environ["XLA_FLAGS"] == ("--xla_cpu_enable_fast_math=false "
+                                       "--xla_force_host_platform_device_count=3")
+    assert runtime.use_cpu_cores() is None  # already chosen: left alone
+    monkeypatch.setenv("XLA_FLAGS", "")
+    monkeypatch.setenv("JAXAE_CPU_DEVICES", "auto")
+    assert runtime.use_cpu_cores() == (os.cpu_count() or 1)
+    monkeypatch.delenv("JAXAE_CPU_DEVICES")
+    monkeypatch.setenv("XLA_FLAGS", "")
+    assert runtime.use_cpu_cores() is None and os.environ["XLA_FLAGS"] == ""  # opt-in only
 
 
 def test_sweep_on_four_devices_matches_one_device(tmp_path):

@@ -130,7 +130,9 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     cmd = [sys.executable, "-m", "jaxae.sweep", "--config", str(config), "--out", str(out),
            "--no-report", "--no-progress", "--checkpoint-every", "0"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]),
+                                 # one device, as the in-process resume: bit-identical numbers
+                                 "JAXAE_CPU_DEVICES": "1"})
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         db = out / "trials.db"
