@@ -56,22 +56,16 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from throughput import int_list  # the sibling bench script: python puts bench/ on sys.path
+from throughput import (  # the sibling bench script: python puts bench/ on sys.path
+    int_list,
+    load_data,
+)
 
 from jaxae import hparams
 from jaxae import population as P
-from jaxae.data import load_digits
 from jaxae.models import ModelSpec
 
 AXES = ("both", "hidden", "latent")
-
-
-def load_data(name: str, seed: int) -> np.ndarray:
-    """Training inputs [n, features] in [0, 1]: the digits, or MNIST-shaped random pixels."""
-    if name == "digits":
-        return load_digits()[0]
-    rng = np.random.default_rng(seed)  # 8-bit pixels like MNIST's, no download
-    return (rng.integers(0, 256, size=(10000, 784)) / 255.0).astype(np.float32)
 
 
 def step_flops(features: int, hidden: int, latent: int, batch: int) -> float:

@@ -19,8 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from searchers.base import Searcher, decode_loss, encode_loss
-from searchers.random_search import RandomSearch
-from searchers.rungs import check_rungs, default_min_budget, rung_budgets
+from searchers.rungs import ladder
 from searchers.scheduler import PAUSED, Job, Scheduler
 from searchers.space import Space
 
@@ -46,14 +45,8 @@ class ASHA(Scheduler):
     def __init__(self, space: Space, *, max_trials: int, max_budget: int,
                  min_budget: int | None = None, eta: int = 3, sampler: Searcher | None = None,
                  seed: int = 0) -> None:
-        if sampler is None:
-            sampler = RandomSearch(space, batch_size=1, seed=seed)
-        super().__init__(space, sampler, max_trials, max_budget)
-        if min_budget is None:
-            check_rungs(1, self.max_budget, eta)
-            min_budget = default_min_budget(self.max_budget, eta)
-        self.min_budget, _, self.eta = check_rungs(min_budget, self.max_budget, eta)
-        self.budgets = rung_budgets(self.min_budget, self.max_budget, self.eta)
+        super().__init__(space, sampler, max_trials, max_budget, seed)
+        self.min_budget, self.eta, self.budgets = ladder(min_budget, self.max_budget, eta)
         # Per rung: trial id -> loss at that rung's budget, in the order told.
         self.rungs: list[dict[int, float]] = [{} for _ in self.budgets]
         # Per rung below the top: trials promoted out of it.

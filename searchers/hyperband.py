@@ -15,7 +15,6 @@ paper leaves open (its brackets are independent).
 from __future__ import annotations
 
 from searchers.base import Searcher
-from searchers.random_search import RandomSearch
 from searchers.rungs import hyperband_brackets, sha_rung_sizes
 from searchers.space import Space
 from searchers.successive_halving import Bracket, BracketScheduler
@@ -40,9 +39,7 @@ class Hyperband(BracketScheduler):
     def __init__(self, space: Space, *, max_trials: int, max_budget: int,
                  min_budget: int | None = None, eta: int = 3, sampler: Searcher | None = None,
                  seed: int = 0) -> None:
-        if sampler is None:
-            sampler = RandomSearch(space, batch_size=1, seed=seed)
-        super().__init__(space, sampler, max_trials, max_budget, min_budget, eta)
+        super().__init__(space, sampler, max_trials, max_budget, min_budget, eta, seed)
 
     @property
     def plan(self) -> list[list[tuple[int, int]]]:

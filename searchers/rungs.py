@@ -52,6 +52,16 @@ def s_max(min_budget: int, max_budget: int, eta: int) -> int:
     return s
 
 
+def ladder(min_budget: Any, max_budget: int, eta: Any) -> tuple[int, int, list[int]]:
+    """Validated ``(min_budget, eta, rung budgets)``; ``min_budget=None`` takes
+    ``default_min_budget`` (eta is checked first, since the default depends on it)."""
+    if min_budget is None:
+        check_rungs(1, max_budget, eta)
+        min_budget = default_min_budget(max_budget, eta)
+    min_budget, _, eta = check_rungs(min_budget, max_budget, eta)
+    return min_budget, eta, rung_budgets(min_budget, max_budget, eta)
+
+
 def rung_budgets(min_budget: int, max_budget: int, eta: int) -> list[int]:
     """The ladder ``[r, r eta, ..., r eta^(s_max - 1), R]`` (length ``s_max + 1``)."""
     top = s_max(min_budget, max_budget, eta)

@@ -39,6 +39,7 @@ from searchers.base import (
     encode_loss,
     searcher_from_state_dict,
 )
+from searchers.random_search import RandomSearch
 from searchers.space import Space, space_to_dict
 
 __all__ = ["COMPLETED", "PAUSED", "RUNNING", "STOPPED", "FullBudget", "Job", "SamplerFeed",
@@ -200,7 +201,10 @@ class Scheduler:
 
     kind: ClassVar[str] = ""
 
-    def __init__(self, space: Space, sampler: Searcher, max_trials: int, max_budget: int) -> None:
+    def __init__(self, space: Space, sampler: Searcher | None, max_trials: int, max_budget: int,
+                 seed: int = 0) -> None:
+        if sampler is None:  # random search, configuration k from (seed, k)
+            sampler = RandomSearch(space, batch_size=1, seed=seed)
         self._feed = SamplerFeed(sampler)
         if list(space_to_dict(space).items()) != list(space_to_dict(sampler.space).items()):
             raise ValueError("the sampler searches a different space than the scheduler")

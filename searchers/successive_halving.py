@@ -14,8 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from searchers.base import Searcher
-from searchers.random_search import RandomSearch
-from searchers.rungs import check_rungs, default_min_budget, rung_budgets, sha_rung_sizes
+from searchers.rungs import ladder, sha_rung_sizes
 from searchers.scheduler import Job, Scheduler
 from searchers.space import Space
 
@@ -58,14 +57,10 @@ class BracketScheduler(Scheduler):
     a new bracket is opened, so several brackets may run concurrently to keep slots busy.
     """
 
-    def __init__(self, space: Space, sampler: Searcher, max_trials: int, max_budget: int,
-                 min_budget: int | None, eta: int) -> None:
-        super().__init__(space, sampler, max_trials, max_budget)
-        if min_budget is None:
-            check_rungs(1, self.max_budget, eta)
-            min_budget = default_min_budget(self.max_budget, eta)
-        self.min_budget, _, self.eta = check_rungs(min_budget, self.max_budget, eta)
-        self.budgets = rung_budgets(self.min_budget, self.max_budget, self.eta)
+    def __init__(self, space: Space, sampler: Searcher | None, max_trials: int, max_budget: int,
+                 min_budget: int | None, eta: int, seed: int = 0) -> None:
+        super().__init__(space, sampler, max_trials, max_budget, seed)
+        self.min_budget, self.eta, self.budgets = ladder(min_budget, self.max_budget, eta)
         self.brackets: list[Bracket] = []
         self._bracket_of: dict[int, int] = {}
         self._pending: list[tuple[int, int]] = []  # decided promotions not yet out: (trial, budget)
@@ -159,9 +154,7 @@ class SuccessiveHalving(BracketScheduler):
     def __init__(self, space: Space, *, max_trials: int, max_budget: int,
                  min_budget: int | None = None, eta: int = 3, sampler: Searcher | None = None,
                  seed: int = 0) -> None:
-        if sampler is None:
-            sampler = RandomSearch(space, batch_size=1, seed=seed)
-        super().__init__(space, sampler, max_trials, max_budget, min_budget, eta)
+        super().__init__(space, sampler, max_trials, max_budget, min_budget, eta, seed)
 
     @property
     def rung_sizes(self) -> list[int]:
