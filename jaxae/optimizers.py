@@ -1,43 +1,126 @@
-"""Optimizer families whose numeric settings are per-slot arrays (``optax.inject_hyperparams``).
+"""Optimizer families whose numeric settings are per-slot arrays, as fused per-parameter updates.
 
 Every family reads the same four hyperparameters, so one population state layout serves all:
 ``learning_rate``, ``weight_decay``, ``b1`` (Adam's beta1, or momentum) and ``b2`` (Adam's beta2,
 or RMSProp's decay). Gradient clipping (``grad_clip``) happens before the optimizer, in the
 population's training step, which shares the global norm with its divergence check.
+
+The rules are optax's, written out (``tests/test_optimizers.py`` checks each one against the optax
+chain it mirrors, ``OPTAX_CHAINS``), for one reason: a slot that must not train at a step (paused,
+finished, or its gradient not finite) keeps its state, and that choice has to be fused into the
+update itself. Selecting between the optax chain's output and the old state (``jnp.where``) makes
+XLA copy every parameter and moment buffer of the scan's carry at every step (24 copies per step
+for a one-layer Adam model, bench/RESULTS.md); blending with a 0/1 factor inside the same
+elementwise expression does not, and it is exact both ways: ``1 * new + 0 * old == new`` and
+``0 * new + 1 * old == old`` whenever both are finite, which the caller guarantees by zeroing the
+gradient of a slot that does not train.
 """
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
 import optax
 
 OPTIMIZER_HPARAMS = ("learning_rate", "weight_decay", "b1", "b2")
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+EPS = 1e-8  # optax's default for Adam (outside the square root) and RMSProp (inside)
+
+# Which moment trees each family keeps: mu (first moment / momentum), nu (second moment).
+_MOMENTS = {"adam": ("mu", "nu"), "adamw": ("mu", "nu"), "sgd": ("mu",), "rmsprop": ("mu", "nu")}
 
 
-def _chain(family: str, learning_rate, weight_decay, b1, b2):
-    if family == "adam":  # L2 regularisation: the decay joins the gradient before Adam's scaling.
-        core = [optax.add_decayed_weights(weight_decay), optax.scale_by_adam(b1, b2)]
-    elif family == "adamw":  # Decoupled decay (Loshchilov & Hutter 2019).
-        core = [optax.scale_by_adam(b1, b2), optax.add_decayed_weights(weight_decay)]
-    elif family == "sgd":  # Heavy-ball momentum b1.
-        core = [optax.add_decayed_weights(weight_decay), optax.trace(decay=b1)]
-    elif family == "rmsprop":  # Running second moment with decay b2, then momentum b1.
-        core = [
-            optax.add_decayed_weights(weight_decay),
-            optax.scale_by_rms(decay=b2),
-            optax.trace(decay=b1),
-        ]
-    else:
-        raise ValueError(f"unknown optimizer {family!r}")
-    return optax.chain(*core, optax.scale_by_learning_rate(learning_rate))
+class OptState(NamedTuple):
+    """One slot's optimizer state. ``count`` counts the updates applied (Adam's bias correction);
+    a family without a moment keeps ``None`` there (an empty subtree)."""
+
+    count: jax.Array  # int32 scalar
+    mu: Any
+    nu: Any
 
 
-def make_optimizer(family: str) -> optax.GradientTransformation:
-    """The optimizer ``family`` with its five hyperparameters injected into its state.
+def init(family: str, params: Any) -> OptState:
+    """Zero moments for ``params``, as optax initialises them."""
+    moments = _check(family)
+    zeros = lambda: jax.tree.map(jnp.zeros_like, params)  # noqa: E731
+    return OptState(
+        count=jnp.zeros([], jnp.int32),
+        mu=zeros() if "mu" in moments else None,
+        nu=zeros() if "nu" in moments else None,
+    )
 
-    The placeholders are floats on purpose: an int placeholder would stay int32 in the state.
+
+def update(
+    family: str, grads: Any, state: OptState, params: Any, hp: dict, train: jax.Array
+) -> tuple[Any, OptState]:
+    """New ``(params, state)`` after one step, or the old ones where ``train`` is false.
+
+    Args:
+        family: one of ``OPTIMIZERS``.
+        grads: the (clipped) gradient; it must be finite where ``train`` is false (zero it).
+        state: the slot's ``OptState``.
+        params: the slot's parameters.
+        hp: the slot's hyperparameter arrays (``OPTIMIZER_HPARAMS`` are read).
+        train: bool scalar.
     """
+    _check(family)
+    lr, wd, b1, b2 = (hp[name] for name in OPTIMIZER_HPARAMS)
+    on = train.astype(jnp.float32)
+    keep = lambda new, old: on * new + (1.0 - on) * old  # noqa: E731
+    count = state.count + 1  # the update's count, as optax's (used only when the update is kept)
+    # The new moments are computed once and stored before the parameters read them: left to
+    # itself XLA recomputes them inside the parameters' update, which then reads the old moments
+    # after they were overwritten in place, and it copies every buffer to allow that.
+    settle = lambda *moments: jax.lax.optimization_barrier(moments)  # noqa: E731
 
-    def factory(learning_rate, weight_decay, b1, b2):
-        return _chain(family, learning_rate, weight_decay, b1, b2)
+    def adam(p, g, mu, nu):
+        if family == "adam":  # L2 regularisation: the decay joins the gradient
+            g = g + wd * p
+        mu, nu = settle(keep((1 - b1) * g + b1 * mu, mu), keep((1 - b2) * (g * g) + b2 * nu, nu))
+        u = (mu / (1 - b1**count)) / (jnp.sqrt(nu / (1 - b2**count)) + EPS)
+        if family == "adamw":  # decoupled decay (Loshchilov & Hutter 2019)
+            u = u + wd * p
+        return p + on * (u * -lr), mu, nu
 
-    return optax.inject_hyperparams(factory)(learning_rate=1e-3, weight_decay=0.0, b1=0.9, b2=0.999)
+    def sgd(p, g, mu):  # heavy-ball momentum b1
+        (mu,) = settle(keep((g + wd * p) + b1 * mu, mu))
+        return p + on * (mu * -lr), mu
+
+    def rmsprop(p, g, mu, nu):  # running second moment with decay b2, then momentum b1
+        g = g + wd * p
+        (nu,) = settle(keep((1 - b2) * (g * g) + b2 * nu, nu))
+        (mu,) = settle(keep(jax.lax.rsqrt(nu + EPS) * g + b1 * mu, mu))
+        return p + on * (mu * -lr), mu, nu
+
+    rule = {"adam": adam, "adamw": adam, "sgd": sgd, "rmsprop": rmsprop}[family]
+    trees = [params, grads] + [getattr(state, name) for name in _MOMENTS[family]]
+    out = jax.tree.map(rule, *trees)
+    structure = jax.tree.structure(params)
+    parts = jax.tree.transpose(structure, jax.tree.structure((0,) * (len(trees) - 1)), out)
+    new = dict(zip(("params",) + _MOMENTS[family], parts, strict=True))
+    return new["params"], OptState(
+        count=jnp.where(train, count, state.count), mu=new.get("mu"), nu=new.get("nu")
+    )
+
+
+def _check(family: str) -> tuple[str, ...]:
+    if family not in _MOMENTS:
+        raise ValueError(f"unknown optimizer {family!r}")
+    return _MOMENTS[family]
+
+
+def optax_chain(family: str, learning_rate, weight_decay, b1, b2) -> optax.GradientTransformation:
+    """The optax chain that ``update`` computes for ``family`` (the tests' reference)."""
+    _check(family)
+    if family == "adam":
+        core = [optax.add_decayed_weights(weight_decay), optax.scale_by_adam(b1, b2)]
+    elif family == "adamw":
+        core = [optax.scale_by_adam(b1, b2), optax.add_decayed_weights(weight_decay)]
+    elif family == "sgd":
+        core = [optax.add_decayed_weights(weight_decay), optax.trace(decay=b1)]
+    else:
+        core = [optax.add_decayed_weights(weight_decay), optax.scale_by_rms(decay=b2),
+                optax.trace(decay=b1)]
+    return optax.chain(*core, optax.scale_by_learning_rate(learning_rate))

@@ -30,9 +30,9 @@ from flax import struct
 from jax.sharding import Mesh, PartitionSpec
 
 from jaxae import hparams as hparams_lib
+from jaxae import optimizers
 from jaxae.models import ModelSpec, init_params, make_masks
 from jaxae.objectives import make_metrics, make_objective
-from jaxae.optimizers import OPTIMIZER_HPARAMS, make_optimizer
 from jaxae.sharding import AXIS, to_host
 
 # How many times each jitted program was traced (a trace precedes every compilation), by name and
@@ -114,30 +114,27 @@ def hparam_arrays(configs: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]
     return out
 
 
-def _tree_where(cond: jax.Array, new, old):
-    return jax.tree.map(lambda a, b: jnp.where(cond, a, b), new, old)
-
-
 def _init_member(spec: TrainSpec, init_key: jax.Array, hp: dict) -> tuple[dict, Any]:
     masks = make_masks(spec.model, hp["hidden"], hp["latent_dim"])
     params = init_params(spec.model, init_key, masks)
-    return params, make_optimizer(spec.optimizer).init(params)
+    return params, optimizers.init(spec.optimizer, params)
 
 
-def _with_hparams(opt_state, hp: dict):
-    # The slot's own hyperparameter arrays are the single source of truth; the injected copy in
-    # the optimizer state is overwritten before every update.
-    return opt_state._replace(hyperparams={name: hp[name] for name in OPTIMIZER_HPARAMS})
+def draw_batch(spec: TrainSpec, num_examples: int, data_key: jax.Array, step: jax.Array
+               ) -> tuple[jax.Array, jax.Array]:
+    """The example indices [batch] and the noise key of one member's training step ``step``:
+    a function of the data key and the step alone, so a chunk can draw all its steps at once."""
+    k_batch, k_noise = jax.random.split(jax.random.fold_in(data_key, step))
+    return jax.random.randint(k_batch, (spec.batch_size,), 0, num_examples), k_noise
 
 
-def member_step(spec: TrainSpec, train_x: jax.Array, m: Population) -> tuple[Population, jax.Array]:
+def member_step(spec: TrainSpec, train_x: jax.Array, m: Population,
+                draw: tuple[jax.Array, jax.Array] | None = None) -> tuple[Population, jax.Array]:
     """One training step of one member (no slot axis). Returns the new member and its loss (NaN
-    when the member did not train)."""
+    when the member did not train). ``draw``: this step's ``draw_batch`` if already drawn."""
     objective = make_objective(spec.model)
-    optimizer = make_optimizer(spec.optimizer)
     active = (m.step < m.target) & ~m.diverged & (m.trial >= 0)
-    k_batch, k_noise = jax.random.split(jax.random.fold_in(m.data_key, m.step))
-    idx = jax.random.randint(k_batch, (spec.batch_size,), 0, train_x.shape[0])
+    idx, k_noise = draw_batch(spec, train_x.shape[0], m.data_key, m.step) if draw is None else draw
     (loss, _), grads = jax.value_and_grad(objective, has_aux=True)(
         m.params, train_x[idx], k_noise, m.hparams
     )
@@ -147,15 +144,17 @@ def member_step(spec: TrainSpec, train_x: jax.Array, m: Population) -> tuple[Pop
     # full extra pass over them every step.)
     g_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(g_norm)
-    clip = m.hparams["grad_clip"]
-    scale = jnp.where(g_norm > clip, clip / g_norm, 1.0)
-    grads = jax.tree.map(lambda g: g * scale, grads)
-    updates, opt_state = optimizer.update(grads, _with_hparams(m.opt_state, m.hparams), m.params)
-    params = optax.apply_updates(m.params, updates)
     ok = active & finite
+    clip = m.hparams["grad_clip"]
+    # Zero where the slot does not train: the optimizer blends old and new state arithmetically.
+    scale = jnp.where(ok, jnp.where(g_norm > clip, clip / g_norm, 1.0), 0.0)
+    grads = jax.tree.map(lambda g: jnp.where(ok, g * scale, 0.0), grads)
+    params, opt_state = optimizers.update(
+        spec.optimizer, grads, m.opt_state, m.params, m.hparams, ok
+    )
     m = m.replace(
-        params=_tree_where(ok, params, m.params),
-        opt_state=_tree_where(ok, opt_state, m.opt_state),
+        params=params,
+        opt_state=opt_state,
         step=m.step + ok.astype(jnp.int32),
         diverged=m.diverged | (active & ~finite),
     )
@@ -195,7 +194,18 @@ def train_chunk(
 def _train_slots(spec: TrainSpec, pop: Population, train_x: jax.Array, *, num_steps: int,
                  per_device: bool = False) -> tuple[Population, jax.Array]:
     def member_chunk(m: Population) -> tuple[Population, jax.Array]:
-        return jax.lax.scan(lambda c, _: member_step(spec, train_x, c), m, None, length=num_steps)
+        # All the chunk's batches are drawn up front, in one vectorised call: a member takes at
+        # most one step per iteration, so steps [step, step + num_steps) cover every one it can
+        # take. (Drawn step by step, the PRNG's small kernels cost more than the matmuls.)
+        first = m.step
+        draws = jax.vmap(lambda s: draw_batch(spec, train_x.shape[0], m.data_key, first + s))(
+            jnp.arange(num_steps))
+
+        def step(c: Population, _):
+            i = jnp.minimum(c.step - first, num_steps - 1)
+            return member_step(spec, train_x, c, jax.tree.map(lambda a: a[i], draws))
+
+        return jax.lax.scan(step, m, None, length=num_steps)
 
     slots = pop.size
     group = group_size(spec, slots, per_device=per_device)
@@ -210,10 +220,12 @@ def _train_slots(spec: TrainSpec, pop: Population, train_x: jax.Array, *, num_st
     return jax.tree.map(merge, pop), merge(losses)
 
 
-# Slots a CPU trains side by side. Measured on a 2-core Xeon (bench/RESULTS.md): for hidden 64
-# groups of 4-8 beat both 1 (no vectorisation) and 64 (state streams from memory every step) by
-# ~15-45 %; for hidden 256, 8 is best.
+# Slots a CPU trains side by side: at most CPU_GROUP, and no more than fit CPU_GROUP_BYTES of
+# per-step working set (``activation_bytes``), about a core's L2 cache. Measured on one core of a
+# 2-core Xeon with 2 MiB L2 per core (bench/RESULTS.md): hidden 64 peaks at groups of 2-4 (0.51 of
+# matmul peak; 0.41 for 1, 0.47 for 16), hidden 256 at 2 (0.70; 0.49 for 1, 0.61 for 8).
 CPU_GROUP = 8
+CPU_GROUP_BYTES = 3 * 2**20
 
 # Share of the device's free memory that one group's activations may take.
 ACTIVATION_MEMORY_SHARE = 0.5
@@ -256,7 +268,7 @@ def group_size(spec: TrainSpec, slots: int, *, per_device: bool = False) -> int:
     """How many slots train side by side (the rest wait their turn inside the same program).
 
     Accelerators take the whole population at once unless its activations would not fit the
-    memory budget; a single CPU device takes at most ``CPU_GROUP`` (cache locality). The group is
+    memory budget; a CPU device takes what fits its cache (``CPU_GROUP_BYTES``). The group is
     the largest divisor of ``slots`` within both limits. ``per_device``: ``slots`` are one
     device's share (inside ``shard_map``); otherwise several devices mean no grouping.
     """
@@ -265,7 +277,7 @@ def group_size(spec: TrainSpec, slots: int, *, per_device: bool = False) -> int:
         return slots
     limit = slots
     if devices[0].platform == "cpu":
-        limit = min(limit, CPU_GROUP)
+        limit = min(limit, CPU_GROUP, max(1, CPU_GROUP_BYTES // activation_bytes(spec)))
     budget = memory_budget()
     if budget is not None:
         limit = min(limit, max(1, budget // activation_bytes(spec)))
