@@ -15,7 +15,7 @@ import pytest
 from jaxae import hparams
 from jaxae import objectives as O
 from jaxae import population as P
-from jaxae.models import ModelSpec, apply_fn, init_params, make_masks
+from jaxae.models import ModelSpec, apply_fn, init_params, kernel_matrix, make_masks
 
 # ---------------------------------------------------------------------------------------------
 # numpy references
@@ -30,7 +30,11 @@ def np_bce(logits, x):
     return np.maximum(logits, 0) - logits * x + np.log1p(np.exp(-np.abs(logits)))
 
 
-def np64(tree):
+def np64(tree, spec=None):
+    """float64 copies; with ``spec``, every kernel as [in, out] (the model may store [out, in])."""
+    if spec is not None:
+        tree = {name: {**layer, "kernel": kernel_matrix(spec, tree, name)}
+                for name, layer in tree.items()}
     return jax.tree.map(lambda a: np.asarray(a, np.float64), tree)
 
 
@@ -151,7 +155,7 @@ def test_contractive_penalty_of_the_model_encoder_matches_jacfwd_and_numpy(activ
     got, by_jacfwd = both(params, x)
     np.testing.assert_allclose(got, by_jacfwd, rtol=1e-5)
 
-    p = np64(params)
+    p = np64(params, spec)
     mh, ml = np.asarray(masks.hidden, np.float64), np.asarray(masks.latent, np.float64)
     a1 = np_dense(p["enc_0"], np.asarray(x, np.float64))
     act_grad = {"sigmoid": np_sigmoid(a1) * (1 - np_sigmoid(a1)), "tanh": 1 - np.tanh(a1) ** 2}
@@ -228,7 +232,7 @@ def test_vae_objective_is_the_beta_elbo_written_out_in_numpy():
     key = jax.random.PRNGKey(8)
     loss, aux = jax.jit(O.make_objective(spec))(params, x, key, hp)
 
-    p, xn = np64(params), np.asarray(x, np.float64)
+    p, xn = np64(params, spec), np.asarray(x, np.float64)
     mh, ml = np.asarray(masks.hidden, np.float64), np.asarray(masks.latent, np.float64)
     mu, logvar = np_encode_vae(p, xn, mh, ml)
     eps = np.asarray(jax.random.normal(key, mu.shape), np.float64)  # the objective's key use
@@ -247,7 +251,7 @@ def test_vae_validation_loss_is_the_beta_one_negative_elbo():
     key = jax.random.PRNGKey(9)
     out = jax.jit(O.make_metrics(spec))(params, x, key, hp)
 
-    p, xn = np64(params), np.asarray(x, np.float64)
+    p, xn = np64(params, spec), np.asarray(x, np.float64)
     mh, ml = np.asarray(masks.hidden, np.float64), np.asarray(masks.latent, np.float64)
     mu, logvar = np_encode_vae(p, xn, mh, ml)
     eps = np.asarray(jax.random.normal(key, mu.shape), np.float64)

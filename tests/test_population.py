@@ -6,7 +6,7 @@ import pytest
 
 from jaxae import hparams
 from jaxae import population as P
-from jaxae.models import ModelSpec
+from jaxae.models import ModelSpec, kernel_matrix
 
 SPEC = P.TrainSpec(ModelSpec("ae", 64, hidden=32, latent_dim=8), "adam", 32)
 
@@ -147,11 +147,12 @@ def test_masked_latent_and_width_equal_an_unpadded_model(digits):
     small_pop = P.assign(small, P.create(small, 1), [0], [m])
     # Same key, same initial weights: the used block of the padded slot is the small model, and
     # nothing lives outside it.
-    for name, layer in jax.tree.map(lambda a: np.asarray(a[1]), pop.params).items():
-        want = np.asarray(small_pop.params[name]["kernel"][0])
-        used = layer["kernel"][: want.shape[0], : want.shape[1]]
+    for name in pop.params:
+        kernel = np.asarray(kernel_matrix(padded.model, pop.params, name)[1])  # [in, out]
+        want = np.asarray(kernel_matrix(small.model, small_pop.params, name)[0])
+        used = kernel[: want.shape[0], : want.shape[1]]
         np.testing.assert_array_equal(used, want)
-        assert np.abs(layer["kernel"]).sum() == pytest.approx(np.abs(used).sum(), rel=1e-6)
+        assert np.abs(kernel).sum() == pytest.approx(np.abs(used).sum(), rel=1e-6)
     pop, losses = P.train_chunk(padded, pop, digits, 40)
     small_pop, small_losses = P.train_chunk(small, small_pop, digits, 40)
     np.testing.assert_allclose(np.asarray(losses)[1], np.asarray(small_losses)[0], rtol=2e-5)
@@ -164,7 +165,7 @@ def test_masked_latent_and_width_equal_an_unpadded_model(digits):
 def test_init_variance_follows_the_true_width():
     spec = P.TrainSpec(ModelSpec("ae", 64, hidden=512, latent_dim=64), "adam", 32)
     pop = P.assign(spec, P.create(spec, 1), [0], [member(0, spec=spec, hidden=32, latent_dim=64)])
-    kernel = np.asarray(pop.params["output"]["kernel"][0])[:32]  # reads 32 used hidden units
+    kernel = np.asarray(kernel_matrix(spec.model, pop.params, "output")[0])[:32]  # 32 used inputs
     # LeCun normal (truncated at 2 std, rescaled): variance 1 / fan_in with the *used* fan-in.
     assert kernel.var() == pytest.approx(1 / 32, rel=0.1)
 
