@@ -83,6 +83,7 @@ from jaxae import data as data_lib
 from jaxae import driver as driver_lib
 from jaxae import hparams
 from jaxae import population as P
+from jaxae import runtime
 from jaxae.store import TrialStore
 
 CASES = ("jaxae-random", "jaxae-asha", "jaxae-cmaes", "optuna-tpe", "optuna-tpe-median-pruner")
@@ -277,6 +278,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    runtime.use_cpu_cores()  # JAXAE_CPU_DEVICES: the sweep's slots over the cores (the loop: one)
     dataset = data_lib.load("digits", seed=args.seed)
     device = jax.devices()[0].device_kind
     rows = []
