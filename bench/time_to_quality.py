@@ -81,9 +81,8 @@ import jax.numpy as jnp
 from jaxae import config as config_lib
 from jaxae import data as data_lib
 from jaxae import driver as driver_lib
-from jaxae import hparams
+from jaxae import hparams, runtime
 from jaxae import population as P
-from jaxae import runtime
 from jaxae.store import TrialStore
 
 CASES = ("jaxae-random", "jaxae-asha", "jaxae-cmaes", "optuna-tpe", "optuna-tpe-median-pruner")

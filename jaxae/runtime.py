@@ -21,19 +21,33 @@ from jaxae.errors import UserError
 _DISTRIBUTED_VARS = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
 
 
+# Most CPU devices "auto" makes: every device holds its own copy of the training data.
+AUTO_MAX_DEVICES = 8
+
+
+def cpu_cores() -> int:
+    """Cores this process may run on (its affinity mask, else the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def use_cpu_cores() -> int | None:
-    """With ``JAXAE_CPU_DEVICES=N`` (or ``auto``: one per core), splits the host CPU into N JAX
-    devices, so each core trains its own share of the slots (bench/RESULTS.md: 1.7-2.2x on two
-    cores for long chunks; short sweeps gain little). Returns N, or None when unset or when the
-    user's ``XLA_FLAGS`` already choose. Opt-in because numbers then differ from a one-device run
-    by float reassociation. Must run before JAX starts its backends; accelerators are unaffected.
+    """Splits the host CPU into one JAX device per core, so each core trains its own share of the
+    slots: 2x the training throughput of one device on two cores (bench/RESULTS.md: XLA runs a
+    training step's small kernels on one thread). ``JAXAE_CPU_DEVICES``: ``auto`` (the default:
+    one per core, at most ``AUTO_MAX_DEVICES``) or a count (``1``: one device for the whole CPU).
+
+    Returns the count, or None when the user's ``XLA_FLAGS`` already choose. Must run before JAX
+    starts its backends; accelerators are unaffected.
     """
     flags = os.environ.get("XLA_FLAGS", "")
-    setting = os.environ.get("JAXAE_CPU_DEVICES", "")
-    if not setting or "xla_force_host_platform_device_count" in flags:
+    setting = os.environ.get("JAXAE_CPU_DEVICES", "").strip() or "auto"
+    if "xla_force_host_platform_device_count" in flags:
         return None
     try:
-        count = (os.cpu_count() or 1) if setting == "auto" else int(setting)
+        count = min(cpu_cores(), AUTO_MAX_DEVICES) if setting == "auto" else int(setting)
     except ValueError:
         raise UserError(f"JAXAE_CPU_DEVICES={setting!r} must be an integer or 'auto'") from None
     count = max(1, count)

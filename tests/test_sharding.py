@@ -13,7 +13,9 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pytest
 
+from jaxae.errors import UserError
 from jaxae.sweep import main
 
 ROOT = Path(__file__).parents[1]
@@ -78,10 +80,19 @@ def test_cpu_cores_become_devices_unless_xla_flags_choose(monkeypatch):
     assert runtime.use_cpu_cores() is None  # already chosen: left alone
     monkeypatch.setenv("XLA_FLAGS", "")
     monkeypatch.setenv("JAXAE_CPU_DEVICES", "auto")
-    assert runtime.use_cpu_cores() == (os.cpu_count() or 1)
+    auto = min(runtime.cpu_cores(), runtime.AUTO_MAX_DEVICES)
+    assert runtime.use_cpu_cores() == auto
     monkeypatch.delenv("JAXAE_CPU_DEVICES")
     monkeypatch.setenv("XLA_FLAGS", "")
-    assert runtime.use_cpu_cores() is None and os.environ["XLA_FLAGS"] == ""  # opt-in only
+    assert runtime.use_cpu_cores() == auto  # the default
+    monkeypatch.setenv("XLA_FLAGS", "")
+    monkeypatch.setenv("JAXAE_CPU_DEVICES", "1")
+    assert runtime.use_cpu_cores() == 1
+    assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=1"
+    monkeypatch.setenv("XLA_FLAGS", "")
+    monkeypatch.setenv("JAXAE_CPU_DEVICES", "many")
+    with pytest.raises(UserError, match="JAXAE_CPU_DEVICES"):
+        runtime.use_cpu_cores()
 
 
 def test_sweep_on_four_devices_matches_one_device(tmp_path):
