@@ -205,8 +205,9 @@ def _run(args: argparse.Namespace) -> int:
             try:
                 driver.restore(checkpoint.read_bytes())
             except Exception as e:  # a damaged checkpoint is the user's file, not our bug
-                raise UserError(f"--resume: checkpoint {str(checkpoint)!r} is unreadable: "
-                                f"{type(e).__name__}") from None
+                raise UserError(f"--resume: checkpoint {str(checkpoint)!r} cannot be restored "
+                                f"({type(e).__name__}): damaged, or written by an incompatible "
+                                f"jaxae version") from None
         info["resumed"] = info.get("resumed", []) + [_now()]
     else:
         info = {"config": config.to_dict(), "start_time": _now(), "end_time": None,
