@@ -166,6 +166,19 @@ def test_resume_refuses_a_different_configuration(tmp_path, capsys):
     assert err.count("\n") == 0 and "'trials'" in err
 
 
+def test_resume_from_a_damaged_checkpoint_exits_2_and_keeps_the_results(tmp_path, capsys):
+    code, out = sweep(tmp_path, "d", "--checkpoint-every", "1", trials=2, steps=20)
+    assert code == 0 and (out / "checkpoint.msgpack").exists()
+    before = rows(out)
+    (out / "checkpoint.msgpack").write_bytes(b"\x93not a checkpoint")
+    capsys.readouterr()
+    assert main(["--config", str(tmp_path / "d.toml"), "--out", str(out), "--resume",
+                 "--no-report", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "cannot be restored" in err and "checkpoint" in err
+    assert rows(out) == before
+
+
 # -- bad input: exit status 2, one line naming the problem, nothing written -------------------
 
 BAD_CONFIGS = {
