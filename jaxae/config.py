@@ -16,7 +16,7 @@ from typing import Any
 from jaxae import hparams
 from jaxae.errors import UserError
 from jaxae.models import PRECISIONS
-from searchers import SCHEDULERS, Choice, Float, Int
+from searchers import SAMPLERS, SCHEDULERS, Choice, Float, Int
 from searchers import space_from_dict as _space_from_dict
 from searchers import space_to_dict as _space_to_dict
 
@@ -116,7 +116,7 @@ def build(settings: Mapping[str, Any]) -> SweepConfig:
     _check_choice(values, "model", hparams.MODELS)
     _check_choice(values, "searcher", SEARCHERS)
     _check_choice(values, "aggregate", AGGREGATES)
-    _check_choice(values, "sampler", ("random", "cmaes"))
+    _check_choice(values, "sampler", SAMPLERS)
     _check_choice(values, "precision", tuple(PRECISIONS))
     for name, low in (("population", 1), ("trials", 1), ("steps", 1), ("seed", 0),
                       ("repeats", 1), ("chunk", 1), ("eta", 2), ("min_steps", 1)):

@@ -73,7 +73,7 @@ def parser() -> argparse.ArgumentParser:
         f"[default: {d.eta}]")
     add("--min-steps", type=int, default=None, dest="min_steps",
         help="lowest budget of sha / hyperband / asha [default: steps // eta**3]")
-    add("--sampler", choices=("random", "cmaes"), default=None,
+    add("--sampler", choices=config_lib.SAMPLERS, default=None,
         help="where sha / hyperband / asha get new configurations [default: random]")
     add("--precision", choices=("float32", "tf32", "bfloat16"), default=None,
         help="matmul precision; parameters stay float32 [default: float32]")

@@ -20,7 +20,13 @@ from searchers.base import SEARCHERS, Searcher, searcher_from_state_dict
 from searchers.cma_es import CMAES, CMAESCore
 from searchers.hyperband import Hyperband
 from searchers.random_search import RandomSearch
-from searchers.registry import SCHEDULERS, make_sampler, make_scheduler, restore_scheduler
+from searchers.registry import (
+    SAMPLERS,
+    SCHEDULERS,
+    make_sampler,
+    make_scheduler,
+    restore_scheduler,
+)
 from searchers.scheduler import FullBudget, Job, Scheduler
 from searchers.space import (
     Choice,
@@ -34,12 +40,15 @@ from searchers.space import (
     space_to_unit,
 )
 from searchers.successive_halving import SuccessiveHalving
+from searchers.tpe import TPE
 
 __all__ = [
     "ASHA",
     "CMAES",
+    "SAMPLERS",
     "SCHEDULERS",
     "SEARCHERS",
+    "TPE",
     "CMAESCore",
     "Choice",
     "Float",

@@ -1,8 +1,8 @@
 """Name -> class registries and the factory the sweep driver uses.
 
 ``make_scheduler(name, space, ...)`` builds any method behind the one ``Scheduler`` interface:
-``random`` and ``cmaes`` run each trial as one job at the maximum budget (``FullBudget``); ``sha``,
-``hyperband`` and ``asha`` are multi-fidelity and draw new configurations from ``sampler``.
+``random``, ``cmaes`` and ``tpe`` run each trial as one job at the maximum budget (``FullBudget``);
+``sha``, ``hyperband`` and ``asha`` are multi-fidelity and draw new configurations from ``sampler``.
 ``restore_scheduler(space, state)`` rebuilds any of them from its ``state_dict``.
 """
 
@@ -19,10 +19,13 @@ from searchers.random_search import RandomSearch
 from searchers.scheduler import FullBudget, Scheduler
 from searchers.space import Space
 from searchers.successive_halving import SuccessiveHalving
+from searchers.tpe import TPE
 
-__all__ = ["SCHEDULERS", "SEARCHERS", "make_sampler", "make_scheduler", "restore_scheduler"]
+__all__ = ["SAMPLERS", "SCHEDULERS", "SEARCHERS", "make_sampler", "make_scheduler",
+           "restore_scheduler"]
 
-SCHEDULERS: tuple[str, ...] = ("random", "cmaes", "sha", "hyperband", "asha")
+SCHEDULERS: tuple[str, ...] = ("random", "cmaes", "tpe", "sha", "hyperband", "asha")
+SAMPLERS: tuple[str, ...] = ("random", "cmaes", "tpe")  # for make_sampler, by name
 
 _MULTI_FIDELITY: dict[str, type[SuccessiveHalving | Hyperband | ASHA]] = {
     "sha": SuccessiveHalving,
@@ -36,19 +39,23 @@ _BY_KIND: dict[str, type[Scheduler]] = {
 
 def make_sampler(sampler: str | Searcher, space: Space, *, population: int | None = None,
                  seed: int = 0) -> Searcher:
-    """A searcher by name (``"random"`` or ``"cmaes"``), or ``sampler`` itself if it is one.
+    """A searcher by name (``"random"``, ``"cmaes"`` or ``"tpe"``), or ``sampler`` if it is one.
 
-    CMA-ES gets ``population_size = population`` (at least 2, which CMA-ES needs; ``None``: its
-    default ``4 + floor(3 ln n)``).
+    Random search and TPE get ``batch_size=1`` (one config per new trial: TPE proposes it from
+    every loss told so far). CMA-ES gets ``population_size = population`` (at least 2, which
+    CMA-ES needs; ``None``: its default ``4 + floor(3 ln n)``).
     """
     if isinstance(sampler, Searcher):
         return sampler
     if sampler == "random":
         return RandomSearch(space, batch_size=1, seed=seed)
+    if sampler == "tpe":
+        return TPE(space, batch_size=1, seed=seed)
     if sampler == "cmaes":
         return CMAES(space, population_size=None if population is None else max(2, population),
                      seed=seed)
-    raise ValueError(f"sampler must be 'random', 'cmaes' or a Searcher, got {sampler!r}")
+    raise ValueError(f"sampler must be 'random', 'cmaes', 'tpe' or a Searcher, "
+                     f"got {sampler!r}")
 
 
 def make_scheduler(name: str, space: Space, *, max_trials: int, max_budget: int,
@@ -57,8 +64,8 @@ def make_scheduler(name: str, space: Space, *, max_trials: int, max_budget: int,
     """Builds the scheduler ``name`` (one of ``SCHEDULERS``).
 
     Args:
-        name: ``random`` / ``cmaes`` (black-box, one job per trial at ``max_budget``), or ``sha`` /
-            ``hyperband`` / ``asha`` (multi-fidelity).
+        name: ``random`` / ``cmaes`` / ``tpe`` (black-box, one job per trial at ``max_budget``),
+            or ``sha`` / ``hyperband`` / ``asha`` (multi-fidelity).
         space: the search space.
         max_trials: configurations the sweep tries (for multi-fidelity: started at the lowest
             budget); never more trials than this are created.
@@ -69,13 +76,14 @@ def make_scheduler(name: str, space: Space, *, max_trials: int, max_budget: int,
             sampler).
         seed: seed of the searcher / sampler.
         sampler: where multi-fidelity schedulers get new configurations: ``"random"``,
-            ``"cmaes"`` or any ``Searcher`` over ``space`` (ignored by ``random`` / ``cmaes``).
+            ``"cmaes"``, ``"tpe"`` or any ``Searcher`` over ``space`` (ignored by ``random`` /
+            ``cmaes`` / ``tpe``).
 
     Example:
         >>> scheduler = make_scheduler("asha", space, max_trials=64, max_budget=2000)
         >>> jobs = scheduler.ask(8)
     """
-    if name == "random" or name == "cmaes":
+    if name in ("random", "cmaes", "tpe"):
         return FullBudget(make_sampler(name, space, population=population, seed=seed),
                           max_budget=max_budget, max_trials=max_trials)
     if name not in _MULTI_FIDELITY:

@@ -181,7 +181,7 @@ def test_state_dict_round_trip_mid_run_continues_identically(name, sampler, frac
 
 
 def test_make_scheduler_names_and_errors():
-    assert SCHEDULERS == ("random", "cmaes", "sha", "hyperband", "asha")
+    assert SCHEDULERS == ("random", "cmaes", "tpe", "sha", "hyperband", "asha")
     assert isinstance(make("random"), FullBudget) and make("random").name == "random"
     assert isinstance(make("cmaes"), FullBudget) and make("cmaes").name == "cmaes"
     assert isinstance(make("sha"), SuccessiveHalving)
@@ -192,7 +192,7 @@ def test_make_scheduler_names_and_errors():
     with pytest.raises(ValueError, match="unknown scheduler"):
         make("pbt")
     with pytest.raises(ValueError, match="sampler"):
-        make("sha", "tpe")
+        make("sha", "bayes")
     with pytest.raises(ValueError, match="eta"):
         make("sha", eta=1)
     with pytest.raises(ValueError, match="min_budget"):

@@ -25,7 +25,7 @@ def loss_fn(config: dict) -> float:
 
 
 def make(name: str, seed: int = 0):
-    kwargs = {"batch_size": 5} if name == "random" else {"population_size": 6}
+    kwargs = {"population_size": 6} if name == "cmaes" else {"batch_size": 5}
     return SEARCHERS[name](SPACE, seed=seed, **kwargs)
 
 
@@ -39,7 +39,7 @@ def run(searcher, generations: int) -> list[list[dict]]:
 
 
 def test_registry_holds_the_builtin_searchers():
-    assert set(SEARCHERS) >= {"random", "cmaes"}
+    assert set(SEARCHERS) >= {"random", "cmaes", "tpe"}
 
 
 @pytest.mark.parametrize("name", sorted(SEARCHERS))
