@@ -15,10 +15,10 @@ same metric: ``population.evaluate``'s ``val_loss`` on the validation split afte
 
 Cases (``--cases``):
 
-* ``jaxae-random`` / ``jaxae-asha`` / ``jaxae-cmaes``: the library's sweep loop (``config.build``,
-  ``driver.Driver``, ``driver.run`` with a ``TrialStore`` in a temporary directory, no
-  checkpoints) with ``--population P`` slots trained by one vmapped program; ``asha`` uses the
-  library's defaults (``eta = 3``, lowest budget ``S // 27``).
+* ``jaxae-random`` / ``jaxae-tpe`` / ``jaxae-asha`` / ``jaxae-cmaes``: the library's sweep loop
+  (``config.build``, ``driver.Driver``, ``driver.run`` with a ``TrialStore`` in a temporary
+  directory, no checkpoints) with ``--population P`` slots trained by one vmapped program;
+  ``asha`` uses the library's defaults (``eta = 3``, lowest budget ``S // 27``).
 * ``optuna-tpe``: ``optuna.create_study(sampler=TPESampler(seed))`` and
   ``study.optimize(objective, n_trials=N)``. The objective trains ONE model with a Python ``for``
   loop over steps around ``jax.jit(population.member_step)`` -- the library's own training step,
@@ -85,7 +85,8 @@ from jaxae import hparams, runtime
 from jaxae import population as P
 from jaxae.store import TrialStore
 
-CASES = ("jaxae-random", "jaxae-asha", "jaxae-cmaes", "optuna-tpe", "optuna-tpe-median-pruner")
+CASES = ("jaxae-random", "jaxae-tpe", "jaxae-asha", "jaxae-cmaes", "optuna-tpe",
+         "optuna-tpe-median-pruner")
 DEFAULT_TARGET = 0.5
 
 LOW_LR, HIGH_LR = 1e-4, 3e-2
@@ -237,6 +238,7 @@ def run_optuna(pruned: bool, args: argparse.Namespace, dataset: data_lib.Dataset
 
 RUNNERS: dict[str, Callable[[argparse.Namespace, data_lib.Dataset], dict[str, Any]]] = {
     "jaxae-random": lambda a, d: run_jaxae("random", a, d),
+    "jaxae-tpe": lambda a, d: run_jaxae("tpe", a, d),
     "jaxae-asha": lambda a, d: run_jaxae("asha", a, d),
     "jaxae-cmaes": lambda a, d: run_jaxae("cmaes", a, d),
     "optuna-tpe": lambda a, d: run_optuna(False, a, d),
@@ -257,8 +259,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--population", type=int, default=32, help="jaxae slots trained at once")
     p.add_argument("--seed", type=int, default=0,
                    help="sweep / sampler seed; also the data split's seed")
-    p.add_argument("--cases", default="jaxae-random,jaxae-asha,jaxae-cmaes,optuna-tpe,"
-                   "optuna-tpe-median-pruner", help=f"comma-separated, from {', '.join(CASES)}")
+    p.add_argument("--cases", default=",".join(CASES),
+                   help=f"comma-separated, from {', '.join(CASES)}")
     p.add_argument("--target", type=float, default=DEFAULT_TARGET,
                    help="val_loss whose first reaching is timed (time_to_target_s)")
     p.add_argument("--report-every", type=int, default=50, metavar="K",
