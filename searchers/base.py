@@ -87,6 +87,9 @@ class Searcher:
 
     name: ClassVar[str] = ""
     synchronous: ClassVar[bool] = True
+    # A model of the losses that a multi-fidelity scheduler should build from one budget's
+    # results at a time (BOHB): such a searcher implements ``fresh`` and ``min_observations``.
+    learns_per_budget: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -124,6 +127,16 @@ class Searcher:
             if loss < self.best_loss:
                 self.best_config, self.best_loss = config, loss
         self.num_told += len(configs)
+
+    def fresh(self) -> Searcher:
+        """For ``learns_per_budget`` searchers: the same settings and seed, told nothing, whose
+        asks continue after this one's (it never repeats a config this one drew)."""
+        raise NotImplementedError(f"{type(self).__name__} does not learn per budget")
+
+    @property
+    def min_observations(self) -> int:
+        """Finite losses this searcher needs before its model guides its asks."""
+        return 1
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue identically, as JSON-serialisable data."""

@@ -13,14 +13,20 @@ is ``finished`` no trial is running or paused.
 
 New configurations come from a pluggable sampler, any ``Searcher`` (``SamplerFeed`` below). Each
 trial's loss is told to the sampler once the trial has *settled* (stopped or completed), using the
-loss at the highest budget it reached. A synchronous sampler (CMA-ES: ``tell`` must receive exactly
-the batch of the last ``ask``) hands out its batch one config per new trial and is told the batch
-when all of its trials have settled. When a new config is needed, the batch is used up, and every
-unsettled trial of the batch is paused (not running), those paused trials are told early with the
-loss at the highest budget they have reached so far: otherwise a synchronous rung larger than the
-batch (successive halving's first rung) could never fill. While some trial of the batch is still
-running the scheduler creates no new trial (``ask`` returns fewer jobs); the batch completes as soon
-as those report, so nothing deadlocks.
+loss at the highest budget it reached -- except for a sampler that ``learns_per_budget`` (TPE): as
+in BOHB (Falkner et al., 2018), it learns from every reported loss of one budget, the largest
+budget with at least ``max(dims + 1, sampler.min_observations)`` finite losses (until one has,
+the lowest budget reported), and is rebuilt (``Searcher.fresh``) with that budget's results each
+time the choice moves up. Under ASHA trials settle only at the end, so a sampler told at
+settlement would learn nothing while it matters.
+
+A synchronous sampler (CMA-ES: ``tell`` must receive exactly the batch of the last ``ask``) hands
+out its batch one config per new trial and is told the batch when all of its trials have settled.
+When a new config is needed, the batch is used up, and every unsettled trial of the batch is paused
+(not running), those paused trials are told early with the loss at the highest budget they have
+reached so far: otherwise a synchronous rung larger than the batch (successive halving's first rung)
+could never fill. While some trial of the batch is still running the scheduler creates no new trial
+(``ask`` returns fewer jobs); the batch completes as soon as those report, so nothing deadlocks.
 """
 
 from __future__ import annotations
@@ -113,6 +119,9 @@ class SamplerFeed:
         self.batch: list[dict[str, Any]] = []  # synchronous: the generation being handed out
         self.batch_trials: list[int] = []  # trial id of batch[i], for the i handed out so far
         self.batch_losses: dict[int, float] = {}  # batch index -> loss, once known
+        # learns_per_budget: budget -> [(config, loss)] as reported; the budget it learns from
+        self.observed: dict[int, list[tuple[dict[str, Any], float]]] = {}
+        self.model_budget: int | None = None
 
     def next_config(self, trial_id: int,
                     provisional: Callable[[int], float | None]) -> dict[str, Any] | None:
@@ -142,10 +151,28 @@ class SamplerFeed:
         self.batch_trials.append(trial_id)
         return dict(self.batch[len(self.batch_trials) - 1])
 
+    def observe(self, config: dict[str, Any], budget: int, loss: float) -> None:
+        """Reports a loss at a budget, as it arrives (used by ``learns_per_budget`` samplers)."""
+        if not self.searcher.learns_per_budget:
+            return
+        self.observed.setdefault(budget, []).append((dict(config), loss))
+        if budget == self.model_budget:
+            self.searcher.tell([config], [loss])
+        need = max(len(self.searcher.space) + 1, self.searcher.min_observations)
+        enough = [b for b, seen in self.observed.items()
+                  if sum(math.isfinite(x) for _, x in seen) >= need]
+        best = max(enough) if enough else min(self.observed)
+        if best != self.model_budget:
+            seen = self.observed[best]
+            self.searcher = self.searcher.fresh()
+            self.searcher.tell([c for c, _ in seen], [x for _, x in seen])
+            self.model_budget = best
+
     def settle(self, trial_id: int, config: dict[str, Any], loss: float) -> None:
         """Reports a settled trial's loss (at the highest budget it reached)."""
         if not self.searcher.synchronous:
-            self.searcher.tell([config], [loss])
+            if not self.searcher.learns_per_budget:  # (those have seen it in observe)
+                self.searcher.tell([config], [loss])
             return
         if trial_id not in self.batch_trials:
             return  # from an earlier batch that was already told (early)
@@ -165,6 +192,9 @@ class SamplerFeed:
             "batch": self.batch,
             "batch_trials": self.batch_trials,
             "batch_losses": [[i, encode_loss(x)] for i, x in sorted(self.batch_losses.items())],
+            "observed": [[b, [[c, encode_loss(x)] for c, x in seen]]
+                         for b, seen in self.observed.items()],
+            "model_budget": self.model_budget,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -172,6 +202,10 @@ class SamplerFeed:
         self.batch = [dict(c) for c in state["batch"]]
         self.batch_trials = [int(t) for t in state["batch_trials"]]
         self.batch_losses = {int(i): decode_loss(x) for i, x in state["batch_losses"]}
+        self.observed = {int(b): [(dict(c), decode_loss(x)) for c, x in seen]
+                         for b, seen in state.get("observed", [])}
+        model_budget = state.get("model_budget")
+        self.model_budget = None if model_budget is None else int(model_budget)
 
 
 class Scheduler:
@@ -247,6 +281,7 @@ class Scheduler:
                              f"(status {trial.status}, budget {trial.budget})")
         loss = clean_loss(loss)
         trial.losses[trial.budget] = loss
+        self._feed.observe(trial.config, trial.budget, loss)
         self._running.discard(trial_id)
         trial.status = PAUSED
         if not math.isfinite(loss):

@@ -170,6 +170,7 @@ class TPE(Searcher):
 
     name = "tpe"
     synchronous = False
+    learns_per_budget = True
 
     def __init__(self, space: Space, batch_size: int = 1, seed: int = 0, n_startup: int = 10,
                  n_candidates: int = 24, gamma: float = 0.1) -> None:
@@ -182,6 +183,17 @@ class TPE(Searcher):
         self.points: list[list[float]] = []  # unit-cube point of each told config, in tell order
         self.losses: list[float] = []  # their losses (failures: inf)
         self.pending: list[dict[str, Any]] = []  # asked, not yet told: the constant liar's
+
+    @property
+    def min_observations(self) -> int:
+        return self.n_startup
+
+    def fresh(self) -> TPE:
+        """Told nothing; keeps the seed's position and the configs still in flight (liars)."""
+        twin = TPE(self.space, self.batch_size, self.seed, self.n_startup, self.n_candidates,
+                   self.gamma)
+        twin.num_asked, twin.pending = self.num_asked, list(self.pending)
+        return twin
 
     def _ask(self) -> list[dict[str, Any]]:
         configs = []

@@ -218,5 +218,44 @@ def test_asha_with_a_tpe_sampler_runs_and_restores():
     assert drive(restored, slots=4, outstanding=twin_outstanding) == rest
     assert original.finished and restored.finished and original.num_trials == 30
     assert {j.budget for j in first + rest} == {1, 3, 9, 27}
-    assert original.sampler.num_told == 30  # every trial settles and reaches the sampler
+    # The sampler learns from one budget's results (BOHB): the largest with enough of them.
+    feed = original._feed
+    assert original.sampler.num_told == len(feed.observed[feed.model_budget])
     assert restored.state_dict() == original.state_dict()
+
+
+def test_under_asha_tpe_learns_from_rung_results_while_the_sweep_runs():
+    scheduler = make_scheduler("asha", SPACE, max_trials=120, max_budget=81, min_budget=1,
+                               eta=3, seed=0, sampler="tpe")
+    outstanding, told_at, budgets = [], {}, set()
+    while not scheduler.finished:
+        outstanding += scheduler.ask(4 - len(outstanding))
+        job = outstanding.pop(0)
+        scheduler.tell(job.trial_id, job.budget, loss_fn(job.config) + 1 / math.sqrt(job.budget))
+        told_at[scheduler.num_trials] = scheduler.sampler.num_told
+        budgets.add(scheduler._feed.model_budget)
+    # Told from the first reports on (not only when trials settle at the end) ...
+    assert told_at[20] >= 10
+    # ... and moving up the rungs as they fill (the top rung never holds dims + 1 = 6 losses
+    # here, so the model stays below it).
+    assert 1 in budgets and max(budgets) >= 9
+
+
+def multi_fidelity_best(sampler, seed):
+    scheduler = make_scheduler("asha", SPACE, max_trials=90, max_budget=27, min_budget=1,
+                               eta=3, seed=seed, sampler=sampler)
+    outstanding, best = [], math.inf
+    while not scheduler.finished:
+        outstanding += scheduler.ask(4 - len(outstanding))
+        job = outstanding.pop(0)
+        loss = loss_fn(job.config) + 1 / math.sqrt(job.budget)
+        scheduler.tell(job.trial_id, job.budget, loss)
+        if job.budget == 27:
+            best = min(best, loss)
+    return best
+
+
+def test_asha_with_tpe_beats_asha_with_random_sampling():
+    tpe = [multi_fidelity_best("tpe", seed) for seed in range(6)]
+    rand = [multi_fidelity_best("random", seed) for seed in range(6)]
+    assert np.median(tpe) < np.median(rand) - 0.1, (tpe, rand)
