@@ -18,7 +18,8 @@ Cases (``--cases``):
 * ``jaxae-random`` / ``jaxae-tpe`` / ``jaxae-asha`` / ``jaxae-cmaes``: the library's sweep loop
   (``config.build``, ``driver.Driver``, ``driver.run`` with a ``TrialStore`` in a temporary
   directory, no checkpoints) with ``--population P`` slots trained by one vmapped program;
-  ``asha`` uses the library's defaults (``eta = 3``, lowest budget ``S // 27``).
+  ``asha`` uses the library's defaults (``eta = 3``, lowest budget ``S // 27``);
+  ``jaxae-asha-tpe`` is ASHA with ``--sampler tpe`` (TPE learning from rung results, as BOHB).
 * ``optuna-tpe``: ``optuna.create_study(sampler=TPESampler(seed))`` and
   ``study.optimize(objective, n_trials=N)``. The objective trains ONE model with a Python ``for``
   loop over steps around ``jax.jit(population.member_step)`` -- the library's own training step,
@@ -85,7 +86,7 @@ from jaxae import hparams, runtime
 from jaxae import population as P
 from jaxae.store import TrialStore
 
-CASES = ("jaxae-random", "jaxae-tpe", "jaxae-asha", "jaxae-cmaes", "optuna-tpe",
+CASES = ("jaxae-random", "jaxae-tpe", "jaxae-asha", "jaxae-asha-tpe", "jaxae-cmaes", "optuna-tpe",
          "optuna-tpe-median-pruner")
 DEFAULT_TARGET = 0.5
 
@@ -116,11 +117,12 @@ def _on_duration(event: str, duration: float, **_: Any) -> None:
 jax.monitoring.register_event_duration_secs_listener(_on_duration)
 
 
-def sweep_config(searcher: str, args: argparse.Namespace) -> config_lib.SweepConfig:
+def sweep_config(searcher: str, args: argparse.Namespace, sampler: str = "random"
+                 ) -> config_lib.SweepConfig:
     """The sweep every case describes (the Optuna cases take their program and keys from it)."""
     return config_lib.build({"model": "ae", "searcher": searcher, "population": args.population,
                              "trials": args.trials, "steps": args.steps, "seed": args.seed,
-                             "chunk": args.report_every, "space": SPACE})
+                             "chunk": args.report_every, "sampler": sampler, "space": SPACE})
 
 
 class BestSoFar:
@@ -141,10 +143,10 @@ class BestSoFar:
             self.curve.append([round(self.elapsed(), 3), loss])
 
 
-def run_jaxae(searcher: str, args: argparse.Namespace, dataset: data_lib.Dataset
-              ) -> dict[str, Any]:
+def run_jaxae(searcher: str, args: argparse.Namespace, dataset: data_lib.Dataset,
+              sampler: str = "random") -> dict[str, Any]:
     """One sweep through the library; returns the case's measurements."""
-    config = sweep_config(searcher, args)
+    config = sweep_config(searcher, args, sampler)
     counts = {"completed": 0, "pruned": 0, "diverged": 0}
     with tempfile.TemporaryDirectory() as tmp:
         store = TrialStore(Path(tmp) / "trials.db")
@@ -239,6 +241,7 @@ def run_optuna(pruned: bool, args: argparse.Namespace, dataset: data_lib.Dataset
 RUNNERS: dict[str, Callable[[argparse.Namespace, data_lib.Dataset], dict[str, Any]]] = {
     "jaxae-random": lambda a, d: run_jaxae("random", a, d),
     "jaxae-tpe": lambda a, d: run_jaxae("tpe", a, d),
+    "jaxae-asha-tpe": lambda a, d: run_jaxae("asha", a, d, sampler="tpe"),
     "jaxae-asha": lambda a, d: run_jaxae("asha", a, d),
     "jaxae-cmaes": lambda a, d: run_jaxae("cmaes", a, d),
     "optuna-tpe": lambda a, d: run_optuna(False, a, d),
