@@ -6,7 +6,7 @@ or RMSProp's decay). Gradient clipping (``grad_clip``) happens before the optimi
 population's training step, which shares the global norm with its divergence check.
 
 The rules are optax's, written out (``tests/test_optimizers.py`` checks each one against the optax
-chain it mirrors, ``OPTAX_CHAINS``), for one reason: a slot that must not train at a step (paused,
+chain it mirrors), for one reason: a slot that must not train at a step (paused,
 finished, or its gradient not finite) keeps its state, and that choice has to be fused into the
 update itself. Selecting between the optax chain's output and the old state (``jnp.where``) makes
 XLA copy every parameter and moment buffer of the scan's carry at every step (24 copies per step
@@ -22,10 +22,8 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
 
 OPTIMIZER_HPARAMS = ("learning_rate", "weight_decay", "b1", "b2")
-OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 EPS = 1e-8  # optax's default for Adam (outside the square root) and RMSProp (inside)
 
 # Which moment trees each family keeps: mu (first moment / momentum), nu (second moment).
@@ -58,7 +56,7 @@ def update(
     """New ``(params, state)`` after one step, or the old ones where ``train`` is false.
 
     Args:
-        family: one of ``OPTIMIZERS``.
+        family: one of ``hparams.OPTIMIZERS``.
         grads: the (clipped) gradient; it must be finite where ``train`` is false (zero it).
         state: the slot's ``OptState``.
         params: the slot's parameters.
@@ -109,18 +107,3 @@ def _check(family: str) -> tuple[str, ...]:
     if family not in _MOMENTS:
         raise ValueError(f"unknown optimizer {family!r}")
     return _MOMENTS[family]
-
-
-def optax_chain(family: str, learning_rate, weight_decay, b1, b2) -> optax.GradientTransformation:
-    """The optax chain that ``update`` computes for ``family`` (the tests' reference)."""
-    _check(family)
-    if family == "adam":
-        core = [optax.add_decayed_weights(weight_decay), optax.scale_by_adam(b1, b2)]
-    elif family == "adamw":
-        core = [optax.scale_by_adam(b1, b2), optax.add_decayed_weights(weight_decay)]
-    elif family == "sgd":
-        core = [optax.add_decayed_weights(weight_decay), optax.trace(decay=b1)]
-    else:
-        core = [optax.add_decayed_weights(weight_decay), optax.scale_by_rms(decay=b2),
-                optax.trace(decay=b1)]
-    return optax.chain(*core, optax.scale_by_learning_rate(learning_rate))

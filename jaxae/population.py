@@ -146,8 +146,8 @@ def member_step(spec: TrainSpec, train_x: jax.Array, m: Population,
     finite = jnp.isfinite(loss) & jnp.isfinite(g_norm)
     ok = active & finite
     clip = m.hparams["grad_clip"]
+    scale = jnp.where(g_norm > clip, clip / g_norm, 1.0)
     # Zero where the slot does not train: the optimizer blends old and new state arithmetically.
-    scale = jnp.where(ok, jnp.where(g_norm > clip, clip / g_norm, 1.0), 0.0)
     grads = jax.tree.map(lambda g: jnp.where(ok, g * scale, 0.0), grads)
     params, opt_state = optimizers.update(
         spec.optimizer, grads, m.opt_state, m.params, m.hparams, ok

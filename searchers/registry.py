@@ -54,7 +54,7 @@ def make_sampler(sampler: str | Searcher, space: Space, *, population: int | Non
     if sampler == "cmaes":
         return CMAES(space, population_size=None if population is None else max(2, population),
                      seed=seed)
-    raise ValueError(f"sampler must be 'random', 'cmaes', 'tpe' or a Searcher, "
+    raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)} or a Searcher, "
                      f"got {sampler!r}")
 
 
@@ -83,7 +83,7 @@ def make_scheduler(name: str, space: Space, *, max_trials: int, max_budget: int,
         >>> scheduler = make_scheduler("asha", space, max_trials=64, max_budget=2000)
         >>> jobs = scheduler.ask(8)
     """
-    if name in ("random", "cmaes", "tpe"):
+    if name in SAMPLERS:
         return FullBudget(make_sampler(name, space, population=population, seed=seed),
                           max_budget=max_budget, max_trials=max_trials)
     if name not in _MULTI_FIDELITY:
