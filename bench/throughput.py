@@ -78,6 +78,8 @@ import functools
 import json
 import os
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 
@@ -85,12 +87,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxae import hparams, runtime, sharding
+from jaxae import hparams, optimizers, runtime, sharding
 from jaxae import population as P
 from jaxae.data import load_digits
-from jaxae.models import ModelSpec
+from jaxae.models import PRECISION_NAMES, PRECISIONS, ModelSpec, resolve_precision
 
-CASES = ("vmap", "sequential", "loop")
+CASES = ("vmap", "sequential", "loop", "reference", "sequential-xla", "procs")
+# Cases that run in child processes (CPU only): fair baselines for a CPU of several cores.
+CHILD_CASES = ("sequential-xla", "procs")
 
 
 def load_data(name: str, seed: int) -> np.ndarray:
@@ -244,7 +248,8 @@ def device_name() -> str:
 def run_point(args: argparse.Namespace, x: jax.Array, population: int, hidden: int) -> list[dict]:
     """Compiles and times every requested case for one (population, hidden); one dict per case."""
     loss = args.loss or hparams.defaults(args.model)["loss"]
-    model = ModelSpec(args.model, int(x.shape[1]), hidden, args.latent, args.depth, "relu", loss)
+    model = ModelSpec(args.model, int(x.shape[1]), hidden, args.latent, args.depth, "relu", loss,
+                      args.precision)
     spec = P.TrainSpec(model, args.optimizer, args.batch)
     members = make_members(args, hidden, population)
     pop = P.assign(spec, P.create(spec, population), list(range(population)), members)
@@ -267,17 +272,18 @@ def run_point(args: argparse.Namespace, x: jax.Array, population: int, hidden: i
     step_compiled = compile_timed("loop", lambda: step_fn.lower(spec, x, jax.device_put(one)))
     xla_step_flops = xla_flops(step_compiled)
 
+    # With several devices (JAXAE_CPU_DEVICES=N splits a CPU into N), the slots are sharded and
+    # each device trains its own share, as the sweep driver does (vmap and reference cases).
+    mesh = sharding.slot_mesh() if jax.device_count() > 1 else None
+    if mesh is not None and population % mesh.size:
+        mesh = None  # the driver would pad; the bench keeps P exact and uses one device
+    if mesh is None:
+        place, xv = jax.device_put, x
+    else:
+        place = functools.partial(sharding.shard, sharding=sharding.slot_sharding(mesh))
+        xv = jax.device_put(x, sharding.replicated(mesh))
+
     if "vmap" in args.cases:
-        # With several devices (JAXAE_CPU_DEVICES=N splits a CPU into N), the slots are sharded
-        # and each device trains its own share, as the sweep driver does.
-        mesh = sharding.slot_mesh() if jax.device_count() > 1 else None
-        if mesh is not None and population % mesh.size:
-            mesh = None  # the driver would pad; the bench keeps P exact and uses one device
-        if mesh is None:
-            place, xv = jax.device_put, x
-        else:
-            place = functools.partial(sharding.shard, sharding=sharding.slot_sharding(mesh))
-            xv = jax.device_put(x, sharding.replicated(mesh))
         chunk = compile_timed(
             "vmap", lambda: P.train_chunk.lower(spec, place(host), xv, steps, mesh=mesh)
         )
@@ -330,6 +336,24 @@ def run_point(args: argparse.Namespace, x: jax.Array, population: int, hidden: i
 
         timers["loop"] = time_loop
 
+    if "reference" in args.cases:
+        if args.model != "ae" or args.optimizer != "adam":
+            raise SystemExit("the reference case is a plain autoencoder with Adam: use "
+                             "--model ae --optimizer adam")
+        ref_train, ref_state = reference_program(spec, x, members)
+        ref_host = jax.device_get(ref_state)
+        compiled_ref = compile_timed("reference",
+                                     lambda: ref_train.lower(place(ref_host), xv))
+        timed_members["reference"] = population
+
+        def time_reference() -> float:
+            state = jax.block_until_ready(place(ref_host))
+            t0 = time.perf_counter()
+            jax.block_until_ready(compiled_ref(state, xv))
+            return time.perf_counter() - t0
+
+        timers["reference"] = time_reference
+
     # The hardware's own limits, measured inside the same rounds as the cases so that load from
     # other processes hits them alike (skipped when given by flags).
     probes: dict[str, tuple[Callable[[], float], float]] = {}
@@ -378,6 +402,8 @@ def run_point(args: argparse.Namespace, x: jax.Array, population: int, hidden: i
                 "data": args.data,
                 "features": int(x.shape[1]),
                 "optimizer": args.optimizer,
+                "precision": resolve_precision(args.precision),
+                "settle_moments": optimizers.settles_moments(),
                 "flops_per_member_step": flops,
                 "xla_flops_per_member_step": xla_step_flops,
                 "sync_every_step": args.sync_every_step if case == "loop" else None,
@@ -397,10 +423,118 @@ def run_point(args: argparse.Namespace, x: jax.Array, population: int, hidden: i
                 "xla_flags": os.environ.get("XLA_FLAGS", ""),
             }
         )
+    return rows
+
+
+def add_ratios(rows: list[dict]) -> None:
+    """Each row's throughput against every baseline measured at the same point, and against the
+    best fair sequential baseline (the fastest of ``sequential``, ``sequential-xla``, ``procs``)."""
     rates = {r["case"]: r["member_steps_per_s"] for r in rows}
+    fair = [rates[c] for c in ("sequential", "sequential-xla", "procs") if c in rates]
     for r in rows:
-        for base in ("sequential", "loop"):
+        for base in ("sequential", "loop", "reference", "sequential-xla", "procs"):
             r[f"ratio_vs_{base}"] = r["member_steps_per_s"] / rates[base] if base in rates else None
+        r["ratio_vs_best_fair_sequential"] = r["member_steps_per_s"] / max(fair) if fair else None
+
+
+def reference_program(spec: P.TrainSpec, x: jax.Array, members: Sequence[P.Member]):
+    """A plain population trainer as a user would write it in ~40 lines, the yardstick of the
+    ``reference`` case: flax ``nn.Dense`` layers, ``optax.inject_hyperparams(optax.adam)`` with
+    a per-member learning rate, ``jit(vmap(scan))``, the batch drawn inside the step; no masks,
+    no divergence checks, no clipping. Same shape, precision, loss and batch size as ``spec``.
+
+    Returns ``(train, state)``: ``train(state, x) -> (state, losses [members, steps])``.
+    """
+    import flax.linen as nn
+    import optax
+
+    m = spec.model
+    dtype, precision = PRECISIONS[resolve_precision(m.precision)]
+    dense = functools.partial(nn.Dense, dtype=dtype, precision=precision)
+
+    class Plain(nn.Module):
+        @nn.compact
+        def __call__(self, v):
+            h = nn.relu(dense(m.hidden)(v))
+            z = dense(m.latent_dim)(h)
+            h = nn.relu(dense(m.hidden)(z))
+            return dense(m.features)(h).astype(jnp.float32)
+
+    model = Plain()
+    tx = optax.inject_hyperparams(optax.adam)(learning_rate=1e-3)
+    steps = members[0].target
+
+    def init(key, lr):
+        params = model.init(key, x[:1])["params"]
+        opt = tx.init(params)
+        opt.hyperparams["learning_rate"] = lr
+        return params, opt, key
+
+    def loss_fn(params, batch):
+        recon = jax.nn.sigmoid(model.apply({"params": params}, batch))
+        return jnp.mean(jnp.sum(jnp.square(recon - batch), axis=-1))
+
+    def member(state, data):
+        def step(carry, i):
+            params, opt, key = carry
+            idx = jax.random.randint(jax.random.fold_in(key, i), (spec.batch_size,), 0,
+                                     data.shape[0])
+            loss, grads = jax.value_and_grad(loss_fn)(params, data[idx])
+            updates, opt = tx.update(grads, opt, params)
+            return (optax.apply_updates(params, updates), opt, key), loss
+
+        return jax.lax.scan(step, state, jnp.arange(steps))
+
+    keys = jnp.stack([jnp.asarray(mb.keys["init_key"]) for mb in members])
+    lrs = jnp.asarray([mb.config["learning_rate"] for mb in members], jnp.float32)
+    state = jax.jit(jax.vmap(init))(keys, lrs)
+    train = jax.jit(jax.vmap(member, in_axes=(0, None)), donate_argnums=(0,))
+    return train, state
+
+
+def child_rows(args: argparse.Namespace, argv: Sequence[str], population: int, hidden: int
+               ) -> list[dict]:
+    """The CPU's fair sequential baselines, each in child processes with one JAX device that XLA
+    may thread over every core (``JAXAE_CPU_DEVICES=1``):
+
+    * ``sequential-xla``: one process trains the ``P`` members one after another.
+    * ``procs``: one process per core, pinned to it, each training its share of the members one
+      after another, all started together (the way one would use a many-core CPU with a
+      per-trial tuner); the throughput is the sum of the processes'.
+    """
+    if jax.devices()[0].platform != "cpu":
+        return []
+    base = [sys.executable, os.path.abspath(__file__), *argv, "--cases", "sequential",
+            "--hidden", str(hidden), "--child"]
+    env = {**os.environ, "JAXAE_CPU_DEVICES": "1"}
+    env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
+                                if "host_platform_device_count" not in f)
+    rows = []
+    if "sequential-xla" in args.cases:
+        out = subprocess.run([*base, "--population", str(population)], env=env, check=True,
+                             capture_output=True, text=True).stdout
+        row = json.loads(out.splitlines()[-1])
+        rows.append({**row, "case": "sequential-xla", "processes": 1})
+    if "procs" in args.cases:
+        cores = sorted(os.sched_getaffinity(0))
+        shares = [len(a) for a in np.array_split(np.arange(population), len(cores)) if len(a)]
+        children = [
+            subprocess.Popen(["taskset", "-c", str(core), *base, "--population", str(n)],
+                             env=env, stdout=subprocess.PIPE, text=True)
+            for core, n in zip(cores, shares, strict=False)
+        ]
+        results = [json.loads(c.communicate()[0].splitlines()[-1]) for c in children]
+        if any(c.returncode for c in children):
+            raise SystemExit("a child process of the procs case failed")
+        rate = sum(r["member_steps_per_s"] for r in results)
+        row = {**results[0], "case": "procs", "processes": len(children),
+               "population": population, "member_steps_per_s": rate,
+               "members_timed": population,
+               "model_gflops_per_s": rate * results[0]["flops_per_member_step"] / 1e9}
+        row["measured_us_per_member_step"] = 1e6 / rate
+        row["roofline_ratio"] = (1e6 / rate) / row["roofline_us_per_member_step"]
+        row["fraction_of_matmul_peak"] = rate * row["flops_per_member_step"] / row["peak_flops"]
+        rows.append(row)
     return rows
 
 
@@ -468,8 +602,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--loss", choices=hparams.LOSSES, default=None,
                         help="reconstruction loss (default: the model's default)")
     parser.add_argument("--optimizer", choices=hparams.OPTIMIZERS, default="adam")
-    parser.add_argument("--cases", type=case_list, default=list(CASES),
-                        help="comma-separated subset of vmap,sequential,loop (default all)")
+    parser.add_argument("--precision", choices=PRECISION_NAMES, default="auto",
+                        help="matmul precision of every case (default auto: tf32 on GPUs, "
+                        "float32 on CPUs)")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--cases", type=case_list, default=None,
+                        help="comma-separated subset of " + ",".join(CASES) + " (default "
+                        "vmap,sequential,loop,reference; on CPU also sequential-xla,procs)")
     parser.add_argument("--repeats", type=int, default=3,
                         help="timing rounds; the best round is reported (default 3)")
     parser.add_argument("--loop-members", type=int, default=None,
@@ -508,16 +647,45 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     runtime.use_cpu_cores()  # JAXAE_CPU_DEVICES, before JAX starts its backends
+    if args.cases is None:
+        cpu = jax.devices()[0].platform == "cpu"
+        args.cases = [c for c in CASES if cpu or c not in CHILD_CASES]
+        if args.model != "ae" or args.optimizer != "adam":
+            args.cases.remove("reference")
+    # The children get the same settings but their own --cases / --population / --hidden.
+    child_argv = strip_options(argv, ("--cases", "--population", "--hidden", "--sweep-populations",
+                                      "--sweep-hidden"))
     x = jnp.asarray(load_data(args.data, args.seed))
     populations = args.sweep_populations or [args.population]
     widths = args.sweep_hidden or [args.hidden]
     for hidden in widths:
         for population in populations:
-            for row in run_point(args, x, population, hidden):
+            rows = run_point(args, x, population, hidden)
+            if not args.child:
+                rows += child_rows(args, child_argv, population, hidden)
+            add_ratios(rows)
+            for row in rows:
                 print(json.dumps(row), flush=True)
     return 0
+
+
+def strip_options(argv: Sequence[str], names: Sequence[str]) -> list[str]:
+    """``argv`` without the options ``names`` and their values (``--x v`` or ``--x=v``)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a in names:
+            skip = True
+            continue
+        if a.split("=", 1)[0] in names:
+            continue
+        out.append(a)
+    return out
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ gradient of a slot that does not train.
 
 from __future__ import annotations
 
+import os
 from typing import Any, NamedTuple
 
 import jax
@@ -25,6 +26,24 @@ import jax.numpy as jnp
 
 OPTIMIZER_HPARAMS = ("learning_rate", "weight_decay", "b1", "b2")
 EPS = 1e-8  # optax's default for Adam (outside the square root) and RMSProp (inside)
+
+# Whether the new moments are stored behind an ``optimization_barrier`` before the parameters read
+# them, by backend. On a CPU the barrier removed every per-step copy of the scan carry (24 for a
+# one-layer Adam model; see ``update``). On a GPU it splits the update into two kernels, one more
+# pass over the moments, where multi-output fusion writes parameters and moments in one
+# (bench/RESULTS.md, "GPU trainer"). ``JAXAE_SETTLE_MOMENTS=on|off`` overrides, for benchmarks.
+SETTLE_MOMENTS = {"cpu": True}
+
+
+def settles_moments() -> bool:
+    """Whether ``update`` puts the barrier in, on the default backend (read at trace time)."""
+    setting = os.environ.get("JAXAE_SETTLE_MOMENTS", "auto").strip().lower()
+    if setting in ("on", "1", "true"):
+        return True
+    if setting in ("off", "0", "false"):
+        return False
+    return SETTLE_MOMENTS.get(jax.default_backend(), False)
+
 
 # Which moment trees each family keeps: mu (first moment / momentum), nu (second moment).
 _MOMENTS = {"adam": ("mu", "nu"), "adamw": ("mu", "nu"), "sgd": ("mu",), "rmsprop": ("mu", "nu")}
@@ -51,7 +70,8 @@ def init(family: str, params: Any) -> OptState:
 
 
 def update(
-    family: str, grads: Any, state: OptState, params: Any, hp: dict, train: jax.Array
+    family: str, grads: Any, state: OptState, params: Any, hp: dict, train: jax.Array,
+    *, settle_moments: bool | None = None,
 ) -> tuple[Any, OptState]:
     """New ``(params, state)`` after one step, or the old ones where ``train`` is false.
 
@@ -62,8 +82,12 @@ def update(
         params: the slot's parameters.
         hp: the slot's hyperparameter arrays (``OPTIMIZER_HPARAMS`` are read).
         train: bool scalar.
+        settle_moments: store the new moments behind a barrier before the parameters read them
+            (default: ``settles_moments()``, by backend). The results are the same either way.
     """
     _check(family)
+    if settle_moments is None:
+        settle_moments = settles_moments()
     lr, wd, b1, b2 = (hp[name] for name in OPTIMIZER_HPARAMS)
     on = train.astype(jnp.float32)
     keep = lambda new, old: on * new + (1.0 - on) * old  # noqa: E731
@@ -71,7 +95,10 @@ def update(
     # The new moments are computed once and stored before the parameters read them: left to
     # itself XLA recomputes them inside the parameters' update, which then reads the old moments
     # after they were overwritten in place, and it copies every buffer to allow that.
-    settle = lambda *moments: jax.lax.optimization_barrier(moments)  # noqa: E731
+    if settle_moments:
+        settle = lambda *moments: jax.lax.optimization_barrier(moments)  # noqa: E731
+    else:
+        settle = lambda *moments: moments  # noqa: E731
 
     def adam(p, g, mu, nu):
         if family == "adam":  # L2 regularisation: the decay joins the gradient

@@ -69,3 +69,31 @@ def test_a_step_that_does_not_train_leaves_everything_bit_equal(family):
 def test_unknown_family_is_refused():
     with pytest.raises(ValueError, match="unknown optimizer"):
         optimizers.init("lion", tree(jax.random.PRNGKey(0)))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_moment_barrier_changes_no_number(family):
+    """The barrier is a per-backend performance choice: with or without it, every step gives the
+    same parameters and moments, bit for bit, training or frozen."""
+    params = tree(jax.random.PRNGKey(2))
+    hp = {k: jnp.float32(v) for k, v in HP.items()}
+    runs = []
+    for settle in (True, False):
+        update = jax.jit(lambda g, s, p, t, settle=settle: optimizers.update(
+            family, g, s, p, hp, t, settle_moments=settle))
+        p, s = params, optimizers.init(family, params)
+        for step in range(6):
+            train = jnp.bool_(step != 3)
+            g = grads_of(p, step) if step != 3 else jax.tree.map(jnp.zeros_like, p)
+            p, s = update(g, s, p, train)
+        runs.append((p, s))
+    jax.tree.map(np.testing.assert_array_equal, runs[0], runs[1])
+
+
+def test_the_barrier_is_chosen_by_backend(monkeypatch):
+    monkeypatch.delenv("JAXAE_SETTLE_MOMENTS", raising=False)
+    assert optimizers.settles_moments() == (jax.default_backend() == "cpu")
+    monkeypatch.setenv("JAXAE_SETTLE_MOMENTS", "off")
+    assert not optimizers.settles_moments()
+    monkeypatch.setenv("JAXAE_SETTLE_MOMENTS", "on")
+    assert optimizers.settles_moments()
