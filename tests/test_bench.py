@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import pathlib
 import subprocess
 import sys
@@ -22,7 +23,8 @@ def test_throughput_prints_one_json_line_per_case():
         cwd=ROOT, capture_output=True, text=True, timeout=300, check=True,
     )
     rows = [json.loads(line) for line in out.stdout.splitlines()]
-    assert [r["case"] for r in rows] == ["vmap", "sequential", "loop"]
+    cases = ["vmap", "sequential", "loop", "reference", "sequential-xla", "procs"]
+    assert [r["case"] for r in rows] == cases
     for r in rows:
         assert all(key in r for key in REQUIRED), sorted(set(REQUIRED) - set(r))
         assert r["population"] == 2 and r["steps"] == 5
@@ -40,6 +42,12 @@ def test_throughput_prints_one_json_line_per_case():
         assert math.isclose(r["measured_us_per_member_step"], 1e6 / r["member_steps_per_s"],
                             rel_tol=1e-9)
     assert rows[1]["ratio_vs_sequential"] == 1.0 and rows[2]["ratio_vs_loop"] == 1.0
+    assert rows[3]["ratio_vs_reference"] == 1.0
+    # The fair baselines: the best of the three sequential ways is the yardstick.
+    rates = {r["case"]: r["member_steps_per_s"] for r in rows}
+    best = max(rates["sequential"], rates["sequential-xla"], rates["procs"])
+    assert math.isclose(rows[0]["ratio_vs_best_fair_sequential"], rates["vmap"] / best)
+    assert rows[5]["processes"] == 2 or rows[5]["processes"] == len(os.sched_getaffinity(0))
     # Adam, hidden 8, latent 4, digits (64 features), batch 16: 9 parameter passes + activations.
     n_params = 64 * 8 + 8 + 8 * 4 + 4 + 4 * 8 + 8 + 8 * 64 + 64
     expected = 9 * 4 * n_params + 16 * 16 * (64 + 8 + 4 + 8 + 64)
