@@ -25,8 +25,8 @@ import jax
 import numpy as np
 from throughput import device_name, load_data, make_members  # the sibling bench script
 
-from jaxae import hparams, runtime
 from jaxae import population as P
+from jaxae import runtime
 from jaxae.models import PRECISION_NAMES, ModelSpec
 
 
