@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import zlib
 from collections.abc import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 # Matmul precision: parameters (the optimizer's master copy) stay float32 in every case.
@@ -247,9 +249,13 @@ def init_params(spec: ModelSpec, key: jax.Array, masks: Masks) -> dict:
     return params
 
 
-def _stable_hash(name: str) -> int:
-    # Python's hash() is salted per process; keys must be the same in every run.
-    return int.from_bytes(name.encode()[:4].ljust(4, b"\0"), "little") ^ len(name)
+def _stable_hash(name: str) -> np.uint32:
+    """A layer name's key data for ``fold_in``: CRC-32, the same in every process.
+
+    Python's ``hash()`` is salted per process. Every byte of the name counts: an earlier hash of
+    the first four bytes gave ``enc_0``, ``enc_1``, ... one key, so their kernels were identical.
+    """
+    return np.uint32(zlib.crc32(name.encode()))
 
 
 def apply_fn(spec: ModelSpec, method: str = "__call__") -> Callable:
