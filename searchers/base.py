@@ -88,7 +88,8 @@ class Searcher:
     name: ClassVar[str] = ""
     synchronous: ClassVar[bool] = True
     # A model of the losses that a multi-fidelity scheduler should build from one budget's
-    # results at a time (BOHB): such a searcher implements ``fresh`` and ``min_observations``.
+    # results at a time (BOHB): such a searcher implements ``fresh``, ``min_observations`` and
+    # ``set_pending``.
     learns_per_budget: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -131,6 +132,12 @@ class Searcher:
     def fresh(self) -> Searcher:
         """For ``learns_per_budget`` searchers: the same settings and seed, told nothing, whose
         asks continue after this one's (it never repeats a config this one drew)."""
+        raise NotImplementedError(f"{type(self).__name__} does not learn per budget")
+
+    def set_pending(self, configs: Sequence[Mapping[str, Any]]) -> None:
+        """For ``learns_per_budget`` searchers: the configs being evaluated now, replacing those
+        the searcher counted as pending (asked, not told). A scheduler that tells it only one
+        budget's losses keeps this list to the configs actually in flight."""
         raise NotImplementedError(f"{type(self).__name__} does not learn per budget")
 
     @property

@@ -18,7 +18,20 @@ in BOHB (Falkner et al., 2018), it learns from every reported loss of one budget
 budget with at least ``max(dims + 1, sampler.min_observations)`` finite losses (until one has,
 the lowest budget reported), and is rebuilt (``Searcher.fresh``) with that budget's results each
 time the choice moves up. Under ASHA trials settle only at the end, so a sampler told at
-settlement would learn nothing while it matters.
+settlement would learn nothing while it matters. A trial stopped below the model's budget is
+never told to it: its losses are observations of lower budgets only.
+
+Such a sampler's *pending* configs (TPE's constant liars) are set by the scheduler, after every
+``ask`` and ``tell`` and before each new config is drawn, to exactly the configs in flight: trials
+with a job out (``running``) that have no loss at the model's budget yet, in trial order, then any
+configs asked but not yet handed out (``batch_size > 1``). A paused trial is not pending, promotable
+or not: nothing is evaluating it, and under ASHA most paused trials are never promoted and only
+stop when the sweep ends, so counting them would repel new configs from every config that ever
+ran at a low budget; a promoted trial is pending again while its job is out. A trial with a loss at
+the model's budget is not pending either: the model already has that loss (Optuna's
+``constant_liar`` likewise lies only for running trials). Left to the sampler's own bookkeeping
+(pending until told), configs told only at other budgets stayed pending for ever and swamped the
+model: 222 liars against 18 results after 286 trials of ASHA with R=81, r=1 and 8 slots (issue 12).
 
 A synchronous sampler (CMA-ES: ``tell`` must receive exactly the batch of the last ``ask``) hands
 out its batch one config per new trial and is told the batch when all of its trials have settled.
@@ -168,6 +181,17 @@ class SamplerFeed:
             self.searcher.tell([c for c, _ in seen], [x for _, x in seen])
             self.model_budget = best
 
+    def set_in_flight(self, running: list[tuple[dict[str, Any], Mapping[int, float]]]) -> None:
+        """Sets a ``learns_per_budget`` sampler's pending configs (module docstring).
+
+        Args:
+            running: ``(config, losses by budget)`` of every trial with a job out, in trial order.
+        """
+        if not self.searcher.learns_per_budget:
+            return
+        in_flight = [config for config, losses in running if self.model_budget not in losses]
+        self.searcher.set_pending(in_flight + self.queue)
+
     def settle(self, trial_id: int, config: dict[str, Any], loss: float) -> None:
         """Reports a settled trial's loss (at the highest budget it reached)."""
         if not self.searcher.synchronous:
@@ -267,6 +291,7 @@ class Scheduler:
             raise ValueError(f"ask needs a non-negative integer, got {n!r}")
         jobs = self._ask(int(n)) if n else []
         self._maybe_finish()
+        self._track_in_flight()
         return jobs
 
     def tell(self, trial_id: int, budget: int, loss: float) -> None:
@@ -290,6 +315,7 @@ class Scheduler:
             self._settle(trial_id, COMPLETED)
         self._on_result(trial_id, trial.budget, loss)
         self._maybe_finish()
+        self._track_in_flight()
 
     def status(self, trial_id: int) -> str:
         """``"running"``, ``"paused"``, ``"completed"`` or ``"stopped"``."""
@@ -346,6 +372,7 @@ class Scheduler:
         if len(self.trials) >= self.max_trials:
             return None
         trial_id = len(self.trials)
+        self._track_in_flight()  # promotions since the last ask are in flight too
         config = self._feed.next_config(trial_id, self._provisional)
         if config is None:
             return None
@@ -370,6 +397,10 @@ class Scheduler:
     def _stop_if_paused(self, trial_id: int) -> None:
         if self.trials[trial_id].status == PAUSED:
             self._settle(trial_id, STOPPED)
+
+    def _track_in_flight(self) -> None:
+        self._feed.set_in_flight([(self.trials[t].config, self.trials[t].losses)
+                                  for t in sorted(self._running)])
 
     def _provisional(self, trial_id: int) -> float | None:
         trial = self.trials[trial_id]

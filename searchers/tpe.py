@@ -19,6 +19,8 @@ The rules, all in unit-cube coordinates (``space_to_unit``: log scales are alrea
 * Constant liar: configs asked but not yet told join the bad set (as Optuna's ``constant_liar``
   does with running trials), so that configs asked while others are being evaluated, including
   those of one batch, are pushed away from each other instead of piling onto the same spot.
+  A multi-fidelity scheduler, which tells only one budget's losses, replaces this list with the
+  configs actually in flight (``set_pending``; ``searchers.scheduler`` gives the rule).
 * Float and Int dimensions: each set's density is a mixture of normal kernels truncated to
   [0, 1], one per observation plus a prior kernel centred at 0.5 with width 1, all of weight 1
   (Optuna's ``prior_weight``; its down-weighting of old observations beyond 25 is left out).
@@ -194,6 +196,10 @@ class TPE(Searcher):
                    self.gamma)
         twin.num_asked, twin.pending = self.num_asked, list(self.pending)
         return twin
+
+    def set_pending(self, configs: list[dict[str, Any]]) -> None:
+        """The constant liar's configs: those being evaluated now (see ``Searcher``)."""
+        self.pending = [dict(config) for config in configs]
 
     def _ask(self) -> list[dict[str, Any]]:
         configs = []

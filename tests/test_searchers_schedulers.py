@@ -105,7 +105,7 @@ def make(name: str, sampler: str = "random", **kwargs):
 
 
 RUNS = [(name, "random") for name in SCHEDULERS] + [
-    (name, "cmaes") for name in ("sha", "hyperband", "asha")]
+    (name, sampler) for sampler in ("cmaes", "tpe") for name in ("sha", "hyperband", "asha")]
 
 
 def assert_plain(obj) -> None:

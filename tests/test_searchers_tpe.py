@@ -17,6 +17,8 @@ from searchers import (
     make_scheduler,
     restore_scheduler,
 )
+from searchers.base import clean_loss
+from searchers.space import space_from_unit
 from searchers.tpe import _bandwidths, _Categorical, _TruncatedMixture
 
 SPACE = {
@@ -259,3 +261,79 @@ def test_asha_with_tpe_beats_asha_with_random_sampling():
     tpe = [multi_fidelity_best("tpe", seed) for seed in range(6)]
     rand = [multi_fidelity_best("random", seed) for seed in range(6)]
     assert np.median(tpe) < np.median(rand) - 0.1, (tpe, rand)
+
+
+def bohb_budget(told: dict[tuple[int, int], float], need: int) -> int | None:
+    """The budget TPE must learn from: the largest with ``need`` finite losses, else the lowest
+    reported (None before any report)."""
+    budgets = {b for _, b in told}
+    enough = [b for b in budgets if sum(math.isfinite(x) for (_, c), x in told.items() if c == b)
+              >= need]
+    return max(enough) if enough else min(budgets, default=None)
+
+
+def as_multiset(configs) -> list[str]:
+    return sorted(json.dumps(c, sort_keys=True) for c in configs)
+
+
+# The two with budgets that move under a running model get ~300 trials; the others are shorter.
+@pytest.mark.parametrize(("name", "trials"), [("asha", 300), ("hyperband", 300), ("sha", 60),
+                                              ("tpe", 60)])
+def test_pending_configs_are_exactly_the_trials_in_flight(name, trials):
+    """The constant liar's configs are the running trials without a loss at the model's budget,
+    after every ask and tell; the model holds exactly that budget's losses (BOHB)."""
+    slots, need = 6, max(len(SPACE) + 1, 10)
+    scheduler = make_scheduler(name, SPACE, max_trials=trials, max_budget=81, min_budget=1, eta=3,
+                               seed=0, sampler="tpe")
+    configs: dict[int, dict] = {}  # trial -> config, from the jobs handed out
+    told: dict[tuple[int, int], float] = {}  # (trial, budget) -> loss, as told
+    outstanding, step, longest = [], 0, 0
+
+    def check() -> None:
+        nonlocal longest
+        budget = bohb_budget(told, need)
+        in_flight = [configs[t] for t in range(scheduler.num_trials)
+                     if scheduler.status(t) == "running" and (t, budget) not in told]
+        sampler = scheduler.sampler
+        assert as_multiset(sampler.pending) == as_multiset(in_flight), (step, budget)
+        assert len(sampler.pending) <= slots
+        longest = max(longest, len(sampler.pending))
+        at_budget = [x for (_, b), x in told.items() if b == budget]
+        assert sorted(sampler.losses) == sorted(at_budget)
+        assert as_multiset(space_from_unit(SPACE, np.array(p)) for p in sampler.points) == \
+            as_multiset(configs[t] for t, b in told if b == budget)
+
+    while not scheduler.finished:
+        jobs = scheduler.ask(slots - len(outstanding))
+        for job in jobs:
+            configs.setdefault(job.trial_id, job.config)
+        outstanding += jobs
+        check()
+        rng = np.random.default_rng([step])
+        job = outstanding.pop(int(rng.integers(len(outstanding))))  # finish out of order
+        loss = math.nan if rng.random() < 0.05 else (
+            loss_fn(job.config) + 1 / math.sqrt(job.budget) + 0.1 * rng.random())
+        scheduler.tell(job.trial_id, job.budget, loss)
+        told[(job.trial_id, job.budget)] = clean_loss(loss)
+        check()
+        step += 1
+    assert scheduler.num_trials == trials and scheduler.sampler.pending == []
+    assert longest == slots  # every slot's trial, right after an ask
+
+
+def test_a_state_saved_with_stale_liars_resumes_as_if_they_were_never_there():
+    """States saved before the scheduler set TPE's pending configs held liars that never left."""
+    def make():
+        return make_scheduler("asha", SPACE, max_trials=60, max_budget=27, min_budget=1, eta=3,
+                              seed=4, sampler="tpe")
+
+    original, outstanding = make(), []
+    drive(original, slots=4, outstanding=outstanding, max_steps=40)
+    state = json.loads(json.dumps(original.state_dict(), allow_nan=False))
+    stale = [RandomSearch(SPACE, seed=9).config_at(k) for k in range(30)]
+    state["feed"]["searcher"]["pending"] += stale
+    restored = restore_scheduler(SPACE, state)
+    twin_outstanding = list(outstanding)
+    assert drive(restored, slots=4, outstanding=twin_outstanding) == \
+        drive(original, slots=4, outstanding=outstanding)
+    assert restored.state_dict() == original.state_dict()
