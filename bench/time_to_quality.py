@@ -53,7 +53,9 @@ Output: one JSON line per case, printed after all cases ran: ``case``, ``trials`
 ``population`` (1 for Optuna), ``wall_s``, ``compile_s``, ``best_val_loss``, ``target``,
 ``time_to_target_s``, ``common_target``, ``time_to_common_target_s``, ``device``,
 ``member_steps`` (training steps spent), the number of trials completed / pruned / diverged,
-``best_params`` and ``best_so_far``. Progress goes to stderr.
+``best_params`` and ``best_so_far``; for the jaxae cases also ``sampler_told`` (losses the
+sampler's model holds at the end) and ``sampler_pending_max`` (the longest constant-liar list of a
+TPE sampler after any chunk; null for other samplers). Progress goes to stderr.
 
 Example:
     python bench/time_to_quality.py --trials 64 --steps 600 --population 32
@@ -148,6 +150,7 @@ def run_jaxae(searcher: str, args: argparse.Namespace, dataset: data_lib.Dataset
     """One sweep through the library; returns the case's measurements."""
     config = sweep_config(searcher, args, sampler)
     counts = {"completed": 0, "pruned": 0, "diverged": 0}
+    pending_max = [None]  # longest constant-liar list seen after a chunk (TPE samplers only)
     with tempfile.TemporaryDirectory() as tmp:
         store = TrialStore(Path(tmp) / "trials.db")
         try:
@@ -160,13 +163,17 @@ def run_jaxae(searcher: str, args: argparse.Namespace, dataset: data_lib.Dataset
                         counts[e.status] += 1
                     if e.status == "completed":
                         tracker.offer(e.val_loss, _searched(e.config))
+                pending = getattr(d.scheduler.sampler, "pending", None)
+                if pending is not None:
+                    pending_max[0] = max(pending_max[0] or 0, len(pending))
 
             driver_lib.run(driver, store, None, on_chunk=on_chunk)
             wall = tracker.elapsed()
         finally:
             store.close()
     return {"wall_s": wall, "member_steps": driver.member_steps, "population": args.population,
-            "tracker": tracker, "counts": counts}
+            "tracker": tracker, "counts": counts, "sampler_pending_max": pending_max[0],
+            "sampler_told": driver.scheduler.sampler.num_told}
 
 
 def _searched(config: dict[str, Any]) -> dict[str, Any]:
@@ -301,6 +308,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "time_to_target_s": time_to(tracker.curve, args.target),
             "device": device, "member_steps": result["member_steps"],
             **{f"trials_{k}": v for k, v in result["counts"].items()},
+            "sampler_pending_max": result.get("sampler_pending_max"),
+            "sampler_told": result.get("sampler_told"),
             "best_params": tracker.best_params, "best_so_far": tracker.curve,
         }
         print(f"  {case}: {row['wall_s']:.1f} s, best {row['best_val_loss']}", file=sys.stderr,
