@@ -28,7 +28,8 @@ CASES = [(kind, depth) for kind in hparams.MODELS for depth in (1, 2, 3)]
 
 
 def spec_of(kind: str, depth: int, hidden: int = HIDDEN, latent_dim: int = LATENT) -> ModelSpec:
-    return ModelSpec(kind, FEATURES, hidden=hidden, latent_dim=latent_dim, depth=depth)
+    return ModelSpec(kind, FEATURES, hidden=hidden, latent_dim=latent_dim, depth=depth,
+                     precision="float32")  # full float32 matmuls on any backend
 
 
 def init(spec: ModelSpec, seed: int, hidden: int | None = None, latent_dim: int | None = None):
