@@ -56,7 +56,9 @@ if [[ $PHASE == sweep || $PHASE == all ]]; then
     run sweep-warm 240 $PY bench/sweep.py --gpu-case
   fi
 fi
-# Keep the traces' summaries, drop the bulky raw profiles and the compilation cache.
-find "$OUT" -name '*.xplane.pb' -delete
+# The device tool brings back at most 8 files: everything goes home as one archive, and a short
+# summary of every JSON line goes to stdout as well.
 rm -rf "$OUT/xla-cache"
-du -sh "$OUT"
+find "$OUT" -name '*.xplane.pb' -delete
+(cd "$OUT" && tar czf ../gpu-results.tgz . && rm -rf ./* && mv ../gpu-results.tgz .)
+tar xzf "$OUT/gpu-results.tgz" -O --wildcards '*.jsonl' | $PY bench/summarise.py

@@ -38,7 +38,7 @@ def train(args: argparse.Namespace, x: np.ndarray, val: np.ndarray, precision: s
     """Final validation losses [members] and member-steps/s of one precision."""
     model = ModelSpec(args.model, int(x.shape[1]), args.hidden, args.latent, 1, "relu",
                       hparams.defaults(args.model)["loss"], precision)
-    spec = P.TrainSpec(model, "adam", args.batch)
+    spec = P.TrainSpec(model, "adam", args.batch, clip_gradients=False)  # no member clips
     lrs = np.geomspace(1e-4, 1e-2, args.population)
     members = [P.Member(t, hparams.resolve(args.model, {"learning_rate": float(lr),
                                                         "hidden": args.hidden,

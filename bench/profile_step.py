@@ -64,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     x = jax.device_put(load_data(args.data, args.seed))
     model = ModelSpec("ae", int(x.shape[1]), args.hidden, args.latent, 1, "relu", "mse",
                       args.precision)
-    spec = P.TrainSpec(model, "adam", args.batch)
+    spec = P.TrainSpec(model, "adam", args.batch, clip_gradients=False)  # no member clips
     ns = argparse.Namespace(model="ae", latent=args.latent, steps=args.steps, seed=args.seed)
     members = make_members(ns, args.hidden, args.population)
     pop = P.assign(spec, P.create(spec, args.population), list(range(args.population)), members)

@@ -227,7 +227,8 @@ def bandwidth_timer(megabytes: float) -> tuple[Callable[[], float], float]:
 def make_members(args: argparse.Namespace, hidden: int, population: int) -> list[P.Member]:
     """The benchmarked members: learning rates log-spaced over [1e-4, 1e-2], keys from the seed."""
     lrs = np.geomspace(1e-4, 1e-2, population) if population > 1 else np.array([1e-3])
-    sizes = {"hidden": hidden, "latent_dim": args.latent}
+    sizes = {"hidden": hidden, "latent_dim": args.latent,
+             "grad_clip": getattr(args, "grad_clip", 0.0)}
     return [
         P.Member(
             t,
@@ -250,7 +251,8 @@ def run_point(args: argparse.Namespace, x: jax.Array, population: int, hidden: i
     loss = args.loss or hparams.defaults(args.model)["loss"]
     model = ModelSpec(args.model, int(x.shape[1]), hidden, args.latent, args.depth, "relu", loss,
                       args.precision)
-    spec = P.TrainSpec(model, args.optimizer, args.batch)
+    # As the sweep builds it: the gradient-norm pass only where some member clips.
+    spec = P.TrainSpec(model, args.optimizer, args.batch, clip_gradients=args.grad_clip > 0)
     members = make_members(args, hidden, population)
     pop = P.assign(spec, P.create(spec, population), list(range(population)), members)
     host = jax.device_get(pop)  # the initial state every round starts from
@@ -403,6 +405,7 @@ def run_point(args: argparse.Namespace, x: jax.Array, population: int, hidden: i
                 "features": int(x.shape[1]),
                 "optimizer": args.optimizer,
                 "precision": resolve_precision(args.precision),
+                "grad_clip": args.grad_clip,
                 "settle_moments": optimizers.settles_moments(),
                 "flops_per_member_step": flops,
                 "xla_flops_per_member_step": xla_step_flops,
@@ -605,6 +608,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--precision", choices=PRECISION_NAMES, default="auto",
                         help="matmul precision of every case (default auto: tf32 on GPUs, "
                         "float32 on CPUs)")
+    parser.add_argument("--grad-clip", type=float, default=0.0,
+                        help="every member's grad_clip (default 0: off, no gradient-norm pass)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--cases", type=case_list, default=None,
                         help="comma-separated subset of " + ",".join(CASES) + " (default "

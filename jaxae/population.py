@@ -51,11 +51,15 @@ class TrainSpec:
         model: the model's shape and kind.
         optimizer: the optimizer family, one of ``hparams.OPTIMIZERS``.
         batch_size: training mini-batch size.
+        clip_gradients: whether any slot may clip its gradient (``grad_clip`` > 0). When no slot
+            can, the step skips the gradient's global norm, a pass over every gradient
+            (bench/RESULTS.md, "GPU trainer"); the numbers are the same.
     """
 
     model: ModelSpec
     optimizer: str = "adam"
     batch_size: int = 64
+    clip_gradients: bool = True
 
 
 @struct.dataclass
@@ -138,15 +142,21 @@ def member_step(spec: TrainSpec, train_x: jax.Array, m: Population,
     (loss, _), grads = jax.value_and_grad(objective, has_aux=True)(
         m.params, train_x[idx], k_noise, m.hparams
     )
-    # One reduction serves both the divergence check and global-norm clipping: finite loss and
-    # gradients give finite updates, and parameters that still overflow make the next loss
-    # non-finite, which freezes the slot there. (Checking the new parameters instead costs a
-    # full extra pass over them every step.)
-    g_norm = optax.tree.norm(grads)
-    finite = jnp.isfinite(loss) & jnp.isfinite(g_norm)
+    if spec.clip_gradients:
+        # One reduction serves both the divergence check and global-norm clipping: finite loss
+        # and gradients give finite updates, and parameters that still overflow make the next
+        # loss non-finite, which freezes the slot there. (Checking the new parameters instead
+        # costs a full extra pass over them every step.)
+        g_norm = optax.tree.norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(g_norm)
+        clip = m.hparams["grad_clip"]
+        scale = jnp.where(g_norm > clip, clip / g_norm, 1.0)
+    else:
+        # Nothing clips, so no pass over the gradient for its norm: a non-finite gradient behind a
+        # finite loss (rare) shows one step later as a non-finite loss, which freezes the slot.
+        finite = jnp.isfinite(loss)
+        scale = 1.0
     ok = active & finite
-    clip = m.hparams["grad_clip"]
-    scale = jnp.where(g_norm > clip, clip / g_norm, 1.0)
     # Zero where the slot does not train: the optimizer blends old and new state arithmetically.
     grads = jax.tree.map(lambda g: jnp.where(ok, g * scale, 0.0), grads)
     params, opt_state = optimizers.update(

@@ -205,3 +205,20 @@ def test_population_larger_than_the_memory_budget_is_trained_in_groups(digits, m
     np.testing.assert_allclose(grouped, whole, rtol=1e-5)
     monkeypatch.setenv("JAXAE_MEMORY_BUDGET", "1")  # nothing fits: one member at a time
     assert P.group_size(spec, 6) == 1
+
+
+def test_a_population_that_never_clips_skips_the_norm_and_changes_no_number(digits):
+    """``clip_gradients=False`` drops the gradient-norm pass: with ``grad_clip = 0`` (off) every
+    loss and parameter is bit-equal to the clipping program's, and a blow-up still freezes only
+    its slot."""
+    no_clip = P.TrainSpec(SPEC.model, SPEC.optimizer, SPEC.batch_size, clip_gradients=False)
+    blowup = member(2)
+    members = [member(t, learning_rate=1e-3 * (t + 1)) for t in range(2)]
+    members.append(P.Member(2, {**blowup.config, "learning_rate": 1e30}, 40, blowup.keys))
+    results = [run(spec, members, [0, 1, 2], 3, digits, 40) for spec in (SPEC, no_clip)]
+    (pop_a, losses_a), (pop_b, losses_b) = results
+    np.testing.assert_array_equal(losses_a[:2], losses_b[:2])
+    chex.assert_trees_all_equal(jax.tree.map(lambda a: a[:2], pop_a.params),
+                                jax.tree.map(lambda a: a[:2], pop_b.params))
+    assert np.asarray(pop_b.diverged).tolist() == [False, False, True]
+    assert np.isfinite(losses_b[:2]).all()
