@@ -13,12 +13,14 @@ import pytest
 
 from jaxae import hparams
 from jaxae.models import (
+    PRECISIONS,
     ModelSpec,
     apply_fn,
     init_params,
     kernel_matrix,
     layers,
     make_masks,
+    resolve_precision,
     stores_transposed,
 )
 
@@ -140,3 +142,22 @@ def test_kernel_matrix_is_in_by_out_for_both_layouts():
     logits = apply_fn(spec, "decode")(perturbed, jnp.asarray(z, jnp.float32), masks)
     np.testing.assert_allclose(np.asarray(logits), h @ k["output"] + bias["output"],
                                rtol=1e-5, atol=1e-5)
+
+
+def test_auto_precision_is_tf32_on_accelerators_and_float32_on_cpus():
+    assert resolve_precision("auto", "cpu") == "float32"
+    assert resolve_precision("auto", "gpu") == "tf32"
+    assert resolve_precision("auto", "tpu") == "tf32"
+    for name in PRECISIONS:
+        assert resolve_precision(name, "gpu") == name
+
+
+def test_auto_precision_computes_what_its_resolution_computes():
+    x = jax.random.uniform(jax.random.PRNGKey(0), (8, 64))
+    outs = []
+    for precision in ("auto", resolve_precision("auto")):
+        spec = ModelSpec("ae", 64, hidden=32, latent_dim=8, precision=precision)
+        masks = make_masks(spec, 32, 8)
+        params = init_params(spec, jax.random.PRNGKey(1), masks)
+        outs.append(np.asarray(apply_fn(spec)(params, x, masks)))
+    np.testing.assert_array_equal(outs[0], outs[1])
