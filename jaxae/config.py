@@ -7,9 +7,10 @@ names the setting, before any output is written.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,21 @@ from searchers import space_to_dict as _space_to_dict
 
 SEARCHERS = tuple(SCHEDULERS)
 AGGREGATES = ("mean", "median")
+
+# Upper bounds, checked before anything is written. JAX folds the seed into a uint32 key; step
+# counters, budgets and scan lengths are int32 on the device, and a budget plus a chunk must
+# still fit (margin: 2**30). Population and trials bounds are far beyond any machine's memory
+# (the memory check refuses much less) but keep ids and sizes inside int32 arithmetic.
+LIMITS = {
+    "seed": 2**32 - 1,
+    "steps": 2**30,
+    "min_steps": 2**30,
+    "chunk": 2**30,
+    "population": 2**24,
+    "trials": 2**30,
+    "repeats": 2**10,
+    "eta": 2**10,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +96,13 @@ def default_space(model: str) -> dict[str, Any]:
     return {**_COMMON_SPACE, **_MODEL_SPACE[model]}
 
 
+def suggest(name: Any, known: Iterable[Any]) -> str:
+    """``"; did you mean 'x'?"`` when ``name`` is a likely misspelling of one of ``known``."""
+    words = [str(k) for k in known]
+    close = difflib.get_close_matches(str(name), words, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
 def read_toml(path: str | Path) -> dict[str, Any]:
     """The ``[sweep]`` settings and ``[space]`` of a config file, as one flat dict."""
     try:
@@ -91,13 +114,18 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise UserError(f"config file {str(path)!r} cannot be read: {e}") from None
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"config file {str(path)!r} is not valid TOML: {e}") from None
-    unknown = set(doc) - {"sweep", "space"}
+    unknown = sorted(set(doc) - {"sweep", "space"})
     if unknown:
-        raise UserError(f"config file {str(path)!r}: unknown table(s) {', '.join(sorted(unknown))}"
-                        " (expected [sweep] and [space])")
+        hint = suggest(unknown[0], ("sweep", "space")) if len(unknown) == 1 else ""
+        raise UserError(f"config file {str(path)!r}: unknown table(s) {', '.join(unknown)}"
+                        f"{hint} (expected [sweep] and [space])")
     for table in ("sweep", "space"):
         if table in doc and not isinstance(doc[table], dict):
             raise UserError(f"config file {str(path)!r}: {table} must be a table")
+    # `space` is the [space] table, never a [sweep] key.
+    if "space" in doc.get("sweep", {}):
+        raise UserError(f"config file {str(path)!r} [sweep]: unknown setting 'space' (the search "
+                        "space is the [space] table)")
     settings = dict(doc.get("sweep", {}))
     if "space" in doc:
         settings["space"] = doc["space"]
@@ -107,43 +135,79 @@ def read_toml(path: str | Path) -> dict[str, Any]:
 _FIELDS = {f.name: f for f in dataclasses.fields(SweepConfig)}
 
 
-def build(settings: Mapping[str, Any]) -> SweepConfig:
-    """A validated ``SweepConfig`` from ``settings`` (file values overridden by CLI flags)."""
-    for name in settings:
-        if name not in _FIELDS:
-            raise UserError(f"unknown sweep setting {name!r}; known: {', '.join(_FIELDS)}")
+_SETTINGS = tuple(name for name in _FIELDS if name != "space")  # the [sweep] keys
+_CHOICES = {"model": hparams.MODELS, "searcher": SEARCHERS, "aggregate": AGGREGATES,
+            "sampler": tuple(SAMPLERS), "precision": tuple(PRECISIONS)}
+_LOWS = {"population": 1, "trials": 1, "steps": 1, "seed": 0, "repeats": 1, "chunk": 1, "eta": 2,
+         "min_steps": 1}
+
+
+def build(settings: Mapping[str, Any], origins: Mapping[str, str] | None = None
+          ) -> SweepConfig:
+    """A validated ``SweepConfig`` from ``settings`` (file values overridden by CLI flags).
+
+    Args:
+        settings: setting name -> value; ``space`` the ``[space]`` table.
+        origins: where each setting came from (``"config file 'x.toml' [sweep]"``, ``"--trials"``),
+            to say so in messages; a setting absent here is named alone.
+    """
+    origins = origins or {}
     values = dict(settings)
-    _check_choice(values, "model", hparams.MODELS)
-    _check_choice(values, "searcher", SEARCHERS)
-    _check_choice(values, "aggregate", AGGREGATES)
-    _check_choice(values, "sampler", SAMPLERS)
-    _check_choice(values, "precision", tuple(PRECISIONS))
-    for name, low in (("population", 1), ("trials", 1), ("steps", 1), ("seed", 0),
-                      ("repeats", 1), ("chunk", 1), ("eta", 2), ("min_steps", 1)):
-        if name in values and values[name] is not None:
-            _check_int(name, values[name], low)
-    if "crn" in values and not isinstance(values["crn"], bool):
-        raise UserError(f"crn = {values['crn']!r} must be true or false")
-    if "data" in values and not isinstance(values["data"], str):
-        raise UserError(f"data = {values['data']!r} must be 'digits' or a path")
-    config = SweepConfig(**values)
-    if config.repeats > config.population:
-        raise UserError(f"repeats = {config.repeats} exceeds population = {config.population}")
-    if config.min_steps is not None and config.min_steps > config.steps:
-        raise UserError(f"min_steps = {config.min_steps} exceeds steps = {config.steps}")
-    raw_space = default_space(config.model) if config.space is None else config.space
-    space = check_space(config.model, raw_space)
+    try:
+        for name in values:
+            if name not in _FIELDS:
+                raise _at(origins, name, f"unknown setting {name!r}{suggest(name, _SETTINGS)} "
+                                         f"(known: {', '.join(_SETTINGS)})")
+        for name, value in values.items():
+            try:
+                _check_setting(name, value)
+            except UserError as e:
+                raise _at(origins, name, str(e)) from None
+        config = SweepConfig(**values)
+        if config.repeats > config.population:
+            raise _at(origins, "repeats", f"repeats = {config.repeats} exceeds population = "
+                                          f"{config.population}")
+        if config.min_steps is not None and config.min_steps > config.steps:
+            raise _at(origins, "min_steps", f"min_steps = {config.min_steps} exceeds steps = "
+                                            f"{config.steps}")
+        raw_space = default_space(config.model) if config.space is None else config.space
+        try:
+            space = check_space(config.model, raw_space)
+        except UserError as e:
+            raise _at(origins, "space", str(e)) from None
+    except _LocatedError as e:
+        raise UserError(str(e)) from None
     return dataclasses.replace(config, space=space)
 
 
-def _check_choice(values: Mapping[str, Any], name: str, options: tuple[str, ...]) -> None:
-    if name in values and values[name] not in options:
-        raise UserError(f"{name} = {values[name]!r} is not one of {', '.join(options)}")
+class _LocatedError(UserError):
+    """A message already prefixed with where its setting came from."""
 
 
-def _check_int(name: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise UserError(f"{name} = {value!r} must be an integer >= {low}")
+def _at(origins: Mapping[str, str], name: str, message: str) -> _LocatedError:
+    where = origins.get(name)
+    if where is None:
+        return _LocatedError(message)
+    # [space] messages start with "[space] ..." already; name the file once.
+    if message.startswith("[space]") and where.endswith("[space]"):
+        return _LocatedError(f"{where.removesuffix(' [space]')} {message}")
+    return _LocatedError(f"{where}: {message}")
+
+
+def _check_setting(name: str, value: Any) -> None:
+    if name in _CHOICES:
+        options = _CHOICES[name]
+        if value not in options:
+            raise UserError(f"{name} = {value!r} is not one of {', '.join(options)}"
+                            f"{suggest(value, options)}")
+    elif name in _LOWS and value is not None:
+        low, high = _LOWS[name], LIMITS[name]
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise UserError(f"{name} = {value!r} must be an integer in [{low}, {high}]")
+    elif name == "crn" and not isinstance(value, bool):
+        raise UserError(f"crn = {value!r} must be true or false")
+    elif name == "data" and not isinstance(value, str):
+        raise UserError(f"data = {value!r} must be 'digits' or a path")
 
 
 def check_space(model: str, raw: Mapping[str, Any]) -> dict[str, Any]:
@@ -152,12 +216,24 @@ def check_space(model: str, raw: Mapping[str, Any]) -> dict[str, Any]:
         raise UserError("[space] must be a table")
     out: dict[str, Any] = {}
     for name, value in raw.items():
+        if name not in hparams.HPARAMS:
+            raise UserError(f"[space]: unknown hyperparameter {name!r}"
+                            f"{suggest(name, hparams.HPARAMS)} (known: "
+                            f"{', '.join(hparams.HPARAMS)})")
         hparams.check_name(name, model)
         if isinstance(value, Mapping):
             out[name] = _check_dimension(name, value)
         else:
+            _check_option(name, value)
             out[name] = hparams.check_value(name, value)
     return out
+
+
+def _check_option(name: str, value: Any) -> None:
+    options = hparams.HPARAMS[name].options
+    if options and value not in options:
+        raise UserError(f"[space] {name} = {value!r} is not one of "
+                        f"{', '.join(map(str, options))}{suggest(value, options)}")
 
 
 def _check_dimension(name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
@@ -178,9 +254,11 @@ def _check_dimension(name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
     try:
         (dim,) = _space_from_dict({name: dict(spec)}).values()
     except (ValueError, TypeError, KeyError) as e:
-        raise UserError(f"[space] {name}: {_one_line(e)}") from None
+        # The searchers' messages name the dimension too: say it once.
+        raise UserError(f"[space] {name}: {_one_line(e).removeprefix(f'{name}: ')}") from None
     values = dim.options if isinstance(dim, Choice) else (dim.low, dim.high)
     for v in values:
+        _check_option(name, v)
         hparams.check_value(name, v)
     (canonical,) = _space_to_dict({name: dim}).values()
     return canonical

@@ -39,6 +39,7 @@ from typing import IO
 
 import numpy as np
 
+from jaxae import memory
 from jaxae.errors import UserError
 
 # Fewer examples than this cannot give every split at least one example with room to spare.
@@ -354,6 +355,9 @@ def _read_idx(path: str | os.PathLike[str]) -> np.ndarray:
                 raise _fail(path, "is truncated inside its IDX header")
             shape = tuple(int.from_bytes(header[4 * i : 4 * i + 4], "big") for i in range(ndim))
             nbytes = math.prod(shape)
+            packed = os.fstat(raw.fileno()).st_size
+            _check_declared(path, "its IDX header", shape, nbytes, nbytes,
+                            packed if compressed else None)
             if not compressed:
                 # The size on disk is known: refuse a lying header before reading a byte of data.
                 present = os.fstat(raw.fileno()).st_size - 4 - 4 * ndim
@@ -444,7 +448,11 @@ def _read_idx_dir(path: str | os.PathLike[str]) -> _Source:
 
 
 def _read_npy_stream(
-    stream: IO[bytes], path: str | os.PathLike[str], what: str, available: int | None
+    stream: IO[bytes],
+    path: str | os.PathLike[str],
+    what: str,
+    available: int | None,
+    compressed: int | None = None,
 ) -> np.ndarray:
     """Reads one array in .npy format from ``stream``, refusing objects and lying headers.
 
@@ -452,7 +460,9 @@ def _read_npy_stream(
         stream: Positioned at the ``\\x93NUMPY`` magic.
         path: The file, for messages.
         what: Names the array in messages (``"the array"``, ``"array 'x_train'"``).
-        available: Bytes from the magic to the end, when known (a file on disk).
+        available: Bytes from the magic to the end, when known (a file on disk, or the size
+            a zip member's header declares).
+        compressed: The deflated size of the member, when it is deflated (bounds its size).
     """
     fmt = np.lib.format
     try:
@@ -475,6 +485,7 @@ def _read_npy_stream(
         )
     _check_dtype(dtype, path, what)
     nbytes = math.prod(shape) * dtype.itemsize
+    _check_declared(path, f"{what}'s header", shape, nbytes, math.prod(shape), compressed)
     if available is not None and available - header_len != nbytes:
         state = "truncated" if available - header_len < nbytes else "followed by extra bytes"
         raise _fail(
@@ -519,10 +530,15 @@ def _read_npz(path: str | os.PathLike[str]) -> _Source:
                 )
             arrays = {}
             for key in sorted(keys):
-                with archive.open(members[key]) as stream:
-                    # The declared size is only a hint here: zipfile checks it and the CRC as it
-                    # reads, and _read_exact grows with what really decompresses.
-                    arrays[key] = _read_npy_stream(stream, path, f"array {key!r}", None)
+                info = members[key]
+                deflated = info.compress_type == zipfile.ZIP_DEFLATED
+                with archive.open(info) as stream:
+                    # The member's declared size must match its .npy header (zipfile stops at it
+                    # and checks the CRC), so neither can promise less than is inflated.
+                    arrays[key] = _read_npy_stream(
+                        stream, path, f"array {key!r}", info.file_size,
+                        info.compress_size if deflated else None,
+                    )
     except UserError:
         raise
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, zlib.error) as err:
@@ -555,6 +571,37 @@ def _read_npz(path: str | os.PathLike[str]) -> _Source:
 
 # --------------------------------------------------------------------------------------------
 # Checking and scaling values.
+
+
+# Deflate (gzip, zip) expands at most about 1032:1; a header promising more than that of its
+# compressed bytes lies (a truncated file, or a decompression bomb).
+_DEFLATE_MAX_RATIO = 1032
+
+
+def _check_declared(
+    path: str | os.PathLike[str],
+    what: str,
+    shape: tuple[int, ...],
+    nbytes: int,
+    elements: int,
+    compressed: int | None,
+) -> None:
+    """Refuses, from a header alone, data that cannot be decompressed or held in memory."""
+    if compressed is not None and nbytes > _DEFLATE_MAX_RATIO * compressed + 2**16:
+        raise _fail(
+            path,
+            f"{what} declares {nbytes} bytes (shape {shape}) but only {compressed} compressed "
+            "bytes follow, more than deflate can expand to: truncated, or a decompression bomb",
+        )
+    # The raw bytes, then their float32 copy.
+    need = nbytes + 4 * elements
+    free = memory.host_available()
+    if need > free:
+        raise _fail(
+            path,
+            f"{what} declares shape {shape}: about {need / 2**30:.1f} GiB to decode, more than "
+            f"the {free / 2**30:.1f} GiB of memory available",
+        )
 
 
 def _check_dtype(dtype: np.dtype, path: str | os.PathLike[str], what: str) -> None:

@@ -416,16 +416,21 @@ MULTIPROCESS_CHECKPOINT_CHUNKS = 20
 
 def run(driver: Driver, store: TrialStore, out: Path | None, *, checkpoint_every: float = 30.0,
         on_chunk: Callable[[Driver, list[Event]], None] | None = None,
-        write: bool = True) -> None:
+        write: bool = True, save: Callable[[bytes], None] | None = None,
+        should_stop: Callable[[], bool] | None = None) -> None:
     """Steps ``driver`` to the end, recording every chunk and checkpointing into ``out`` every
     ``checkpoint_every`` seconds (0: after every chunk) and at the end. ``write=False`` (processes
-    other than 0) takes the same checkpoints without writing them."""
+    other than 0) takes the same checkpoints without writing them. ``save`` writes a checkpoint's
+    bytes in place of ``out / CHECKPOINT``; ``should_stop``, asked between chunks, ends the loop
+    early with a checkpoint (``driver.done`` then stays false)."""
     multiprocess = jax.process_count() > 1
     last = time.monotonic()
 
     def checkpoint() -> None:
         data = driver.state_bytes()
-        if write and out is not None:
+        if write and save is not None:
+            save(data)
+        elif write and out is not None:
             atomic_write_bytes(out / CHECKPOINT, data)
 
     while not driver.done:
@@ -440,5 +445,7 @@ def run(driver: Driver, store: TrialStore, out: Path | None, *, checkpoint_every
         if due:
             checkpoint()
             last = time.monotonic()
+        if should_stop is not None and should_stop():
+            break
     if out is not None or multiprocess:
         checkpoint()

@@ -11,11 +11,14 @@ import contextlib
 import json
 import math
 import os
+import re
 import sqlite3
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from jaxae.errors import UserError
 
 STATUSES = ("running", "completed", "pruned", "diverged", "failed")
 
@@ -57,6 +60,17 @@ CREATE TABLE IF NOT EXISTS rungs (
 """
 
 
+# Columns of each table, in order (a database with other tables is someone else's file).
+_COLUMNS = {
+    table: tuple(line.split()[0] for line in body.strip().splitlines()
+                 if not line.strip().startswith("PRIMARY KEY"))
+    for table, body in re.findall(r"CREATE TABLE IF NOT EXISTS (\w+) \((.*?)\n\);", SCHEMA,
+                                  re.DOTALL)
+}
+# Statuses a trial never leaves once it has them.
+_FINAL = ("completed", "diverged", "failed")
+
+
 def finite_or_none(value: float | None) -> float | None:
     if value is None or not math.isfinite(value):
         return None
@@ -72,11 +86,33 @@ class TrialStore:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self._db = sqlite3.connect(self.path, isolation_level=None)
-        if str(path) != ":memory:":
-            self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
+        memory = str(path) == ":memory:"
+        if not memory and self.path.exists() and not self.path.is_file():
+            raise UserError(f"trial store {str(self.path)!r} is not a regular file")
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None)
+        except sqlite3.Error as e:
+            raise UserError(f"trial store {str(self.path)!r} cannot be opened ({e})") from None
+        try:
+            if not memory:
+                self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(SCHEMA)
+            self._check_schema()
+        except (sqlite3.Error, UserError) as e:
+            self._db.close()
+            if isinstance(e, UserError):
+                raise
+            raise UserError(f"trial store {str(self.path)!r} is not a usable SQLite database "
+                            f"({e})") from None
+
+    def _check_schema(self) -> None:
+        """Refuses a database whose tables were not written by this schema (a foreign file)."""
+        for table, columns in _COLUMNS.items():
+            have = tuple(r[1] for r in self._db.execute(f"PRAGMA table_info({table})"))
+            if have != columns:
+                raise UserError(f"trial store {str(self.path)!r}: table {table!r} has columns "
+                                f"{', '.join(have)}; expected {', '.join(columns)}")
 
     def close(self) -> None:
         self._db.close()
@@ -155,16 +191,62 @@ class TrialStore:
             return None
         return next(t for t in self.trials() if t["trial_id"] == row[0])
 
+    def summary(self) -> dict[str, Any]:
+        """What the store holds, for a checkpoint to record: ``{"trials": {id: status},
+        "rows": {table: count}}`` (ids as strings, as JSON keys are)."""
+        trials = {str(t): s for t, s in self._db.execute("SELECT trial_id, status FROM trials")}
+        rows = {table: self._db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+                for table in _COLUMNS}
+        return {"trials": trials, "rows": rows}
+
+    def missing(self, recorded: Mapping[str, Any]) -> list[str]:
+        """What the store lacks of a ``summary()`` taken earlier, one phrase per problem.
+
+        The store may hold more (chunks after the checkpoint are written before the next one and
+        are replayed idempotently), and a trial may advance from ``running``; a trial that was
+        recorded is never allowed to vanish, nor a finished one to change its status, nor a table
+        to shrink.
+        """
+        now = self.summary()
+        problems = []
+        gone = sorted(int(t) for t in recorded.get("trials", {}) if t not in now["trials"])
+        if gone:
+            shown = ", ".join(map(str, gone[:5])) + (", ..." if len(gone) > 5 else "")
+            problems.append(f"{len(gone)} trial(s) missing ({shown})")
+        changed = sorted(int(t) for t, s in recorded.get("trials", {}).items()
+                         if s in _FINAL and t in now["trials"] and now["trials"][t] != s)
+        if changed:
+            problems.append(f"{len(changed)} finished trial(s) changed status "
+                            f"({', '.join(map(str, changed[:5]))})")
+        for table, count in recorded.get("rows", {}).items():
+            if now["rows"].get(table, 0) < count:
+                problems.append(f"table {table} has {now['rows'].get(table, 0)} rows, "
+                                f"the checkpoint recorded {count}")
+        return problems
+
     def query(self, sql: str, args: Sequence[Any] = ()) -> list[tuple]:
         """A read-only query (for reports and tests)."""
         return self._db.execute(sql, tuple(args)).fetchall()
 
 
+def _umask() -> int:
+    # The only portable way to read the umask is to set it; set it straight back.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Writes ``data`` to ``path`` so that a crash leaves either the old file or the new one."""
+    """Writes ``data`` to ``path`` so that a crash leaves either the old file or the new one.
+
+    The temporary file (``.NAME.*.tmp`` beside ``path``) is made readable as the umask allows,
+    as ``open()`` would have made it (``mkstemp`` creates it 0600). A crash may leave it behind;
+    ``remove_temporaries`` clears such strays.
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -179,6 +261,26 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+TMP_SUFFIX = ".tmp"
+
+
+def is_temporary(name: str) -> bool:
+    """Whether ``name`` is an interrupted ``atomic_write_bytes``'s temporary file."""
+    return name.startswith(".") and name.endswith(TMP_SUFFIX) and name.count(".") >= 3
+
+
+def remove_temporaries(directory: str | os.PathLike[str]) -> list[str]:
+    """Deletes the temporaries interrupted atomic writes left in ``directory`` (call it only while
+    owning the directory, so no live write loses its file); returns their names."""
+    removed = []
+    for entry in os.scandir(directory):
+        if is_temporary(entry.name) and entry.is_file(follow_symlinks=False):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+            removed.append(entry.name)
+    return sorted(removed)
 
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:

@@ -13,27 +13,35 @@ import json
 import math
 import os
 import platform
+import shlex
+import signal
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from jaxae import checkpoint as checkpoint_lib
 from jaxae import config as config_lib
+from jaxae import store as store_lib
 from jaxae.errors import UserError
+from jaxae.lock import LOCK, DirectoryLock
 
 RESULT_FILES = ("trials.db", "sweep.json", "best.json")
+CHECKPOINT_EVERY = 30.0
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m jaxae.sweep",
         description=__doc__.split("\n\n")[0].split(": ", 1)[1],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         epilog="Settings come from the defaults, then --config FILE.toml ([sweep] and [space] "
-        "tables), then these flags. Outputs: DIR/trials.db (SQLite), DIR/best.json, "
-        "DIR/sweep.json, DIR/report/.",
+        "tables), then these flags; --resume --out DIR reads them from DIR/sweep.json. Outputs: "
+        "DIR/trials.db (SQLite), DIR/best.json, DIR/sweep.json, DIR/checkpoint.msgpack, "
+        "DIR/report/.",
     )
     d = config_lib.SweepConfig()
     add = p.add_argument
@@ -61,12 +69,13 @@ def parser() -> argparse.ArgumentParser:
         "runs/MODEL-SEARCHER-TIMESTAMP]")
     add("--config", default=None, metavar="FILE.toml", help="a TOML file with [sweep] and [space]")
     add("--resume", action="store_true",
-        help="continue the sweep in --out after a crash or kill, from its last checkpoint")
+        help="continue the sweep in --out after a crash, kill or interrupt, from its last "
+        "checkpoint; its settings come from DIR/sweep.json (other flags must match them)")
     add("--repeats", type=int, default=None, metavar="K",
         help=f"seeds per configuration (replicates); the searcher sees their aggregate "
         f"[default: {d.repeats}]")
     add("--aggregate", choices=config_lib.AGGREGATES, default=None,
-        help="how replicates are combined [default: mean]")
+        help=f"how replicates are combined [default: {d.aggregate}]")
     add("--crn", action="store_true", default=None,
         help="common random numbers: replicate r of every trial sees the same data order")
     add("--eta", type=int, default=None, help=f"reduction factor of sha / hyperband / asha "
@@ -74,13 +83,13 @@ def parser() -> argparse.ArgumentParser:
     add("--min-steps", type=int, default=None, dest="min_steps",
         help="lowest budget of sha / hyperband / asha [default: steps // eta**3]")
     add("--sampler", choices=config_lib.SAMPLERS, default=None,
-        help="where sha / hyperband / asha get new configurations [default: random]")
+        help=f"where sha / hyperband / asha get new configurations [default: {d.sampler}]")
     add("--precision", choices=("float32", "tf32", "bfloat16"), default=None,
-        help="matmul precision; parameters stay float32 [default: float32]")
+        help=f"matmul precision; parameters stay float32 [default: {d.precision}]")
     add("--chunk", type=int, default=None,
         help=f"steps trained per jitted call between evaluations [default: {d.chunk}]")
-    add("--checkpoint-every", type=float, default=30.0, metavar="SECONDS",
-        help="seconds between checkpoints (0: after every chunk)")
+    add("--checkpoint-every", type=float, default=CHECKPOINT_EVERY, metavar="SECONDS",
+        help=f"seconds between checkpoints (0: after every chunk) [default: {CHECKPOINT_EVERY:g}]")
     add("--no-report", action="store_true", help="skip the report at the end")
     add("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -93,6 +102,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # outside the training loop, which stops cleanly on its own
+        print("error: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
     except Exception as e:  # the device ran out of memory: say what to change, not a traceback
         if "RESOURCE_EXHAUSTED" not in str(e):
             raise
@@ -102,54 +114,154 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-def _settings(args: argparse.Namespace) -> dict[str, Any]:
-    settings = config_lib.read_toml(args.config) if args.config else {}
-    for name in ("model", "searcher", "population", "trials", "steps", "seed", "data", "repeats",
-                 "aggregate", "crn", "eta", "min_steps", "sampler", "chunk", "precision"):
+_FLAG_SETTINGS = ("model", "searcher", "population", "trials", "steps", "seed", "data", "repeats",
+                  "aggregate", "crn", "eta", "min_steps", "sampler", "chunk", "precision")
+
+
+def _settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str]]:
+    """The settings the user gave (file, then flags) and where each came from."""
+    settings: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    if args.config:
+        settings = config_lib.read_toml(args.config)
+        for name in settings:
+            table = "[space]" if name == "space" else "[sweep]"
+            origins[name] = f"config file {args.config!r} {table}"
+    for name in _FLAG_SETTINGS:
         value = getattr(args, name)
         if value is not None:
             settings[name] = value
-    return settings
+            origins[name] = "--" + name.replace("_", "-")
+    return settings, origins
 
 
-def _prepare_out(args: argparse.Namespace, config: config_lib.SweepConfig) -> Path:
-    if args.out is None:
-        if args.resume:
-            raise UserError("--resume needs --out DIR naming the sweep to continue")
-        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        out = Path("runs") / f"{config.model}-{config.searcher}-{stamp}"
-    else:
-        out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {str(out)!r} exists and is not a directory")
-    if args.resume:
-        if not (out / "sweep.json").exists():
-            raise UserError(f"--resume: {str(out)!r} holds no sweep (no sweep.json)")
-        _check_same_sweep(out, config)
-        return out
-    if out.exists() and any(out.iterdir()):
-        raise UserError(f"--out {str(out)!r} is not empty; choose a new directory or pass "
-                        "--resume to continue the sweep in it")
+def _path(out: Path, what: str) -> Path:
+    """Refuses an ``--out`` the file system cannot name (a component over 255 bytes, ...)."""
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
+        if out.exists() and not out.is_dir():
+            raise UserError(f"{what} {str(out)!r} exists and is not a directory")
     except OSError as e:
-        raise UserError(f"--out {str(out)!r} is not writable: {e.strerror or e}") from None
+        raise UserError(f"{what} {_short(out)} cannot be used: {e.strerror or e}") from None
     return out
 
 
-def _check_same_sweep(out: Path, config: config_lib.SweepConfig) -> None:
+def _short(path: Path) -> str:
+    text = str(path)
+    return repr(text if len(text) <= 80 else text[:60] + "..." + text[-17:])
+
+
+def _read_info(out: Path) -> dict[str, Any]:
+    """``DIR/sweep.json`` of the sweep to resume, checked for the shape this module writes."""
+    path = out / "sweep.json"
     try:
-        before = json.loads((out / "sweep.json").read_text())["config"]
-    except (OSError, ValueError, KeyError) as e:
-        raise UserError(f"--resume: {str(out / 'sweep.json')!r} is unreadable: {e}") from None
-    now = json.loads(json.dumps(config.to_dict()))
-    for key in sorted(set(before) | set(now)):
-        if before.get(key) != now.get(key):
-            raise UserError(f"--resume: setting {key!r} differs from the sweep in {str(out)!r} "
-                            f"(was {before.get(key)!r}, now {now.get(key)!r})")
+        info = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"--resume: {str(out)!r} holds no sweep (no sweep.json)") from None
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise UserError(f"--resume: {str(path)!r} is unreadable: {_one_line(e)}") from None
+    if not (isinstance(info, dict) and isinstance(info.get("config"), dict)
+            and isinstance(info.get("resumed", []), list)
+            and isinstance(info.get("fingerprint", {}), dict)):
+        raise UserError(f"--resume: {str(path)!r} is not a sweep's sweep.json (it lacks the "
+                        "'config' object this sweep writes)")
+    return info
+
+
+def _resumed_config(out: Path, info: dict[str, Any], settings: dict[str, Any],
+                    origins: dict[str, str]) -> config_lib.SweepConfig:
+    """The stored configuration; refuses settings given with ``--resume`` that differ from it,
+    naming every one."""
+    stored = dict(info["config"])
+    # sweep.json sorts its keys; the order of the space's dimensions matters to the searchers.
+    order = info.get("space_order")
+    if isinstance(stored.get("space"), dict) and isinstance(order, list) and \
+            sorted(order) == sorted(stored["space"]):
+        stored["space"] = {name: stored["space"][name] for name in order}
+    try:
+        base = config_lib.build(stored)
+    except UserError as e:
+        raise UserError(f"--resume: {str(out / 'sweep.json')!r} holds a configuration this "
+                        f"jaxae cannot use: {e}") from None
+    if not settings:
+        return base
+    try:
+        given: config_lib.SweepConfig | None = config_lib.build({**stored, **settings}, origins)
+        error = None
+    except UserError as e:
+        given, error = None, e
+    before = json.loads(json.dumps(base.to_dict()))
+    differ = []
+    for name in sorted(settings):
+        if name == "space":
+            continue
+        if json.loads(json.dumps(settings[name])) != before.get(name):
+            differ.append(f"{name!r} was {before.get(name)!r}, now {settings[name]!r}")
+    if "space" in settings:
+        now = given.space if given is not None else settings["space"]
+        now = json.loads(json.dumps(now)) if isinstance(now, dict) else now
+        if not isinstance(now, dict):
+            differ.append("'space' differs")
+        elif now != before["space"]:
+            names = sorted(k for k in set(now) | set(before["space"])
+                           if now.get(k) != before["space"].get(k))
+            differ.append(f"'space' differs in {', '.join(names)}")
+        elif "space_order" in info and list(now) != list(before["space"]):
+            differ.append(f"'space' lists its dimensions in another order (was "
+                          f"{', '.join(before['space'])})")
+    if differ:
+        raise UserError(f"--resume: settings differ from the sweep in {str(out)!r} (pass only "
+                        f"--resume --out DIR): {'; '.join(differ)}")
+    if error is not None:
+        raise error
+    # Equal values; the given order is the original one where sweep.json predates space_order.
+    return given if given is not None else base
+
+
+def _own(out: Path, resume: bool) -> DirectoryLock:
+    """Creates (or, resuming, checks) the output directory and locks it for this sweep; clears
+    the temporaries interrupted writes left there."""
+    what = "--out"
+    try:
+        if not resume:
+            # Checked before locking too, so that a refused directory gains no lock file.
+            _check_empty(out)
+            out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{what} {_short(out)} is not writable: {e.strerror or e}") from None
+    lock = DirectoryLock(out)
+    try:
+        if resume and not (out / "sweep.json").exists():  # gone while this sweep started
+            raise UserError(f"--resume: {str(out)!r} holds no sweep (no sweep.json)")
+        if not resume:
+            _check_empty(out)  # another sweep may have filled it before this one locked it
+        store_lib.remove_temporaries(out)
+        # Root writes anywhere, a read-only mount refuses everyone: try it.
+        fd, probe = tempfile.mkstemp(dir=out, prefix=".write-test.", suffix=store_lib.TMP_SUFFIX)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        lock.release()
+        raise UserError(f"{what} {str(out)!r} is not writable: {e.strerror or e}") from None
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def _check_empty(out: Path) -> None:
+    """Refuses a directory with anything in it but a lock file and interrupted temporaries."""
+    if out.is_dir() and any(p.name != LOCK and not store_lib.is_temporary(p.name)
+                            for p in out.iterdir()):
+        raise UserError(f"--out {str(out)!r} is not empty; choose a new directory or pass "
+                        "--resume to continue the sweep in it")
+
+
+def _check_data(out: Path, info: dict[str, Any], fingerprint: dict[str, str]) -> None:
+    stored = info.get("fingerprint", {}).get("data")
+    if stored is not None and stored != fingerprint["data"]:
+        raise UserError(f"--resume: the data differ from those the sweep in {str(out)!r} started "
+                        f"with (data = {info['config'].get('data')!r} changed since: its sha256 "
+                        "differs); restore them or start a new sweep")
 
 
 def _environment() -> dict[str, Any]:
@@ -172,7 +284,24 @@ def _environment() -> dict[str, Any]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    config = config_lib.build(_settings(args))
+    every = args.checkpoint_every
+    if math.isnan(every) or every < 0:
+        raise UserError(f"--checkpoint-every {every:g} must be a number of seconds >= 0")
+    settings, origins = _settings(args)
+    info = None
+    if args.resume:
+        if args.out is None:
+            raise UserError("--resume needs --out DIR naming the sweep to continue")
+        out = _path(Path(args.out), "--resume: --out")
+        info = _read_info(out)
+        config = _resumed_config(out, info, settings, origins)
+    else:
+        config = config_lib.build(settings, origins)
+        if args.out is None:
+            stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+            out = Path("runs") / f"{config.model}-{config.searcher}-{stamp}"
+        else:
+            out = _path(Path(args.out), "--out")
     from jaxae import runtime
 
     runtime.initialize_distributed()
@@ -182,47 +311,69 @@ def _run(args: argparse.Namespace) -> int:
     # Several processes run the same deterministic driver, each on its own devices; process 0
     # alone writes the outputs (the others keep their store in memory).
     primary = jax.process_index() == 0
-    # Data problems are found before anything is written.
+    # Data and memory problems are found before anything is written.
     from jaxae import data as data_lib
+    from jaxae import driver as driver_lib
+    from jaxae import memory
 
     dataset = data_lib.load(config.data, seed=config.seed)
-    if primary or args.resume:
-        out = _prepare_out(args, config)
-    else:
-        out = Path(args.out) if args.out else Path("runs") / "process-0-writes"
+    arrays = {f"{split}_{kind}": getattr(getattr(dataset, split), kind)
+              for split in ("train", "val", "test") for kind in ("x", "y")}
+    fingerprint = checkpoint_lib.fingerprint(config.to_dict(), arrays)
+    if info is not None:
+        _check_data(out, info, fingerprint)
+    driver = driver_lib.Driver(config, dataset)
+    memory.check(config, dataset.features, len(dataset.train), len(dataset.val), driver.capacity,
+                 host_data=sum(a.nbytes for a in arrays.values() if a is not None))
+    if not primary:
+        return _run_secondary(args, driver, out, fingerprint)
+    lock = _own(out, args.resume)
+    try:
+        return _sweep(args, config, dataset, driver, out, info, fingerprint)
+    finally:
+        lock.release()
+
+
+def _sweep(args: argparse.Namespace, config: config_lib.SweepConfig, dataset: Any, driver: Any,
+           out: Path, info: dict[str, Any] | None, fingerprint: dict[str, str]) -> int:
+    """The sweep proper, in a directory this process owns."""
+    import jax
 
     from jaxae import driver as driver_lib
-    from jaxae.store import TrialStore, atomic_write_json
 
-    driver = driver_lib.Driver(config, dataset)
     sweep_json = out / "sweep.json"
-    if not primary:
-        return _run_secondary(args, driver, out)
-    if args.resume:
-        info = json.loads(sweep_json.read_text())
-        checkpoint = out / driver_lib.CHECKPOINT
-        if checkpoint.exists():
-            try:
-                driver.restore(checkpoint.read_bytes())
-            except Exception as e:  # a damaged checkpoint is the user's file, not our bug
-                raise UserError(f"--resume: checkpoint {str(checkpoint)!r} cannot be restored "
-                                f"({type(e).__name__}): damaged, or written by an incompatible "
-                                f"jaxae version") from None
+    checkpoint = out / driver_lib.CHECKPOINT
+    if info is not None:
+        store = _resume(driver, out, fingerprint)
         info["resumed"] = info.get("resumed", []) + [_now()]
+        info.setdefault("fingerprint", fingerprint)
+        store_lib.atomic_write_json(sweep_json, info)
     else:
         info = {"config": config.to_dict(), "start_time": _now(), "end_time": None,
                 "data": {"name": dataset.name, "train": len(dataset.train.x),
                          "val": len(dataset.val.x), "test": len(dataset.test.x),
                          "features": dataset.features},
+                "space_order": list(config.space), "fingerprint": fingerprint,
                 **_environment()}
-    atomic_write_json(sweep_json, info)
-    store = TrialStore(out / "trials.db")
+        store_lib.atomic_write_json(sweep_json, info)
+        store = store_lib.TrialStore(out / "trials.db")
+
+    def save(state: bytes) -> None:
+        store_lib.atomic_write_bytes(checkpoint,
+                                     checkpoint_lib.wrap(state, fingerprint, store.summary()))
+
     try:
         started = time.perf_counter()
         progress = _Progress(config, driver, enabled=not args.no_progress)
-        driver_lib.run(driver, store, out, checkpoint_every=args.checkpoint_every,
-                       on_chunk=progress.update)
+        with _StopOnSignal(enabled=jax.process_count() == 1) as stop:
+            driver_lib.run(driver, store, out, checkpoint_every=args.checkpoint_every,
+                           on_chunk=progress.update, save=save, should_stop=stop.requested)
         progress.close()
+        if not driver.done:
+            name = signal.Signals(stop.signum).name
+            print(f"interrupted by {name}: checkpoint written; continue with: python -m "
+                  f"jaxae.sweep --resume --out {shlex.quote(str(out))}", file=sys.stderr)
+            return 128 + stop.signum
         elapsed = time.perf_counter() - started
         best = store.best()
         # Per bucket, the wall time of its first chunk: compilation plus one chunk of training
@@ -232,9 +383,9 @@ def _run(args: argparse.Namespace) -> int:
                          for b in driver.buckets.values()}
         info.update(end_time=_now(), member_steps=driver.member_steps, wall_s=elapsed,
                     first_chunk_s=first_chunk_s)
-        atomic_write_json(sweep_json, info)
+        store_lib.atomic_write_json(sweep_json, info)
         if best is not None:
-            atomic_write_json(out / "best.json", best)
+            store_lib.atomic_write_json(out / "best.json", best)
         _print_summary(store, out, best, elapsed)
     finally:
         store.close()
@@ -250,20 +401,95 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_secondary(args: argparse.Namespace, driver: Any, out: Path) -> int:
+def _resume(driver: Any, out: Path, fingerprint: dict[str, str]) -> store_lib.TrialStore:
+    """Restores ``driver`` from the checkpoint in ``out`` and opens the store, refusing a
+    checkpoint of another sweep or a damaged one, and a store that lost what the checkpoint
+    recorded."""
+    from jaxae import driver as driver_lib
+
+    checkpoint = out / driver_lib.CHECKPOINT
+    db = out / "trials.db"
+    what = f"--resume: checkpoint {str(checkpoint)!r}"
+    try:
+        data = checkpoint.read_bytes()
+    except FileNotFoundError:
+        data = None  # killed before its first checkpoint: the sweep restarts and replays
+    except OSError as e:
+        raise UserError(f"{what} cannot be read: {e.strerror or e}") from None
+    contents = None if data is None else checkpoint_lib.unwrap(data, fingerprint, what=what)
+    recorded = {} if contents is None else contents.store
+    if recorded.get("trials") and not db.exists():
+        raise UserError(f"--resume: {str(db)!r} is missing, but the checkpoint recorded "
+                        f"{len(recorded['trials'])} trial(s) in it; the sweep cannot be "
+                        "completed (start a new one)")
+    store = store_lib.TrialStore(db)
+    try:
+        problems = store.missing(recorded)
+        if problems:
+            raise UserError(f"--resume: {str(db)!r} holds less than the checkpoint recorded "
+                            f"({'; '.join(problems)}); the sweep cannot be completed from it "
+                            "(start a new one)")
+        if contents is not None:
+            try:
+                driver.restore(contents.state)
+            except Exception as e:  # intact but unusable: written by an incompatible version
+                raise UserError(f"{what} cannot be restored ({type(e).__name__}): written by an "
+                                "incompatible jaxae version") from None
+    except BaseException:
+        store.close()
+        raise
+    return store
+
+
+def _run_secondary(args: argparse.Namespace, driver: Any, out: Path,
+                   fingerprint: dict[str, str]) -> int:
     """A non-zero process of a multi-process sweep: the same loop, nothing written."""
     from jaxae import driver as driver_lib
-    from jaxae.store import TrialStore
 
     checkpoint = out / driver_lib.CHECKPOINT
     if args.resume and checkpoint.exists():
-        driver.restore(checkpoint.read_bytes())
-    store = TrialStore(":memory:")
+        what = f"--resume: checkpoint {str(checkpoint)!r}"
+        driver.restore(checkpoint_lib.unwrap(checkpoint.read_bytes(), fingerprint,
+                                             what=what).state)
+    store = store_lib.TrialStore(":memory:")
     try:
         driver_lib.run(driver, store, out, write=False)
     finally:
         store.close()
     return 0
+
+
+class _StopOnSignal:
+    """SIGINT / SIGTERM ask the training loop to stop after its current chunk (which then writes
+    a checkpoint) instead of killing it mid-write; a second signal interrupts at once."""
+
+    def __init__(self, *, enabled: bool) -> None:
+        # Handlers can only be installed from the main thread (a library caller may use others).
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def __enter__(self) -> _StopOnSignal:
+        if self.enabled:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 def _now() -> str:

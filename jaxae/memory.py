@@ -1,0 +1,125 @@
+"""Memory a sweep will need, checked against what the machine has before anything is allocated.
+
+A configuration that cannot fit should be refused with its numbers in one line, not die minutes
+later in the allocator (or be killed by the kernel) after its output directory was created. The
+per-member figures come from ``population.state_bytes`` / ``activation_bytes``; this module only
+multiplies them by the sweep's shape and compares.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from typing import NamedTuple
+
+from jaxae.errors import UserError
+
+# Bytes a checkpoint holds on the host on top of the device state: the host copy of every
+# population, its msgpack serialisation and the envelope around it.
+_CHECKPOINT_COPIES = 3
+
+
+def host_available() -> int:
+    """Bytes of host memory available to a new allocation (``MemAvailable`` where the kernel
+    reports it: free memory plus reclaimable cache), else free pages."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def device_available() -> int | None:
+    """Free bytes on the first device where the backend reports them (GPU, TPU); None on CPU,
+    whose device memory is the host's."""
+    import jax
+
+    device = jax.devices()[0]
+    if device.platform == "cpu":
+        return None
+    stats = device.memory_stats() or {}
+    if "bytes_limit" not in stats:
+        return None
+    return int(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
+
+
+class Estimate(NamedTuple):
+    """Bytes a sweep holds at its peak, by kind."""
+
+    buckets: int  # compiled programs that can exist at once
+    slots: int  # slots of each
+    member: int  # parameters and optimizer state of one member (the largest program's)
+    state: int  # buckets x slots x member
+    activations: int  # one training group of the largest program
+    data: int  # train and val on the device, plus the chunk's losses
+
+    @property
+    def device(self) -> int:
+        return self.state + self.activations + self.data
+
+
+def estimate(config, features: int, n_train: int, n_val: int, slots: int) -> Estimate:
+    """The peak device memory of a sweep of ``config`` (a ``SweepConfig``) whose buckets hold
+    ``slots`` slots each; the largest program bounds every bucket."""
+    from jaxae import hparams
+    from jaxae import population as pop_lib
+    from jaxae.config import count_buckets, value_range
+    from jaxae.driver import train_spec
+
+    ranges = [sorted(set(value_range(config, name)), key=str) for name in hparams.BUCKET_NAMES]
+    # Every combination when they are few; beyond that, the largest value of each numeric
+    # setting bounds the program (state and activations grow with depth and batch size).
+    if count_buckets(config) <= 256:
+        keys = list(itertools.product(*ranges))
+    else:
+        keys = [tuple(max(r) if all(isinstance(v, int) for v in r) else r[0] for r in ranges)]
+    specs = [train_spec(config, features, key) for key in keys]
+    member = max(pop_lib.state_bytes(s) for s in specs)
+    activations = max(pop_lib.group_size(s, slots) * pop_lib.activation_bytes(s) for s in specs)
+    # Buckets are created lazily, at most one per trial, and never freed.
+    buckets = min(count_buckets(config), config.trials)
+    data = 4 * features * (n_train + n_val) + 4 * slots * buckets * config.chunk
+    return Estimate(buckets, slots, member, buckets * slots * member, activations, data)
+
+
+def check(config, features: int, n_train: int, n_val: int, slots: int, host_data: int) -> None:
+    """Refuses a sweep that cannot fit, naming the numbers.
+
+    Args:
+        config: the ``SweepConfig``.
+        features, n_train, n_val: the data's shape.
+        slots: slots per bucket (``Driver.capacity``).
+        host_data: bytes the data set already holds on the host.
+
+    Raises:
+        UserError: the estimate exceeds the device's free memory, or (with checkpoints' host
+            copies; on a CPU, with the device's share too) the host's available memory.
+    """
+    e = estimate(config, features, n_train, n_val, slots)
+    device_free = device_available()
+    host_need = _CHECKPOINT_COPIES * e.state + host_data
+    if device_free is None:  # a CPU: the device's memory is the host's
+        host_need += e.device
+    elif e.device > device_free:
+        _refuse(e, e.device, "device", device_free)
+    host_free = host_available()
+    if host_need > host_free:
+        _refuse(e, host_need, "host", host_free)
+
+
+def _refuse(e: Estimate, need: int, where: str, free: int) -> None:
+    raise UserError(
+        f"this sweep needs about {_size(need)} of {where} memory ({e.buckets} program(s) x "
+        f"{e.slots} slots x {_size(e.member)} of parameters and optimizer state per member, "
+        f"{_size(e.activations)} of activations, {_size(e.data)} of data), but only "
+        f"{_size(free)} is available; lower --population or the widths in [space]")
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
