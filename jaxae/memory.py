@@ -17,6 +17,9 @@ from jaxae.errors import UserError
 # Bytes a checkpoint holds on the host on top of the device state: the host copy of every
 # population, its msgpack serialisation and the envelope around it.
 _CHECKPOINT_COPIES = 3
+# Per member, beyond parameters and moments: its hyperparameter arrays (also inside the optimizer
+# state), keys and counters, a few hundred bytes; this bounds them.
+_MEMBER_OVERHEAD = 4096
 
 
 def host_available() -> int:
@@ -77,7 +80,7 @@ def estimate(config, features: int, n_train: int, n_val: int, slots: int) -> Est
     else:
         keys = [tuple(max(r) if all(isinstance(v, int) for v in r) else r[0] for r in ranges)]
     specs = [train_spec(config, features, key) for key in keys]
-    member = max(pop_lib.state_bytes(s) for s in specs)
+    member = max(pop_lib.state_bytes(s) for s in specs) + _MEMBER_OVERHEAD
     activations = max(pop_lib.group_size(s, slots) * pop_lib.activation_bytes(s) for s in specs)
     # Buckets are created lazily, at most one per trial, and never freed.
     buckets = min(count_buckets(config), config.trials)
