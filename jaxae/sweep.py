@@ -8,6 +8,7 @@ minutes on a laptop CPU, and prints where its results are.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import math
@@ -19,7 +20,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -97,14 +98,17 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    stop = _StopOnSignal()
     try:
-        return _run(args)
+        with stop:
+            return _run(args, stop)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # outside the training loop, which stops cleanly on its own
-        print("error: interrupted", file=sys.stderr)
-        return 128 + signal.SIGINT
+    except (KeyboardInterrupt, _Interrupted) as e:  # outside the training loop, which stops
+        signum = e.signum if isinstance(e, _Interrupted) else signal.SIGINT  # cleanly itself
+        print(f"error: interrupted by {signal.Signals(signum).name}{stop.hint()}", file=sys.stderr)
+        return 128 + signum
     except Exception as e:  # the device ran out of memory: say what to change, not a traceback
         if "RESOURCE_EXHAUSTED" not in str(e):
             raise
@@ -283,7 +287,7 @@ def _environment() -> dict[str, Any]:
     }
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, stop: _StopOnSignal) -> int:
     every = args.checkpoint_every
     if math.isnan(every) or every < 0:
         raise UserError(f"--checkpoint-every {every:g} must be a number of seconds >= 0")
@@ -328,14 +332,16 @@ def _run(args: argparse.Namespace) -> int:
     if not primary:
         return _run_secondary(args, driver, out, fingerprint)
     lock = _own(out, args.resume)
+    stop.out = out
     try:
-        return _sweep(args, config, dataset, driver, out, info, fingerprint)
+        return _sweep(args, config, dataset, driver, out, info, fingerprint, stop)
     finally:
         lock.release()
 
 
 def _sweep(args: argparse.Namespace, config: config_lib.SweepConfig, dataset: Any, driver: Any,
-           out: Path, info: dict[str, Any] | None, fingerprint: dict[str, str]) -> int:
+           out: Path, info: dict[str, Any] | None, fingerprint: dict[str, str],
+           stop: _StopOnSignal) -> int:
     """The sweep proper, in a directory this process owns."""
     import jax
 
@@ -365,15 +371,16 @@ def _sweep(args: argparse.Namespace, config: config_lib.SweepConfig, dataset: An
     try:
         started = time.perf_counter()
         progress = _Progress(config, driver, enabled=not args.no_progress)
-        with _StopOnSignal(enabled=jax.process_count() == 1) as stop:
+        # Several processes must stop at the same chunk: there a signal interrupts at once.
+        with stop.deferred(jax.process_count() == 1):
             driver_lib.run(driver, store, out, checkpoint_every=args.checkpoint_every,
                            on_chunk=progress.update, save=save, should_stop=stop.requested)
         progress.close()
         if not driver.done:
-            name = signal.Signals(stop.signum).name
-            print(f"interrupted by {name}: checkpoint written; continue with: python -m "
-                  f"jaxae.sweep --resume --out {shlex.quote(str(out))}", file=sys.stderr)
+            print(f"interrupted by {signal.Signals(stop.signum).name}: checkpoint written"
+                  f"{stop.hint()}", file=sys.stderr)
             return 128 + stop.signum
+        stop.out = None  # complete: nothing left to resume
         elapsed = time.perf_counter() - started
         best = store.best()
         # Per bucket, the wall time of its first chunk: compilation plus one chunk of training
@@ -459,23 +466,49 @@ def _run_secondary(args: argparse.Namespace, driver: Any, out: Path,
     return 0
 
 
-class _StopOnSignal:
-    """SIGINT / SIGTERM ask the training loop to stop after its current chunk (which then writes
-    a checkpoint) instead of killing it mid-write; a second signal interrupts at once."""
+class _Interrupted(BaseException):  # noqa: N818 -- a signal, not an error (as KeyboardInterrupt)
+    """SIGINT or SIGTERM outside the training loop."""
 
-    def __init__(self, *, enabled: bool) -> None:
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+class _StopOnSignal:
+    """SIGINT and SIGTERM during a sweep. Inside ``deferred()`` (the training loop) the first
+    signal only asks the loop to stop after its current chunk, which then writes a checkpoint,
+    so a sweep is never cut mid-write; elsewhere, or at a second signal, it interrupts at once
+    (``_Interrupted``)."""
+
+    def __init__(self) -> None:
         # Handlers can only be installed from the main thread (a library caller may use others).
-        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.enabled = threading.current_thread() is threading.main_thread()
         self.signum: int | None = None
+        self.out: Path | None = None  # a sweep that can be resumed once interrupted
+        self._defer = False
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.signum is not None:
-            raise KeyboardInterrupt
-        self.signum = signum
+        if self._defer and self.signum is None:
+            self.signum = signum
+            return
+        raise _Interrupted(signum)
 
     def requested(self) -> bool:
         return self.signum is not None
+
+    def hint(self) -> str:
+        if self.out is None or not (self.out / "sweep.json").exists():
+            return ""
+        return f"; continue with: python -m jaxae.sweep --resume --out {shlex.quote(str(self.out))}"
+
+    @contextlib.contextmanager
+    def deferred(self, enabled: bool = True) -> Iterator[None]:
+        self._defer = enabled
+        try:
+            yield
+        finally:
+            self._defer = False
 
     def __enter__(self) -> _StopOnSignal:
         if self.enabled:
@@ -486,6 +519,7 @@ class _StopOnSignal:
     def __exit__(self, *exc: object) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
+        self._previous = {}
 
 
 def _one_line(e: BaseException) -> str:

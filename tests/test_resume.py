@@ -361,3 +361,19 @@ def test_help_prints_each_default_once(capsys):
     assert "(default:" not in text
     assert text.count("[default:") >= 12
     assert "[default: 30]" in text  # --checkpoint-every
+
+
+def test_a_signal_before_training_exits_143_with_one_line(tmp_path, capsys, monkeypatch):
+    from jaxae import data as data_lib
+
+    def load(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("the signal should have interrupted the load")
+
+    monkeypatch.setattr(data_lib, "load", load)
+    before = signal.getsignal(signal.SIGTERM)
+    out = tmp_path / "never"
+    assert main(["--out", str(out), *QUIET]) == 128 + signal.SIGTERM
+    err = capsys.readouterr().err.strip()
+    assert err == "error: interrupted by SIGTERM" and not out.exists()
+    assert signal.getsignal(signal.SIGTERM) is before  # the handlers are put back
