@@ -14,9 +14,9 @@ from typing import NamedTuple
 
 from jaxae.errors import UserError
 
-# Bytes a checkpoint holds on the host on top of the device state: the host copy of every
-# population, its msgpack serialisation and the envelope around it.
-_CHECKPOINT_COPIES = 3
+# Copies of the device state a checkpoint holds on the host at its peak: the host copy of every
+# population with its msgpack serialisation, then that serialisation with the envelope around it.
+_CHECKPOINT_COPIES = 2
 # Per member, beyond parameters and moments: its hyperparameter arrays (also inside the optimizer
 # state), keys and counters, a few hundred bytes; this bounds them.
 _MEMBER_OVERHEAD = 4096
