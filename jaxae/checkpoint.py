@@ -64,10 +64,19 @@ def fingerprint(config: Mapping[str, Any], arrays: Mapping[str, np.ndarray | Non
 
 def wrap(state: bytes, fingerprint: Mapping[str, str], store: Mapping[str, Any]) -> bytes:
     """The envelope around ``state``."""
+    return b"".join(wrap_parts(state, fingerprint, store))
+
+
+def wrap_parts(state: bytes, fingerprint: Mapping[str, str], store: Mapping[str, Any]
+               ) -> list[bytes]:
+    """``wrap``'s bytes in pieces (``state`` itself the last), so that writing a large state
+    never copies it (``store.atomic_write_bytes`` takes the list)."""
     header = json.dumps({"format": FORMAT, "fingerprint": dict(fingerprint),
                          "store": dict(store)}, sort_keys=True).encode()
-    body = len(header).to_bytes(_LENGTH, "big") + header + state
-    return MAGIC + hashlib.sha256(body).digest() + body
+    head = len(header).to_bytes(_LENGTH, "big") + header
+    digest = hashlib.sha256(head)
+    digest.update(state)
+    return [MAGIC + digest.digest() + head, state]
 
 
 def unwrap(data: bytes, fingerprint: Mapping[str, str], *, what: str = "checkpoint") -> Contents:

@@ -15,7 +15,7 @@ from typing import NamedTuple
 from jaxae.errors import UserError
 
 # Copies of the device state a checkpoint holds on the host at its peak: the host copy of every
-# population with its msgpack serialisation, then that serialisation with the envelope around it.
+# population and its msgpack serialisation (the envelope is written around it, not copied).
 _CHECKPOINT_COPIES = 2
 # Per member, beyond parameters and moments: its hyperparameter arrays (also inside the optimizer
 # state), keys and counters, a few hundred bytes; this bounds them.

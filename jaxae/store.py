@@ -236,8 +236,9 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Writes ``data`` to ``path`` so that a crash leaves either the old file or the new one.
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes | Sequence[bytes]) -> None:
+    """Writes ``data`` (bytes, or a list of pieces written one after the other, never joined in
+    memory) to ``path`` so that a crash leaves either the old file or the new one.
 
     The temporary file (``.NAME.*.tmp`` beside ``path``) is made readable as the umask allows,
     as ``open()`` would have made it (``mkstemp`` creates it 0600). A crash may leave it behind;
@@ -248,7 +249,8 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     try:
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            for piece in [data] if isinstance(data, bytes | bytearray | memoryview) else data:
+                f.write(piece)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -366,7 +366,8 @@ def _sweep(args: argparse.Namespace, config: config_lib.SweepConfig, dataset: An
 
     def save(state: bytes) -> None:
         store_lib.atomic_write_bytes(checkpoint,
-                                     checkpoint_lib.wrap(state, fingerprint, store.summary()))
+                                     checkpoint_lib.wrap_parts(state, fingerprint,
+                                                               store.summary()))
 
     try:
         started = time.perf_counter()

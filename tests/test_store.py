@@ -89,3 +89,9 @@ def test_summary_and_missing(tmp_path):
     store.put_trial(0, status="running", params={}, val_loss=None, steps=1, seed=0)
     assert any("changed status (0)" in p for p in store.missing(recorded))
     store.close()
+
+
+def test_atomic_write_of_pieces_equals_their_concatenation(tmp_path):
+    path = tmp_path / "f"
+    store_lib.atomic_write_bytes(path, [b"head", b"", bytes(range(256)) * 10])
+    assert path.read_bytes() == b"head" + bytes(range(256)) * 10
