@@ -16,7 +16,7 @@ from typing import Any
 
 from jaxae import hparams
 from jaxae.errors import UserError
-from jaxae.models import PRECISIONS
+from jaxae.models import PRECISION_NAMES
 from searchers import SAMPLERS, SCHEDULERS, Choice, Float, Int
 from searchers import space_from_dict as _space_from_dict
 from searchers import space_to_dict as _space_to_dict
@@ -59,7 +59,7 @@ class SweepConfig:
     eta: int = 3
     min_steps: int | None = None
     sampler: str = "random"
-    precision: str = "float32"
+    precision: str = "auto"  # tf32 on accelerators, float32 on CPUs (models.resolve_precision)
     space: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -137,7 +137,7 @@ _FIELDS = {f.name: f for f in dataclasses.fields(SweepConfig)}
 
 _SETTINGS = tuple(name for name in _FIELDS if name != "space")  # the [sweep] keys
 _CHOICES = {"model": hparams.MODELS, "searcher": SEARCHERS, "aggregate": AGGREGATES,
-            "sampler": tuple(SAMPLERS), "precision": tuple(PRECISIONS)}
+            "sampler": tuple(SAMPLERS), "precision": PRECISION_NAMES}
 _LOWS = {"population": 1, "trials": 1, "steps": 1, "seed": 0, "repeats": 1, "chunk": 1, "eta": 2,
          "min_steps": 1}
 

@@ -85,8 +85,9 @@ def parser() -> argparse.ArgumentParser:
         help="lowest budget of sha / hyperband / asha [default: steps // eta**3]")
     add("--sampler", choices=config_lib.SAMPLERS, default=None,
         help=f"where sha / hyperband / asha get new configurations [default: {d.sampler}]")
-    add("--precision", choices=("float32", "tf32", "bfloat16"), default=None,
-        help=f"matmul precision; parameters stay float32 [default: {d.precision}]")
+    add("--precision", choices=config_lib.PRECISION_NAMES, default=None,
+        help=f"matmul precision; parameters stay float32; auto: tf32 on accelerators, float32 "
+        f"on CPUs [default: {d.precision}]")
     add("--chunk", type=int, default=None,
         help=f"steps trained per jitted call between evaluations [default: {d.chunk}]")
     add("--checkpoint-every", type=float, default=CHECKPOINT_EVERY, metavar="SECONDS",
