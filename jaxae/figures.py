@@ -20,11 +20,13 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
+from jaxae.analysis import Analysis, Noise, pair_surface
+from jaxae.results import Sweep, ranked
 from searchers import Choice, Float, Int
 from searchers.space import Dimension
 
 if TYPE_CHECKING:
-    from jaxae.report import Analysis, Downstream, Noise, Sweep
+    from jaxae.retrain import Downstream
 
 DPI = 110
 TOP_CURVES = 8  # learning curves drawn in colour
@@ -129,8 +131,6 @@ def _finite_groups(sweep: Sweep) -> dict[str, list[dict[str, Any]]]:
 
 def hyperparameters(sweep: Sweep, analysis: Analysis | None) -> tuple[bytes, str] | None:
     """One panel per varying hyperparameter: final validation loss against its value."""
-    from jaxae.report import ranked
-
     names = list(sweep.space)
     if not names:
         return None
@@ -323,8 +323,6 @@ def _same_order(true: np.ndarray, est: np.ndarray) -> bool:
 
 def interactions(sweep: Sweep, analysis: Analysis | None) -> tuple[bytes, str] | None:
     """Heat maps of the surrogate over the most important pairs, with the trials on top."""
-    from jaxae.report import pair_surface
-
     if analysis is None or not analysis.top_pairs:
         return None
     imp, fit = analysis.importance, analysis.fit
@@ -392,8 +390,6 @@ def _edges(dim: Dimension, centres: np.ndarray) -> np.ndarray:
 
 def curves(sweep: Sweep) -> tuple[bytes, str] | None:
     """Validation loss against step: the top trials in colour, every other trial in grey."""
-    from jaxae.report import ranked
-
     drawn = [t for t in ranked(sweep) if len(sweep.curves.get(t["trial_id"], ([],))[0])]
     if not drawn:
         return None

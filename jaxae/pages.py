@@ -1,0 +1,165 @@
+"""The report's pages: the plain-text terminal summary and the self-contained ``index.html``."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from jaxae.analysis import Analysis, Noise
+from jaxae.results import Sweep, ranked
+from jaxae.retrain import Downstream
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def _config_text(sweep: Sweep, params: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={_fmt(params[k])}" for k in sweep.space if k in params)
+
+
+def _status_text(sweep: Sweep) -> str:
+    return ", ".join(f"{n} {s}" for s, n in sorted(sweep.status_counts().items()))
+
+
+def text_summary(sweep: Sweep, analysis: Analysis | None, noise_: Noise | None,
+                 down: Downstream | None, index: Path, notes: Sequence[str] = ()) -> str:
+    """The terminal summary: best configuration, importances, downstream scores, where to look."""
+    lines = [f"sweep {sweep.dir}: {sweep.title} ({_status_text(sweep)})"]
+    best = ranked(sweep)
+    if best:
+        b = best[0]
+        lines.append(f"best: trial {b['trial_id']}, val_loss {b['val_loss']:.5g} after "
+                     f"{b['steps']} steps ({b['status']})")
+        lines.append(f"  {_config_text(sweep, b['params']) or '(nothing varies)'}")
+    else:
+        lines.append("best: no trial has a finite validation loss")
+    if analysis is not None:
+        imp, fit = analysis.importance, analysis.fit
+        lines.append(f"importance (fANOVA of {'log ' if fit.logged else ''}val_loss, "
+                     f"{len(fit.trial_ids)} trials at {fit.budget} steps, surrogate OOB R^2 "
+                     f"{analysis.r2:.2f}):")
+        width = max(len(n) for n in imp.names)
+        for i in analysis.order():
+            lines.append(f"  {imp.names[i]:<{width}}  {100 * imp.main[i]:5.1f}%  "
+                         f"(+/- {100 * imp.main_std[i]:.1f})")
+        for a, b_ in sorted(imp.pairs, key=lambda p: -imp.pairs[p])[:3]:
+            lines.append(f"  {a} x {b_} interaction  {100 * imp.pairs[(a, b_)]:.1f}%")
+    elif sweep.space:
+        lines.append("importance: too few trials with a finite loss at one budget")
+    if noise_ is not None:
+        lines.append(f"noise (log10 val_loss at {noise_.steps} steps): seed std "
+                     f"{noise_.seed_std:.3g} vs std across configurations {noise_.config_std:.3g}")
+    if down is not None:
+        for i, t in enumerate(down.trial_ids):
+            parts = [f"trial {t}: test loss {down.test_loss[i]:.4g}"]
+            if down.auc is not None:
+                parts.append(f"anomaly AUC (class {down.anomaly_class}) {down.auc[i]:.3f}")
+            if down.probe_accuracy is not None:
+                parts.append(f"probe accuracy {down.probe_accuracy[i]:.3f}")
+            lines.append("downstream " + ", ".join(parts))
+    lines.extend(f"note: {n}" for n in notes)
+    lines.append(f"report: {index}")
+    return "\n".join(lines)
+
+
+_CSS = """
+body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222;
+       padding: 0 1em; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+figure { margin: 2em 0; }
+figure img { max-width: 100%; border: 1px solid #eee; }
+figcaption { color: #444; margin-top: 0.4em; }
+.note { color: #a40; }
+"""
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    def cell(v: Any, tag: str) -> str:
+        cls = ' class="num"' if isinstance(v, int | float) and tag == "td" else ""
+        return f"<{tag}{cls}>{html.escape(_fmt(v))}</{tag}>"
+
+    head = "".join(cell(h, "th") for h in header)
+    body = "".join("<tr>" + "".join(cell(v, "td") for v in r) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def index_html(sweep: Sweep, analysis: Analysis | None, noise_: Noise | None,
+               down: Downstream | None, figures: Mapping[str, str],
+               notes: Sequence[str] = ()) -> str:
+    """The self-contained page (no scripts, no external resources); every string that came from
+    the user's config or data is escaped."""
+    e = html.escape
+    c = sweep.config
+    parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+             f"<title>jaxae report: {e(sweep.title)}</title><style>{_CSS}</style></head><body>",
+             f"<h1>Sweep report: {e(sweep.title)}</h1>",
+             f"<p>{e(str(sweep.dir))}</p>"]
+    parts.append("<h2>Summary</h2>")
+    settings = [("model", c.model), ("searcher", c.searcher), ("data", c.data),
+                ("trials", f"{len(sweep.trials)} ({_status_text(sweep)})"),
+                ("steps (max budget)", c.steps), ("population", c.population),
+                ("replicates per configuration", c.repeats), ("seed", c.seed),
+                ("varying hyperparameters", ", ".join(sweep.space) or "none")]
+    parts.append(_table(["setting", "value"], settings))
+    best = ranked(sweep)
+    if best:
+        b = best[0]
+        parts.append(f"<h3>Best configuration: trial {b['trial_id']}, val_loss "
+                     f"{b['val_loss']:.5g} after {b['steps']} steps ({e(b['status'])})</h3>")
+        rows = [(k, b["params"][k]) for k in sweep.space]
+        rows += [(k, v) for k, v in sorted(b["params"].items()) if k not in sweep.space]
+        parts.append(_table(["hyperparameter", "value"], rows))
+        top = best[:5]
+        parts.append("<h3>Top trials</h3>")
+        parts.append(_table(["trial", "status", "steps", "val_loss", *sweep.space],
+                            [(t["trial_id"], t["status"], t["steps"], t["val_loss"],
+                              *[t["params"].get(k) for k in sweep.space]) for t in top]))
+    if analysis is not None:
+        imp, fit = analysis.importance, analysis.fit
+        parts.append(f"<h3>Importance (fANOVA on a random forest of "
+                     f"{'log ' if fit.logged else ''}val_loss; {len(fit.trial_ids)} trials at "
+                     f"{fit.budget} steps; surrogate out-of-bag R² {analysis.r2:.2f})</h3>")
+        rows = [(imp.names[i], f"{100 * imp.main[i]:.1f}%", f"{100 * imp.main_std[i]:.1f}")
+                for i in analysis.order()]
+        for p in sorted(imp.pairs, key=lambda p: -imp.pairs[p])[:3]:
+            rows.append((f"{p[0]} × {p[1]} (interaction)", f"{100 * imp.pairs[p]:.1f}%", ""))
+        explained = imp.main.sum() + sum(imp.pairs.values())
+        rows.append(("all main effects + pairs", f"{100 * explained:.1f}%", ""))
+        parts.append(_table(["hyperparameter", "variance explained", "std over trees (pp)"],
+                            rows))
+    if noise_ is not None:
+        parts.append(_table(["noise (log10 val_loss)", "std"], [
+            (f"across seeds, within a configuration ({noise_.losses.shape[1]} seeds)",
+             noise_.seed_std),
+            (f"across {len(noise_.trial_ids)} configurations (their means)", noise_.config_std)]))
+    if down is not None:
+        header = ["trial", "steps", "stored val_loss", "retrained val_loss", "test loss"]
+        if down.auc is not None:
+            header.append(f"anomaly ROC AUC (class {down.anomaly_class} held out)")
+        if down.probe_accuracy is not None:
+            header.append(f"linear-probe accuracy ({down.num_classes} classes)")
+        rows = []
+        for i, t in enumerate(down.trial_ids):
+            row = [t, down.steps[i], float(down.stored_val_loss[i]), float(down.val_loss[i]),
+                   float(down.test_loss[i])]
+            if down.auc is not None:
+                row.append(float(down.auc[i]))
+            if down.probe_accuracy is not None:
+                row.append(float(down.probe_accuracy[i]))
+            rows.append(row)
+        parts.append("<h3>Downstream quality of the top configurations (retrained)</h3>")
+        parts.append(_table(header, rows))
+    parts.extend(f'<p class="note">{e(n)}</p>' for n in notes)
+    parts.append("<h2>Figures</h2>")
+    for name, caption in figures.items():
+        parts.append(f'<figure><img src="{e(name)}" alt="{e(caption)}">'
+                     f"<figcaption>{e(caption)}</figcaption></figure>")
+    parts.append("</body></html>\n")
+    return "\n".join(parts)

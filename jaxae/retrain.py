@@ -1,0 +1,223 @@
+"""Retraining the top configurations of a sweep in JAX, and scoring their codes downstream.
+
+Each trial is retrained from its own keys, in a population of its own, to the steps it trained in
+the sweep; its codes then feed the metrics of ``jaxae.downstream`` (linear-probe accuracy,
+anomaly-detection ROC AUC).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from jaxae import hparams
+from jaxae.results import Sweep, ranked
+
+
+@dataclasses.dataclass(frozen=True)
+class Downstream:
+    """Downstream quality of the top-k configurations, retrained from their trial keys.
+
+    Attributes:
+        trial_ids: [k] the trials, best first.
+        steps: [k] steps each was trained (as in the sweep).
+        stored_val_loss: [k] replicate 0's validation loss in the store.
+        val_loss: [k] the retrained member's validation loss: equals ``stored_val_loss`` when the
+            retraining reproduced the trial.
+        test_loss: [k] its reconstruction error (``recon`` metric) on the test split.
+        probe_accuracy: [k] linear-probe test accuracy of its codes (VAE: the mean), or None.
+        auc: [k] anomaly-detection ROC AUC of members retrained without ``anomaly_class``, or None.
+        scores: [k, n_test] their anomaly scores (per-example reconstruction error), or None.
+        is_anomaly: [n_test] bool, test examples of ``anomaly_class``, or None.
+        anomaly_class: the class held out.
+        num_classes: classes the probe separates (0 without labels).
+        notes: why a part was skipped, if one was.
+    """
+
+    trial_ids: list[int]
+    steps: list[int]
+    stored_val_loss: np.ndarray
+    val_loss: np.ndarray
+    test_loss: np.ndarray
+    probe_accuracy: np.ndarray | None
+    auc: np.ndarray | None
+    scores: np.ndarray | None
+    is_anomaly: np.ndarray | None
+    anomaly_class: int
+    num_classes: int
+    notes: list[str]
+
+
+def downstream(sweep: Sweep, *, top_k: int = 3, anomaly_class: int = 0,
+               dataset: Any = None) -> Downstream | None:
+    """Retrains the ``top_k`` best configurations and scores their codes.
+
+    Each trial is retrained in one population per compiled program (bucket), from its own keys
+    ``population.trial_keys(seed, trial, 0)`` (replicate 0) to the steps it trained in the sweep,
+    on the same padded shapes, so the member reproduces the stored trial. Its codes of the train
+    split fit a linear probe scored on the test split. For anomaly detection the same
+    configurations are retrained on the train split without ``anomaly_class`` (a model must not
+    have seen the anomalies) and score each test example by its reconstruction error.
+
+    Args:
+        sweep: the sweep.
+        top_k: how many configurations (from ``ranked``).
+        anomaly_class: the label held out as the anomaly.
+        dataset: the sweep's data (``jaxae.data.Dataset``); loaded from the config when None.
+
+    Returns:
+        The scores, or None when no trial has a finite loss.
+
+    Raises:
+        UserError: the sweep's data cannot be loaded.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from jaxae import data as data_lib
+    from jaxae import downstream as metrics_lib
+    from jaxae import driver as driver_lib
+    from jaxae import population as pop_lib
+
+    top = ranked(sweep)[:top_k]
+    if not top:
+        return None
+    if dataset is None:
+        dataset = data_lib.load(sweep.config.data, seed=sweep.config.seed)
+    notes = []
+    labelled = all(s.y is not None for s in (dataset.train, dataset.test))
+    num_classes = int(max(dataset.train.y.max(), dataset.test.y.max())) + 1 if labelled else 0
+    anomaly = labelled and bool(np.any(dataset.test.y == anomaly_class)) and bool(
+        np.any(dataset.train.y != anomaly_class))
+    if not labelled:
+        notes.append(f"data set {dataset.name!r} has no labels: no anomaly detection or probe")
+    elif not anomaly:
+        notes.append(f"class {anomaly_class} does not occur in the test split: no anomaly "
+                     "detection")
+    normal_x = jnp.asarray(dataset.train.x[dataset.train.y != anomaly_class]) if anomaly else None
+    train_x, val_x, test_x = (jnp.asarray(s.x) for s in (dataset.train, dataset.val,
+                                                          dataset.test))
+    probe = jax.vmap(lambda a, b, c, d: metrics_lib.linear_probe_accuracy(
+        a, b, c, d, num_classes=max(num_classes, 2)), in_axes=(0, None, 0, None))
+    auc_fn = jax.vmap(metrics_lib.roc_auc, in_axes=(0, None))
+    is_anomaly = (dataset.test.y == anomaly_class) if anomaly else None
+
+    results: dict[int, dict[str, Any]] = {}
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for t in top:
+        groups.setdefault(tuple(t["params"][n] for n in hparams.BUCKET_NAMES), []).append(t)
+    for key, trials in groups.items():
+        spec = driver_lib.train_spec(sweep.config, dataset.features, key)
+        members = [pop_lib.Member(t["trial_id"], t["params"], t["steps"],
+                                  driver_lib.member_keys(sweep.config, t["trial_id"], 0))
+                   for t in trials]
+        # As few slots as members: an empty slot costs as much compute as a full one.
+        pop = retrain(spec, members, train_x, sweep.config.chunk)
+        val = np.asarray(pop_lib.evaluate(spec, pop, val_x)["val_loss"])
+        test = np.asarray(recon_errors(spec, pop, test_x)).mean(axis=1)
+        acc = None
+        if labelled:
+            acc = np.asarray(probe(codes(spec, pop, train_x), jnp.asarray(dataset.train.y),
+                                   codes(spec, pop, test_x), jnp.asarray(dataset.test.y)))
+        scores = auc = None
+        if anomaly:
+            normal_pop = retrain(spec, members, normal_x, sweep.config.chunk)
+            scores = recon_errors(spec, normal_pop, test_x)
+            auc = np.asarray(auc_fn(scores, jnp.asarray(is_anomaly)))
+            scores = np.asarray(scores)
+        for i, t in enumerate(trials):
+            results[t["trial_id"]] = {
+                "val": val[i], "test": test[i],
+                "acc": None if acc is None else acc[i],
+                "auc": None if auc is None else auc[i],
+                "scores": None if scores is None else scores[i],
+            }
+
+    ids = [t["trial_id"] for t in top]
+    stored = []
+    for t in top:
+        rep0 = [v for r, _, v, _ in sweep.replicates.get(t["trial_id"], []) if r == 0]
+        stored.append(rep0[0] if rep0 and rep0[0] is not None else t["val_loss"])
+    return Downstream(
+        trial_ids=ids,
+        steps=[t["steps"] for t in top],
+        stored_val_loss=np.array(stored, dtype=np.float64),
+        val_loss=np.array([results[i]["val"] for i in ids], dtype=np.float64),
+        test_loss=np.array([results[i]["test"] for i in ids], dtype=np.float64),
+        probe_accuracy=(np.array([results[i]["acc"] for i in ids], dtype=np.float64)
+                        if labelled else None),
+        auc=np.array([results[i]["auc"] for i in ids], dtype=np.float64) if anomaly else None,
+        scores=np.stack([results[i]["scores"] for i in ids]) if anomaly else None,
+        is_anomaly=is_anomaly,
+        anomaly_class=anomaly_class,
+        num_classes=num_classes,
+        notes=notes,
+    )
+
+
+def retrain(spec: Any, members: Sequence[Any], train_x: Any, chunk: int,
+            slots: int | None = None) -> Any:
+    """Trains ``members`` (``population.Member``) from scratch in one population of their own,
+    in chunks of the sweep's ``chunk`` steps, until each reaches its target.
+
+    Args:
+        spec: the bucket's ``population.TrainSpec``.
+        members: the trials to train.
+        train_x: [n, features] training data on device.
+        chunk: steps per jitted call.
+        slots: population size (at least ``len(members)``; the rest stay empty).
+
+    Returns:
+        The trained ``population.Population`` (slot i holds members[i]).
+    """
+    from jaxae import population as pop_lib
+
+    pop = pop_lib.create(spec, max(len(members), slots or 0))
+    pop = pop_lib.assign(spec, pop, list(range(len(members))), members)
+    for _ in range(math.ceil(max(m.target for m in members) / chunk)):
+        pop, _ = pop_lib.train_chunk(spec, pop, train_x, chunk)
+    return pop
+
+
+def codes(spec: Any, pop: Any, x: Any) -> Any:
+    """Codes [slots, n, latent_dim] of ``x`` [n, features] (VAE: the posterior mean; units a
+    slot masks out are exact zeros)."""
+    return _programs()[0](spec, pop, x)
+
+
+def recon_errors(spec: Any, pop: Any, x: Any) -> Any:
+    """Per-example reconstruction error [slots, n] of ``x`` (the ``recon`` validation metric:
+    through the mean code for a VAE), the anomaly score."""
+    return _programs()[1](spec, pop, x)
+
+
+@functools.cache
+def _programs() -> tuple[Any, Any]:
+    # Built on first use so that reading a sweep and drawing figures never imports JAX.
+    import jax
+
+    from jaxae.models import apply_fn, make_masks
+    from jaxae.objectives import make_metrics
+
+    @functools.partial(jax.jit, static_argnums=(0,))
+    def codes_fn(spec, pop, x):
+        encode = apply_fn(spec.model, "encode")
+
+        def member(m):
+            z = encode(m.params, x, make_masks(spec.model, m.hparams["hidden"],
+                                               m.hparams["latent_dim"]))
+            return z[0] if spec.model.variational else z
+
+        return jax.vmap(member)(pop)
+
+    @functools.partial(jax.jit, static_argnums=(0,))
+    def recon_fn(spec, pop, x):
+        metrics = make_metrics(spec.model)
+        return jax.vmap(lambda m: metrics(m.params, x, m.eval_key, m.hparams)["recon"])(pop)
+
+    return codes_fn, recon_fn

@@ -1,0 +1,68 @@
+"""Retraining the top configurations: members reproduce the stored trials, and the downstream
+scores equal scikit-learn's on the same codes."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+
+from jaxae import data as data_lib
+from jaxae import driver as driver_lib
+from jaxae import hparams, retrain
+from jaxae import population as pop_lib
+from jaxae.results import load_sweep
+
+
+@pytest.fixture(scope="session")
+def down(sweep_dir):
+    # Four members fill a population as large as the sweep's (4 slots).
+    return retrain.downstream(load_sweep(sweep_dir), top_k=4)
+
+
+def test_retrained_members_reproduce_the_stored_trials(down) -> None:
+    assert len(down.trial_ids) == 4
+    np.testing.assert_allclose(down.val_loss, down.stored_val_loss, rtol=1e-5)
+
+
+def test_anomaly_auc_is_sklearns_on_the_same_scores(sweep_dir, down) -> None:
+    sweep = load_sweep(sweep_dir)
+    dataset = data_lib.load(sweep.config.data, seed=sweep.config.seed)
+    assert down.is_anomaly.tolist() == (dataset.test.y == 0).tolist()
+    for scores, auc in zip(down.scores, down.auc, strict=True):
+        assert auc == pytest.approx(roc_auc_score(down.is_anomaly, scores), abs=1e-6)
+    # The scores come from members retrained without the anomaly class, as claimed.
+    spec, members = _members(sweep, down.trial_ids, dataset)
+    normal = jnp.asarray(dataset.train.x[dataset.train.y != 0])
+    pop = retrain.retrain(spec, members, normal, sweep.config.chunk)
+    scores = np.asarray(retrain.recon_errors(spec, pop, jnp.asarray(dataset.test.x)))[0]
+    np.testing.assert_allclose(scores, down.scores[0], rtol=1e-5, atol=1e-7)
+
+
+def test_linear_probe_agrees_with_sklearn_on_the_retrained_codes(sweep_dir, down) -> None:
+    sweep = load_sweep(sweep_dir)
+    dataset = data_lib.load(sweep.config.data, seed=sweep.config.seed)
+    spec, members = _members(sweep, down.trial_ids, dataset)
+    pop = retrain.retrain(spec, members, jnp.asarray(dataset.train.x), sweep.config.chunk)
+    train = np.asarray(retrain.codes(spec, pop, jnp.asarray(dataset.train.x)))[0]
+    test = np.asarray(retrain.codes(spec, pop, jnp.asarray(dataset.test.x)))[0]
+    # linear_probe_accuracy's standardisation (masked code units are constant: only centred)
+    # and its objective in sklearn's terms, C = 1 / (l2 n) with l2 = 1e-3.
+    mean, std = train.mean(0), train.std(0)
+    std = np.where(std > 1e-6 * (1 + np.abs(mean)), std, 1.0)
+    probe = LogisticRegression(C=1.0 / (1e-3 * len(train)), max_iter=5000, tol=1e-8)
+    probe.fit((train - mean) / std, dataset.train.y)
+    want = probe.score((test - mean) / std, dataset.test.y)
+    assert abs(down.probe_accuracy[0] - want) <= 0.02
+
+
+def _members(sweep, trial_ids, dataset):
+    """The bucket's spec and the members of ``trial_ids`` (one bucket: the activation is fixed)."""
+    rows = {t["trial_id"]: t for t in sweep.trials}
+    trials = [rows[t] for t in trial_ids]
+    key = tuple(trials[0]["params"][n] for n in hparams.BUCKET_NAMES)
+    spec = driver_lib.train_spec(sweep.config, dataset.features, key)
+    members = [pop_lib.Member(t["trial_id"], t["params"], t["steps"],
+                              pop_lib.trial_keys(sweep.config.seed, t["trial_id"], 0))
+               for t in trials]
+    return spec, members
