@@ -200,7 +200,7 @@ def hyperparameters(sweep: Sweep, analysis: Analysis | None) -> tuple[bytes, str
             else:
                 ax.set_ylim(lo - 0.05 * (hi - lo + 1e-12), hi + 0.3 * (hi - lo + 1e-12))
         ax.grid(True, which="major", alpha=0.3)
-        title = name if name not in share else f"{name}: {100 * share[name]:.0f}% of variance"
+        title = name if name not in share else f"{name}: {analysis.shares_text(name)}"
         ax.set_title(title, fontsize=10)
         if ax.get_subplotspec().is_first_col():
             ax.set_ylabel(_loss_label(sweep) + (" (log)" if positive else ""), fontsize=9)
@@ -328,8 +328,9 @@ def interactions(sweep: Sweep, analysis: Analysis | None) -> tuple[bytes, str] |
     imp, fit = analysis.importance, analysis.fit
     main = dict(zip(imp.names, imp.main, strict=True))
     params = {t["trial_id"]: t["params"] for t in sweep.trials}
-    losses = np.exp(fit.y) if fit.logged else fit.y
-    best = int(np.argmin(fit.y))
+    # The sweep's best trial (``ranked``: the one best.json names), not the lowest loss at the
+    # fitted budget, which on a multi-fidelity sweep is often a different trial.
+    best = (ranked(sweep) or [None])[0]
     surfaces = [pair_surface(analysis.forest, sweep.space, p, seed=sweep.config.seed)
                 for p in analysis.top_pairs]
     values = [np.exp(z) if fit.logged else z for *_, z in surfaces]
@@ -351,10 +352,13 @@ def interactions(sweep: Sweep, analysis: Analysis | None) -> tuple[bytes, str] |
         xs = [_position(da, params[t][a], rng) for t in fit.trial_ids]
         ys = [_position(db, params[t][b], rng) for t in fit.trial_ids]
         ax.scatter(xs, ys, s=14, c="white", edgecolors="black", linewidths=0.6,
-                   label=f"trials ({len(xs)})")
-        ax.scatter([xs[best]], [ys[best]], marker="*", s=200, color=BEST, edgecolors="black",
-                   linewidths=0.7, label=f"best: trial {fit.trial_ids[best]} "
-                                         f"({losses[best]:.3g})")
+                   label=f"trials fitted ({len(xs)}, at {fit.budget} steps)")
+        if best is not None:
+            ax.scatter([_position(da, best["params"][a], rng)],
+                       [_position(db, best["params"][b], rng)], marker="*", s=200, color=BEST,
+                       edgecolors="black", linewidths=0.7,
+                       label=f"sweep's best: trial {best['trial_id']}\n({best['val_loss']:.4g} "
+                             f"at {best['steps']} steps)")
         _style_axis(ax, da, a, "x")
         _style_axis(ax, db, b, "y")
         share = main[a] + main[b] + imp.pairs.get((a, b), imp.pairs.get((b, a), 0.0))
@@ -373,9 +377,10 @@ def interactions(sweep: Sweep, analysis: Analysis | None) -> tuple[bytes, str] |
     caption = ("Predicted validation loss of the random-forest surrogate over the pairs with the "
                "largest combined importance (both main effects plus their interaction), the "
                "other hyperparameters averaged over the search prior; dots are the trials it was "
-               "fitted on, the star the best of them. Parallel colour bands mean the two act "
-               "independently; bands that bend or tilt mean an interaction (e.g. the best "
-               "learning rate depending on the other hyperparameter).")
+               "fitted on, the star the sweep's best trial (the one best.json names). Parallel "
+               "colour bands mean the two act independently; bands that bend or tilt mean an "
+               "interaction (e.g. the best learning rate depending on the other "
+               "hyperparameter).")
     return _png(fig), caption
 
 

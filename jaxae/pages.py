@@ -40,15 +40,26 @@ def text_summary(sweep: Sweep, analysis: Analysis | None, noise_: Noise | None,
         lines.append("best: no trial has a finite validation loss")
     if analysis is not None:
         imp, fit = analysis.importance, analysis.fit
-        lines.append(f"importance (fANOVA of {'log ' if fit.logged else ''}val_loss, "
-                     f"{len(fit.trial_ids)} trials at {fit.budget} steps, surrogate OOB R^2 "
-                     f"{analysis.r2:.2f}):")
+        imp, fit = analysis.importance, analysis.fit
+        others = analysis.other_budgets()
+        lines.append(f"importance at {fit.budget} steps (fANOVA of "
+                     f"{'log ' if fit.logged else ''}val_loss over {len(fit.trial_ids)} trials "
+                     f"measured at {fit.budget} steps, surrogate OOB R^2 {analysis.r2:.2f})"
+                     + (", beside the other budgets:" if others else ":"))
         width = max(len(n) for n in imp.names)
+        if others:
+            lines.append(f"  {'':<{width}}  {f'{fit.budget} steps':>10}  "
+                         + "  ".join(f"{f'{b} steps':>10}" for b in others))
         for i in analysis.order():
-            lines.append(f"  {imp.names[i]:<{width}}  {100 * imp.main[i]:5.1f}%  "
-                         f"(+/- {100 * imp.main_std[i]:.1f})")
+            row = f"  {imp.names[i]:<{width}}  {100 * imp.main[i]:9.1f}%"
+            row += "".join(f"  {100 * analysis.by_budget[b][1][i]:9.1f}%" for b in others)
+            lines.append(row + f"  (+/- {100 * imp.main_std[i]:.1f} at {fit.budget} steps)")
+        if others:
+            lines.append(f"  {'trials':<{width}}  {len(fit.trial_ids):>10}  "
+                         + "  ".join(f"{analysis.by_budget[b][0]:>10}" for b in others))
         for a, b_ in sorted(imp.pairs, key=lambda p: -imp.pairs[p])[:3]:
-            lines.append(f"  {a} x {b_} interaction  {100 * imp.pairs[(a, b_)]:.1f}%")
+            lines.append(f"  {a} x {b_} interaction  {100 * imp.pairs[(a, b_)]:.1f}% at "
+                         f"{fit.budget} steps")
     elif sweep.space:
         lines.append("importance: too few trials with a finite loss at one budget")
     if noise_ is not None:
@@ -123,17 +134,28 @@ def index_html(sweep: Sweep, analysis: Analysis | None, noise_: Noise | None,
                               *[t["params"].get(k) for k in sweep.space]) for t in top]))
     if analysis is not None:
         imp, fit = analysis.importance, analysis.fit
-        parts.append(f"<h3>Importance (fANOVA on a random forest of "
-                     f"{'log ' if fit.logged else ''}val_loss; {len(fit.trial_ids)} trials at "
-                     f"{fit.budget} steps; surrogate out-of-bag R² {analysis.r2:.2f})</h3>")
-        rows = [(imp.names[i], f"{100 * imp.main[i]:.1f}%", f"{100 * imp.main_std[i]:.1f}")
+        others = analysis.other_budgets()
+        parts.append(f"<h3>Importance at {fit.budget} steps (fANOVA on a random forest of "
+                     f"{'log ' if fit.logged else ''}val_loss; {len(fit.trial_ids)} trials "
+                     f"measured at {fit.budget} steps; surrogate out-of-bag R² "
+                     f"{analysis.r2:.2f})</h3>")
+        if others:
+            parts.append("<p>Multi-fidelity: each budget holds different trials (higher budgets "
+                         "only the promoted ones), so the shares at every budget with enough "
+                         "trials stand side by side.</p>")
+        header = ["hyperparameter", f"% of variance at {fit.budget} steps",
+                  "std over trees (pp)"]
+        header += [f"at {b} steps ({analysis.by_budget[b][0]} trials)" for b in others]
+        rows = [(imp.names[i], f"{100 * imp.main[i]:.1f}%", f"{100 * imp.main_std[i]:.1f}",
+                 *[f"{100 * analysis.by_budget[b][1][i]:.1f}%" for b in others])
                 for i in analysis.order()]
         for p in sorted(imp.pairs, key=lambda p: -imp.pairs[p])[:3]:
-            rows.append((f"{p[0]} × {p[1]} (interaction)", f"{100 * imp.pairs[p]:.1f}%", ""))
+            rows.append((f"{p[0]} × {p[1]} (interaction)", f"{100 * imp.pairs[p]:.1f}%", "",
+                         *[""] * len(others)))
         explained = imp.main.sum() + sum(imp.pairs.values())
-        rows.append(("all main effects + pairs", f"{100 * explained:.1f}%", ""))
-        parts.append(_table(["hyperparameter", "variance explained", "std over trees (pp)"],
-                            rows))
+        rows.append(("all main effects + pairs", f"{100 * explained:.1f}%", "",
+                     *[""] * len(others)))
+        parts.append(_table(header, rows))
     if noise_ is not None:
         parts.append(_table(["noise (log10 val_loss)", "std"], [
             (f"across seeds, within a configuration ({noise_.losses.shape[1]} seeds)",

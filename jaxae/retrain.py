@@ -20,6 +20,84 @@ from jaxae.results import Sweep, ranked
 
 
 @dataclasses.dataclass(frozen=True)
+class Baselines:
+    """The same downstream scores for codes that need no training, to read the autoencoders'
+    against: PCA with each trial's code size, and the raw pixels.
+
+    Attributes:
+        code_sizes: [k] PCA components per trial (its ``latent_dim``, at most the features).
+        pca_probe: [k] linear-probe test accuracy of the PCA codes (fitted on the train split).
+        pca_auc: [k] anomaly ROC AUC of the PCA reconstruction error, PCA fitted on the train
+            examples without the anomaly class; None without anomaly detection.
+        raw_probe: linear-probe test accuracy of the pixels themselves.
+        raw_auc: anomaly ROC AUC of the squared distance to the mean normal training example;
+            None without anomaly detection.
+    """
+
+    code_sizes: list[int]
+    pca_probe: np.ndarray
+    pca_auc: np.ndarray | None
+    raw_probe: float
+    raw_auc: float | None
+
+
+def baselines(dataset: Any, code_sizes: Sequence[int], anomaly_class: int,
+              num_classes: int) -> Baselines:
+    """PCA and raw-pixel scores with the very metrics the retrained members get."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxae import downstream as metrics_lib
+
+    train, test = dataset.train, dataset.test
+    probe = functools.partial(metrics_lib.linear_probe_accuracy,
+                              num_classes=max(num_classes, 2))
+    sizes = [min(int(k), train.x.shape[1]) for k in code_sizes]
+    is_anomaly = test.y == anomaly_class
+    anomaly = bool(is_anomaly.any()) and bool((train.y != anomaly_class).any())
+    normal = train.x[train.y != anomaly_class]
+    # Every code size padded to the largest with zero columns (a constant column is only
+    # centred by the probe, and its weight stays zero), so one compiled probe scores them all.
+    distinct = sorted(set(sizes))
+    width = max(distinct)
+    fitted = [_pca(train.x, k) for k in distinct]
+    pad = lambda z: np.pad(z, ((0, 0), (0, width - z.shape[1])))  # noqa: E731
+    accuracy = jax.vmap(probe, in_axes=(0, None, 0, None))(
+        jnp.asarray(np.stack([pad((train.x - m) @ v) for m, v in fitted])), train.y,
+        jnp.asarray(np.stack([pad((test.x - m) @ v) for m, v in fitted])), test.y)
+    pca_probe = dict(zip(distinct, np.asarray(accuracy).tolist(), strict=True))
+    pca_auc = {}
+    if anomaly:
+        errors = []
+        for k in distinct:
+            mean, basis = _pca(normal, k)
+            centred = test.x - mean
+            errors.append(np.sum((centred - centred @ basis @ basis.T) ** 2, axis=1))
+        aucs = jax.vmap(metrics_lib.roc_auc, in_axes=(0, None))(jnp.asarray(np.stack(errors)),
+                                                                jnp.asarray(is_anomaly))
+        pca_auc = dict(zip(distinct, np.asarray(aucs).tolist(), strict=True))
+    raw_auc = None
+    if anomaly:
+        distance = np.sum((test.x - normal.mean(axis=0)) ** 2, axis=1)
+        raw_auc = float(metrics_lib.roc_auc(jnp.asarray(distance), jnp.asarray(is_anomaly)))
+    return Baselines(
+        code_sizes=sizes,
+        pca_probe=np.array([pca_probe[k] for k in sizes]),
+        pca_auc=np.array([pca_auc[k] for k in sizes]) if anomaly else None,
+        raw_probe=float(probe(train.x, train.y, test.x, test.y)),
+        raw_auc=raw_auc,
+    )
+
+
+def _pca(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean [features] and the top ``k`` principal directions [features, k] of ``x``."""
+    x = np.asarray(x, dtype=np.float64)
+    mean = x.mean(axis=0)
+    _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
+    return mean, vt[:k].T
+
+
+@dataclasses.dataclass(frozen=True)
 class Downstream:
     """Downstream quality of the top-k configurations, retrained from their trial keys.
 
@@ -37,6 +115,7 @@ class Downstream:
         anomaly_class: the class held out.
         num_classes: classes the probe separates (0 without labels).
         notes: why a part was skipped, if one was.
+        baselines: PCA and raw-pixel scores (None without labels).
     """
 
     trial_ids: list[int]
@@ -51,6 +130,7 @@ class Downstream:
     anomaly_class: int
     num_classes: int
     notes: list[str]
+    baselines: Baselines | None = None
 
 
 def downstream(sweep: Sweep, *, top_k: int = 3, anomaly_class: int = 0,
@@ -157,6 +237,8 @@ def downstream(sweep: Sweep, *, top_k: int = 3, anomaly_class: int = 0,
         anomaly_class=anomaly_class,
         num_classes=num_classes,
         notes=notes,
+        baselines=baselines(dataset, [t["params"]["latent_dim"] for t in top], anomaly_class,
+                            num_classes) if labelled else None,
     )
 
 
