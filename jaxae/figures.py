@@ -8,123 +8,38 @@ notebook or a long sweep process without leaking figures or opening windows.
 
 from __future__ import annotations
 
-import io
 import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from matplotlib import colormaps
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LogNorm, Normalize
-from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+from matplotlib.ticker import NullFormatter
 
 from jaxae.analysis import Analysis, Noise, pair_surface
+from jaxae.plotting import (
+    BEST,
+    COMPLETED,
+    DIVERGED,
+    PAIR,
+    TOP_CURVES,
+    TOP_MARKED,
+    display,
+    figure,
+    finite_groups,
+    log_ticks,
+    loss_label,
+    png,
+    position,
+    style_axis,
+)
 from jaxae.results import Sweep, ranked
-from searchers import Choice, Float, Int
+from searchers import Choice
 from searchers.space import Dimension
 
 if TYPE_CHECKING:
     from jaxae.retrain import Downstream
-
-DPI = 110
-TOP_CURVES = 8  # learning curves drawn in colour
-TOP_MARKED = 5  # trials ringed in the per-hyperparameter panels
-COMPLETED = "#1f4e9c"
-DIVERGED = "#d62728"
-BEST = "#ff9f1c"
-PAIR = "#8e6bbf"
-JITTER = 0.12  # half-width of the strip a categorical value's trials spread over
-
-
-def _figure(width: float, height: float) -> Figure:
-    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _png(fig: Figure) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI)
-    return buf.getvalue()
-
-
-# -- how a dimension is drawn ---------------------------------------------------------------------
-
-
-def _is_log(dim: Dimension) -> bool:
-    return isinstance(dim, Float | Int) and dim.log
-
-
-def _position(dim: Dimension, value: Any, rng: np.random.Generator) -> float:
-    """Where a trial's value sits on an axis: the value itself, or a choice's index jittered so
-    that trials with the same option do not hide each other."""
-    if isinstance(dim, Choice):
-        return dim.index(value) + rng.uniform(-JITTER, JITTER)
-    return float(value)
-
-
-def _display(dim: Dimension, u: np.ndarray) -> np.ndarray:
-    """Axis coordinates of unit-cube coordinates ``u``: the continuous inverse of the searchers'
-    map (an integer k owns the cell around k; option k spans [k - 0.5, k + 0.5])."""
-    u = np.asarray(u, dtype=np.float64)
-    if isinstance(dim, Choice):
-        return u * len(dim.options) - 0.5
-    if isinstance(dim, Int):
-        if dim.log:
-            lo, hi = math.log(dim.low - 0.5), math.log(dim.high + 0.5)
-            return np.exp(lo + u * (hi - lo))
-        return dim.low - 0.5 + u * (dim.high - dim.low + 1)
-    if dim.log:
-        lo, hi = math.log(dim.low), math.log(dim.high)
-        return np.exp(lo + u * (hi - lo))
-    return dim.low + u * (dim.high - dim.low)
-
-
-def _style_axis(ax: Any, dim: Dimension, name: str, which: str = "x") -> None:
-    """Log scale where the space is log, option names for a choice, the space's bounds as limits."""
-    set_label = ax.set_xlabel if which == "x" else ax.set_ylabel
-    set_scale = ax.set_xscale if which == "x" else ax.set_yscale
-    set_lim = ax.set_xlim if which == "x" else ax.set_ylim
-    if isinstance(dim, Choice):
-        set_ticks = ax.set_xticks if which == "x" else ax.set_yticks
-        set_ticks(range(len(dim.options)), [str(o) for o in dim.options])
-        set_lim(-0.5, len(dim.options) - 0.5)
-        set_label(name)
-        return
-    edges = _display(dim, np.array([0.0, 1.0]))
-    if dim.log:
-        set_scale("log")
-        _log_ticks(ax.xaxis if which == "x" else ax.yaxis, *edges)
-    set_lim(*edges)
-    set_label(f"{name} (log scale)" if dim.log else name)
-
-
-def _log_ticks(axis: Any, lo: float, hi: float) -> None:
-    """Plain numbers (0.5, 1, 2, 5) on a log axis that spans under two decades, where
-    matplotlib's default would label one or two ticks as powers of ten."""
-    if 0 < lo < hi and hi / lo < 100:
-        axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        axis.set_minor_formatter(NullFormatter())
-
-
-def _loss_label(sweep: Sweep) -> str:
-    return ("validation loss (negative ELBO)" if sweep.config.model == "vae"
-            else "validation loss (reconstruction)")
-
-
-def _finite_groups(sweep: Sweep) -> dict[str, list[dict[str, Any]]]:
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for t in sweep.trials:
-        if t["val_loss"] is None:
-            key = "running" if t["status"] == "running" else "diverged"
-        else:
-            key = t["status"]
-        groups.setdefault(key, []).append(t)
-    return groups
-
 
 # -- 1. each hyperparameter against the loss ------------------------------------------------------
 
@@ -140,9 +55,9 @@ def hyperparameters(sweep: Sweep, analysis: Analysis | None) -> tuple[bytes, str
         share = dict(zip(analysis.importance.names, analysis.importance.main, strict=True))
     ncols = min(3, len(names))
     nrows = math.ceil(len(names) / ncols)
-    fig = _figure(4.4 * ncols, 3.4 * nrows + 1.1)
+    fig = figure(4.4 * ncols, 3.4 * nrows + 1.1)
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
-    groups = _finite_groups(sweep)
+    groups = finite_groups(sweep)
     finite = [t["val_loss"] for t in sweep.trials if t["val_loss"] is not None]
     positive = bool(finite) and min(finite) > 0
     top = ranked(sweep)[:TOP_MARKED]
@@ -154,7 +69,7 @@ def hyperparameters(sweep: Sweep, analysis: Analysis | None) -> tuple[bytes, str
     for ax, name in zip(axes, names, strict=False):
         dim = sweep.space[name]
         rng = np.random.default_rng(0)
-        pos = {t["trial_id"]: _position(dim, t["params"][name], rng) for t in sweep.trials
+        pos = {t["trial_id"]: position(dim, t["params"][name], rng) for t in sweep.trials
                if name in t["params"]}
 
         def scatter(trials: list[dict[str, Any]], label: str, ax: Any = ax, pos: dict = pos,
@@ -188,7 +103,7 @@ def hyperparameters(sweep: Sweep, analysis: Analysis | None) -> tuple[bytes, str
                 [pos[t["trial_id"]] for t in bad], [0.96] * len(bad),
                 transform=ax.get_xaxis_transform(), marker="x", color=DIVERGED, s=30,
                 clip_on=False, label=f"diverged, no loss ({len(bad)})")
-        _style_axis(ax, dim, name)
+        style_axis(ax, dim, name)
         if positive:
             ax.set_yscale("log")
         if finite:
@@ -196,14 +111,14 @@ def hyperparameters(sweep: Sweep, analysis: Analysis | None) -> tuple[bytes, str
             # Headroom above the worst finite loss keeps the diverged row apart from it.
             if positive:
                 ax.set_ylim(lo / 1.25, hi * 2.2)
-                _log_ticks(ax.yaxis, lo / 1.25, hi * 2.2)
+                log_ticks(ax.yaxis, lo / 1.25, hi * 2.2)
             else:
                 ax.set_ylim(lo - 0.05 * (hi - lo + 1e-12), hi + 0.3 * (hi - lo + 1e-12))
         ax.grid(True, which="major", alpha=0.3)
         title = name if name not in share else f"{name}: {analysis.shares_text(name)}"
         ax.set_title(title, fontsize=10)
         if ax.get_subplotspec().is_first_col():
-            ax.set_ylabel(_loss_label(sweep) + (" (log)" if positive else ""), fontsize=9)
+            ax.set_ylabel(loss_label(sweep) + (" (log)" if positive else ""), fontsize=9)
     for ax in axes[len(names):]:
         ax.set_visible(False)
     where = (f"fANOVA importance at {analysis.fit.budget} steps" if analysis is not None
@@ -220,7 +135,7 @@ def hyperparameters(sweep: Sweep, analysis: Analysis | None) -> tuple[bytes, str
                "diverged trials; orange rings: the top trials, star: the best.")
     if share:
         caption += " Panels are ordered by fANOVA importance."
-    return _png(fig), caption
+    return png(fig), caption
 
 
 # -- 3. importances -------------------------------------------------------------------------------
@@ -242,7 +157,7 @@ def importance(sweep: Sweep, analysis: Analysis | None) -> tuple[bytes, str] | N
 
     n = len(labels)
     ratios = [3, 2, 2] if rungs_panel else [3, 2]
-    fig = _figure(15.5 if rungs_panel else 12, 2.0 + 0.42 * max(n, len(order) + 1))
+    fig = figure(15.5 if rungs_panel else 12, 2.0 + 0.42 * max(n, len(order) + 1))
     axes = fig.subplots(1, len(ratios), width_ratios=ratios)
     left, right = axes[0], axes[1]
     y = np.arange(n)[::-1]
@@ -311,7 +226,7 @@ def importance(sweep: Sweep, analysis: Analysis | None) -> tuple[bytes, str] | N
                     "holds every trial, drawn from the search prior; higher budgets hold only "
                     "the trials the searcher promoted, so their shares describe the promising "
                     "region (and are extrapolated outside it).")
-    return _png(fig), caption
+    return png(fig), caption
 
 
 def _same_order(true: np.ndarray, est: np.ndarray) -> bool:
@@ -339,28 +254,28 @@ def interactions(sweep: Sweep, analysis: Analysis | None) -> tuple[bytes, str] |
     norm = LogNorm(lo, hi) if fit.logged and lo < hi else Normalize(lo, max(hi, lo + 1e-12))
 
     k = len(analysis.top_pairs)
-    fig = _figure(4.6 * k + 0.8, 4.6)
+    fig = figure(4.6 * k + 0.8, 4.6)
     axes = np.atleast_1d(fig.subplots(1, k, squeeze=False)).ravel()
     mesh = None
     for ax, (a, b), (ua, ub, _), z in zip(axes, analysis.top_pairs, surfaces, values,
                                           strict=True):
         da, db = sweep.space[a], sweep.space[b]
-        ea = _display(da, _edges(da, ua))
-        eb = _display(db, _edges(db, ub))
+        ea = display(da, _edges(da, ua))
+        eb = display(db, _edges(db, ub))
         mesh = ax.pcolormesh(ea, eb, z.T, norm=norm, cmap="viridis_r", shading="flat")
         rng = np.random.default_rng(1)
-        xs = [_position(da, params[t][a], rng) for t in fit.trial_ids]
-        ys = [_position(db, params[t][b], rng) for t in fit.trial_ids]
+        xs = [position(da, params[t][a], rng) for t in fit.trial_ids]
+        ys = [position(db, params[t][b], rng) for t in fit.trial_ids]
         ax.scatter(xs, ys, s=14, c="white", edgecolors="black", linewidths=0.6,
                    label=f"trials fitted ({len(xs)}, at {fit.budget} steps)")
         if best is not None:
-            ax.scatter([_position(da, best["params"][a], rng)],
-                       [_position(db, best["params"][b], rng)], marker="*", s=200, color=BEST,
+            ax.scatter([position(da, best["params"][a], rng)],
+                       [position(db, best["params"][b], rng)], marker="*", s=200, color=BEST,
                        edgecolors="black", linewidths=0.7,
                        label=f"sweep's best: trial {best['trial_id']}\n({best['val_loss']:.4g} "
                              f"at {best['steps']} steps)")
-        _style_axis(ax, da, a, "x")
-        _style_axis(ax, db, b, "y")
+        style_axis(ax, da, a, "x")
+        style_axis(ax, db, b, "y")
         share = main[a] + main[b] + imp.pairs.get((a, b), imp.pairs.get((b, a), 0.0))
         pair = imp.pairs.get((a, b), imp.pairs.get((b, a), 0.0))
         ax.set_title(f"{a} × {b}\n{100 * share:.0f}% of variance "
@@ -370,7 +285,7 @@ def interactions(sweep: Sweep, analysis: Analysis | None) -> tuple[bytes, str] |
     bar = fig.colorbar(mesh, ax=list(axes), label=f"surrogate {target}; lighter is better",
                        shrink=0.9)
     if isinstance(norm, LogNorm):
-        _log_ticks(bar.ax.yaxis, lo, hi)
+        log_ticks(bar.ax.yaxis, lo, hi)
     fig.suptitle(f"Pairwise effects of the most important pairs: {sweep.title}\n"
                  f"random-forest surrogate of {len(fit.trial_ids)} trials at {fit.budget} steps,"
                  f" other hyperparameters averaged over the search space", fontsize=10)
@@ -381,7 +296,7 @@ def interactions(sweep: Sweep, analysis: Analysis | None) -> tuple[bytes, str] |
                "colour bands mean the two act independently; bands that bend or tilt mean an "
                "interaction (e.g. the best learning rate depending on the other "
                "hyperparameter).")
-    return _png(fig), caption
+    return png(fig), caption
 
 
 def _edges(dim: Dimension, centres: np.ndarray) -> np.ndarray:
@@ -400,7 +315,7 @@ def curves(sweep: Sweep) -> tuple[bytes, str] | None:
         return None
     top = drawn[:TOP_CURVES]
     top_ids = {t["trial_id"] for t in top}
-    fig = _figure(9.5, 5.2)
+    fig = figure(9.5, 5.2)
     ax = fig.subplots()
     all_values = []
     for trial, (steps, vals) in sweep.curves.items():
@@ -418,7 +333,7 @@ def curves(sweep: Sweep) -> tuple[bytes, str] | None:
     flat = np.concatenate(all_values)
     if np.all(flat > 0):
         ax.set_yscale("log")
-        _log_ticks(ax.yaxis, flat.min(), flat.max())
+        log_ticks(ax.yaxis, flat.min(), flat.max())
     if sweep.multi_fidelity:
         budgets = sorted({b for rows in sweep.rungs.values() for b, _ in rows})
         for b in budgets:
@@ -427,7 +342,7 @@ def curves(sweep: Sweep) -> tuple[bytes, str] | None:
             ax.plot([], [], color="black", ls=":", lw=0.8, label="rung budgets")
     ax.plot([], [], color="#b0b0b0", lw=0.7, label="other trials")
     ax.set_xlabel("training step")
-    ax.set_ylabel(_loss_label(sweep) + (" (log)" if np.all(flat > 0) else ""))
+    ax.set_ylabel(loss_label(sweep) + (" (log)" if np.all(flat > 0) else ""))
     ax.grid(True, which="both", alpha=0.25)
     ax.legend(fontsize=8, loc="upper right")
     repl = f", mean of {sweep.config.repeats} seeds" if sweep.config.repeats > 1 else ""
@@ -437,7 +352,7 @@ def curves(sweep: Sweep) -> tuple[bytes, str] | None:
                f"loss), every other trial in grey"
                + (", dotted lines at the multi-fidelity rung budgets" if sweep.multi_fidelity
                   else "") + ". Curves still falling at the end mean more steps would help.")
-    return _png(fig), caption
+    return png(fig), caption
 
 
 def rungs(sweep: Sweep) -> tuple[bytes, str] | None:
@@ -448,7 +363,7 @@ def rungs(sweep: Sweep) -> tuple[bytes, str] | None:
     status = {t["trial_id"]: t["status"] for t in sweep.trials}
     finite = [v for rows in sweep.rungs.values() for _, v in rows if v is not None]
     positive = bool(finite) and min(finite) > 0
-    fig = _figure(9.5, 5.4)
+    fig = figure(9.5, 5.4)
     ax = fig.subplots()
     top_budget = max(budgets)
     for trial, rows in sweep.rungs.items():
@@ -475,11 +390,11 @@ def rungs(sweep: Sweep) -> tuple[bytes, str] | None:
     ax.set_xscale("log")
     if positive:
         ax.set_yscale("log")
-        _log_ticks(ax.yaxis, min(finite), max(finite))
+        log_ticks(ax.yaxis, min(finite), max(finite))
     ax.set_xticks(budgets, [str(b) for b in budgets])
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("budget (training steps, log scale)")
-    ax.set_ylabel(_loss_label(sweep) + " at the rung" + (" (log)" if positive else ""))
+    ax.set_ylabel(loss_label(sweep) + " at the rung" + (" (log)" if positive else ""))
     ax.grid(True, alpha=0.25)
     ax.legend(handles=[
         Line2D([], [], color=COMPLETED, marker="o", label="reached the top rung"),
@@ -494,7 +409,7 @@ def rungs(sweep: Sweep) -> tuple[bytes, str] | None:
                "reached; x marks where the searcher stopped it, dots the trials trained to the "
                "full budget; the counts on top give the trials evaluated at each rung. Lines "
                "that cross show where low-budget rankings mislead.")
-    return _png(fig), caption
+    return png(fig), caption
 
 
 # -- 5. noise -------------------------------------------------------------------------------------
@@ -505,7 +420,7 @@ def noise(sweep: Sweep, noise_: Noise | None) -> tuple[bytes, str] | None:
     if noise_ is None:
         return None
     c, r = noise_.losses.shape
-    fig = _figure(11.5, 4.8)
+    fig = figure(11.5, 4.8)
     left, right = fig.subplots(1, 2, width_ratios=[3, 1.3])
     x = np.arange(c)
     for j in range(r):
@@ -516,14 +431,14 @@ def noise(sweep: Sweep, noise_: Noise | None) -> tuple[bytes, str] | None:
     left.vlines(x, noise_.losses.min(axis=1), noise_.losses.max(axis=1), color=COMPLETED,
                 alpha=0.4, lw=1)
     left.set_yscale("log")
-    _log_ticks(left.yaxis, float(noise_.losses.min()), float(noise_.losses.max()))
+    log_ticks(left.yaxis, float(noise_.losses.min()), float(noise_.losses.max()))
     if c <= 30:
         left.set_xticks(x, [str(t) for t in noise_.trial_ids], fontsize=7,
                         rotation=90 if c > 12 else 0)
         left.set_xlabel("trial (configurations ranked by mean loss)")
     else:
         left.set_xlabel("configurations ranked by mean loss")
-    left.set_ylabel(_loss_label(sweep) + " (log)")
+    left.set_ylabel(loss_label(sweep) + " (log)")
     left.legend(fontsize=8)
     left.grid(True, alpha=0.25)
     left.set_title(f"{c} configurations × {r} seeds at {noise_.steps} steps", fontsize=10)
@@ -546,7 +461,7 @@ def noise(sweep: Sweep, noise_: Noise | None) -> tuple[bytes, str] | None:
                "of one configuration against the standard deviation of the configurations' mean "
                "log10 loss. When the two are close, differences between configurations (and the "
                "importances) are mostly seed noise.")
-    return _png(fig), caption
+    return png(fig), caption
 
 
 # -- 6. downstream --------------------------------------------------------------------------------
@@ -569,7 +484,7 @@ def downstream(sweep: Sweep, down: Downstream | None) -> tuple[bytes, str] | Non
                        "accuracy"))
     panels.append(("reconstruction error on the test split\n(model trained on all classes)",
                    down.test_loss, math.nan, "test reconstruction error"))
-    fig = _figure(4.2 * len(panels), 4.4)
+    fig = figure(4.2 * len(panels), 4.4)
     axes = np.atleast_1d(fig.subplots(1, len(panels), squeeze=False)).ravel()
     x = np.arange(len(labels))
     for ax, (title, values, chance, ylabel) in zip(axes, panels, strict=True):
@@ -595,4 +510,4 @@ def downstream(sweep: Sweep, down: Downstream | None) -> tuple[bytes, str] | Non
                f"class {down.anomaly_class} as the anomaly. Linear probe: logistic regression on "
                f"the codes (VAE: posterior means) of the training split, accuracy on the test "
                f"split. Dashed lines: chance.")
-    return _png(fig), caption
+    return png(fig), caption

@@ -67,12 +67,25 @@ def text_summary(sweep: Sweep, analysis: Analysis | None, noise_: Noise | None,
                      f"{noise_.seed_std:.3g} vs std across configurations {noise_.config_std:.3g}")
     if down is not None:
         for i, t in enumerate(down.trial_ids):
-            parts = [f"trial {t}: test loss {down.test_loss[i]:.4g}"]
+            parts = [f"trial {t}: {down.test_name} {down.test_loss[i]:.4g}"]
             if down.auc is not None:
                 parts.append(f"anomaly AUC (class {down.anomaly_class}) {down.auc[i]:.3f}")
             if down.probe_accuracy is not None:
                 parts.append(f"probe accuracy {down.probe_accuracy[i]:.3f}")
             lines.append("downstream " + ", ".join(parts))
+        base = down.baselines
+        if base is not None:
+            parts = [f"probe accuracy: raw pixels {base.raw_probe:.3f}, PCA "
+                     + ", ".join(f"{k} components {a:.3f}" for k, a in
+                                 sorted(dict(zip(base.code_sizes, base.pca_probe,
+                                                 strict=True)).items()))]
+            if base.raw_auc is not None and base.pca_auc is not None:
+                parts.append(f"anomaly AUC: raw pixels {base.raw_auc:.3f}, PCA "
+                             + ", ".join(f"{k} components {a:.3f}" for k, a in
+                                         sorted(dict(zip(base.code_sizes, base.pca_auc,
+                                                         strict=True)).items())))
+            lines.append("baselines " + "; ".join(parts))
+        lines.append(f"downstream: {down.reproduction()}")
     lines.extend(f"note: {n}" for n in notes)
     lines.append(f"report: {index}")
     return "\n".join(lines)
@@ -162,21 +175,42 @@ def index_html(sweep: Sweep, analysis: Analysis | None, noise_: Noise | None,
              noise_.seed_std),
             (f"across {len(noise_.trial_ids)} configurations (their means)", noise_.config_std)]))
     if down is not None:
-        header = ["trial", "steps", "stored val_loss", "retrained val_loss", "test loss"]
+        objective = sweep.loss_name
+        header = ["trial / baseline", "steps", f"stored val_loss ({objective})",
+                  f"retrained val_loss ({objective})", down.test_name]
         if down.auc is not None:
             header.append(f"anomaly ROC AUC (class {down.anomaly_class} held out)")
         if down.probe_accuracy is not None:
             header.append(f"linear-probe accuracy ({down.num_classes} classes)")
         rows = []
         for i, t in enumerate(down.trial_ids):
-            row = [t, down.steps[i], float(down.stored_val_loss[i]), float(down.val_loss[i]),
-                   float(down.test_loss[i])]
+            row = [f"trial {t}", down.steps[i], float(down.stored_val_loss[i]),
+                   float(down.val_loss[i]), float(down.test_loss[i])]
             if down.auc is not None:
                 row.append(float(down.auc[i]))
             if down.probe_accuracy is not None:
                 row.append(float(down.probe_accuracy[i]))
             rows.append(row)
+        base = down.baselines
+        if base is not None:
+            for i, k in enumerate(base.code_sizes):
+                if k in base.code_sizes[:i]:
+                    continue
+                row = [f"PCA, {k} components (code size of trial "
+                       f"{down.trial_ids[i]})", "", "", "", ""]
+                if down.auc is not None:
+                    row.append(float(base.pca_auc[i]) if base.pca_auc is not None else "")
+                if down.probe_accuracy is not None:
+                    row.append(float(base.pca_probe[i]))
+                rows.append(row)
+            row = ["raw pixels (AUC: distance to the mean normal example)", "", "", "", ""]
+            if down.auc is not None:
+                row.append(base.raw_auc if base.raw_auc is not None else "")
+            if down.probe_accuracy is not None:
+                row.append(base.raw_probe)
+            rows.append(row)
         parts.append("<h3>Downstream quality of the top configurations (retrained)</h3>")
+        parts.append(f"<p>{e(down.reproduction())}</p>")
         parts.append(_table(header, rows))
     parts.extend(f'<p class="note">{e(n)}</p>' for n in notes)
     parts.append("<h2>Figures</h2>")

@@ -54,6 +54,11 @@ class Sweep:
         return self.config.searcher in MULTI_FIDELITY
 
     @property
+    def loss_name(self) -> str:
+        """What ``val_loss`` measures: a VAE's negative ELBO, else the reconstruction error."""
+        return "negative ELBO" if self.config.model == "vae" else "reconstruction error"
+
+    @property
     def title(self) -> str:
         """What the figures' titles say about the sweep, e.g. ``ae / asha, 48 trials, digits``."""
         data = self.info.get("data", {}).get("name", self.config.data)
