@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from matplotlib import colormaps
+from matplotlib.cm import ScalarMappable
 from matplotlib.colors import LogNorm, Normalize
 from matplotlib.lines import Line2D
 from matplotlib.ticker import NullFormatter
@@ -61,10 +62,13 @@ def hyperparameters(sweep: Sweep, analysis: Analysis | None) -> tuple[bytes, str
     finite = [t["val_loss"] for t in sweep.trials if t["val_loss"] is not None]
     positive = bool(finite) and min(finite) > 0
     top = ranked(sweep)[:TOP_MARKED]
-    # Stopped trials in lighter shades the earlier they stopped; finished ones darkest.
+    # Colour is the trial's order (when a searcher learns, late trials gather near the optimum);
+    # the marker says how far it trained.
+    order_norm = Normalize(0, max(max(t["trial_id"] for t in sweep.trials), 1))
+    cmap = colormaps["viridis"]
     stopped = sorted({t["steps"] for t in groups.get("pruned", [])})
-    shades = colormaps["Blues"](np.linspace(0.3, 0.6, max(len(stopped), 1)))
     handles: dict[str, Any] = {}
+    mappable = None
 
     for ax, name in zip(axes, names, strict=False):
         dim = sweep.space[name]
@@ -72,48 +76,75 @@ def hyperparameters(sweep: Sweep, analysis: Analysis | None) -> tuple[bytes, str
         pos = {t["trial_id"]: position(dim, t["params"][name], rng) for t in sweep.trials
                if name in t["params"]}
 
-        def scatter(trials: list[dict[str, Any]], label: str, ax: Any = ax, pos: dict = pos,
-                    **style: Any) -> None:
+        def scatter(trials: list[dict[str, Any]], label: str, legend: dict[str, Any],
+                    ax: Any = ax, pos: dict = pos, **style: Any) -> Any:
             if not trials:
-                return
-            handles[label] = ax.scatter([pos[t["trial_id"]] for t in trials],
-                                        [t["val_loss"] for t in trials], label=label, **style)
+                return None
+            drawn = ax.scatter([pos[t["trial_id"]] for t in trials],
+                               [t["val_loss"] for t in trials], **style)
+            handles[label] = Line2D([], [], ls="", label=label, **legend)
+            return drawn
 
-        for steps, shade in zip(stopped, shades, strict=False):
+        for k, steps in enumerate(stopped):
             trials = [t for t in groups.get("pruned", []) if t["steps"] == steps]
-            scatter(trials, f"stopped at {steps} steps ({len(trials)})", s=16, color=shade,
-                    alpha=0.8, linewidths=0)
+            size = 8 + 10 * (k + 1) / (len(stopped) + 1)
+            scatter(trials, f"stopped at {steps} steps ({len(trials)})",
+                    {"marker": "o", "markersize": math.sqrt(size), "color": "#888888",
+                     "alpha": 0.6},
+                    s=size, c=[t["trial_id"] for t in trials], cmap=cmap, norm=order_norm,
+                    alpha=0.6, linewidths=0)
         running = [t for t in groups.get("running", []) if t["val_loss"] is not None]
-        scatter(running, f"still running ({len(running)})", s=16, color="#999999")
+        scatter(running, f"still running ({len(running)})",
+                {"marker": "^", "color": "#888888"}, marker="^", s=18,
+                c=[t["trial_id"] for t in running], cmap=cmap, norm=order_norm)
         done = groups.get("completed", [])
-        scatter(done, f"completed, {sweep.config.steps} steps ({len(done)})", s=22,
-                color=COMPLETED, alpha=0.9, linewidths=0)
+        drawn = scatter(done, f"completed, {sweep.config.steps} steps ({len(done)})",
+                        {"marker": "o", "markersize": 6, "color": "#444444",
+                         "markeredgecolor": "black"},
+                        s=30, c=[t["trial_id"] for t in done], cmap=cmap, norm=order_norm,
+                        edgecolors="black", linewidths=0.5, zorder=3)
+        mappable = drawn or mappable
         ringed = [t for t in top if name in t["params"]]
-        scatter(ringed, f"top {len(ringed)} trials", s=90, facecolors="none", edgecolors=BEST,
-                linewidths=1.6)
+        if ringed:
+            ax.scatter([pos[t["trial_id"]] for t in ringed], [t["val_loss"] for t in ringed],
+                       s=90, facecolors="none", edgecolors=BEST, linewidths=1.6, zorder=4)
+            handles["top"] = Line2D([], [], ls="", marker="o", markersize=9, markerfacecolor="none",
+                                    markeredgecolor=BEST, markeredgewidth=1.6,
+                                    label=f"top {len(ringed)} trials")
         if top:
-            handles["best"] = ax.scatter([pos[top[0]["trial_id"]]], [top[0]["val_loss"]],
-                                         marker="*", s=180, color=BEST, edgecolors="black",
-                                         linewidths=0.6, zorder=5,
-                                         label=f"best (trial {top[0]['trial_id']})")
+            best = top[0]
+            ax.scatter([pos[best["trial_id"]]], [best["val_loss"]], marker="*", s=180,
+                       color=BEST, edgecolors="black", linewidths=0.6, zorder=5)
+            handles["best"] = Line2D([], [], ls="", marker="*", markersize=13, color=BEST,
+                                     markeredgecolor="black",
+                                     label=f"best (trial {best['trial_id']})")
+            # The best loss written on the y axis, where the eye looks for it.
+            ax.axhline(best["val_loss"], color=BEST, lw=0.8, ls="--", alpha=0.8, zorder=1)
+            ax.annotate(f"{best['val_loss']:.3g}", (0, best["val_loss"]),
+                        xycoords=("axes fraction", "data"), xytext=(2, 2),
+                        textcoords="offset points", fontsize=7, color="#a35c00", va="bottom")
         bad = groups.get("diverged", [])
         if bad:
             # Diverged trials have no loss: pinned to the top edge (axes coordinates) in red.
-            handles["diverged"] = ax.scatter(
-                [pos[t["trial_id"]] for t in bad], [0.96] * len(bad),
-                transform=ax.get_xaxis_transform(), marker="x", color=DIVERGED, s=30,
-                clip_on=False, label=f"diverged, no loss ({len(bad)})")
+            ax.scatter([pos[t["trial_id"]] for t in bad], [0.96] * len(bad),
+                       transform=ax.get_xaxis_transform(), marker="x", color=DIVERGED, s=30,
+                       clip_on=False)
+            handles["diverged"] = Line2D([], [], ls="", marker="x", color=DIVERGED,
+                                         label=f"diverged, no loss ({len(bad)})")
         style_axis(ax, dim, name)
         if positive:
             ax.set_yscale("log")
         if finite:
             lo, hi = min(finite), max(finite)
             # Headroom above the worst finite loss keeps the diverged row apart from it.
+            room = 0.3 if groups.get("diverged") else 0.08
             if positive:
-                ax.set_ylim(lo / 1.25, hi * 2.2)
-                log_ticks(ax.yaxis, lo / 1.25, hi * 2.2)
+                hi = max(hi, lo * 1.1)
+                top_y = hi * (hi / lo) ** room
+                ax.set_ylim(lo / (hi / lo) ** 0.05, top_y)
+                log_ticks(ax.yaxis, lo / (hi / lo) ** 0.05, top_y)
             else:
-                ax.set_ylim(lo - 0.05 * (hi - lo + 1e-12), hi + 0.3 * (hi - lo + 1e-12))
+                ax.set_ylim(lo - 0.05 * (hi - lo + 1e-12), hi + room * (hi - lo + 1e-12))
         ax.grid(True, which="major", alpha=0.3)
         title = name if name not in share else f"{name}: {analysis.shares_text(name)}"
         ax.set_title(title, fontsize=10)
@@ -128,11 +159,17 @@ def hyperparameters(sweep: Sweep, analysis: Analysis | None) -> tuple[bytes, str
                  fontsize=11)
     fig.legend(handles=list(handles.values()), loc="outside lower center",
                ncols=min(4, len(handles)), fontsize=8, frameon=False)
+    if mappable is None:
+        mappable = ScalarMappable(order_norm, cmap)
+    fig.colorbar(mappable, ax=list(axes[:len(names)]), label="trial (order started)",
+                 shrink=0.6, pad=0.01)
     caption = ("Final validation loss of every trial against each varying hyperparameter (log "
                "axes where the search space is log; categorical values as jittered strips). "
-               "Darker blue: trials trained to the full budget; lighter: trials a multi-fidelity "
-               "searcher stopped early (their loss at that budget); red x on the top edge: "
-               "diverged trials; orange rings: the top trials, star: the best.")
+               "Colour: the trial's order (dark: early, yellow: late). Large black-edged dots: "
+               "trials trained to the full budget; small dots: trials a multi-fidelity searcher "
+               "stopped early (their loss at that budget, larger the later); red x on the top "
+               "edge: diverged trials; orange rings: the top trials, star and dashed line: the "
+               "best and its loss.")
     if share:
         caption += " Panels are ordered by fANOVA importance."
     return png(fig), caption
@@ -280,7 +317,9 @@ def interactions(sweep: Sweep, analysis: Analysis | None) -> tuple[bytes, str] |
         pair = imp.pairs.get((a, b), imp.pairs.get((b, a), 0.0))
         ax.set_title(f"{a} × {b}\n{100 * share:.0f}% of variance "
                      f"({100 * pair:.1f}% interaction)", fontsize=10)
-        ax.legend(loc="upper right", fontsize=7, framealpha=0.8)
+    # One legend under the panels, off the data (every panel has the same two entries).
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=2,
+               fontsize=8, frameon=False)
     target = "val loss" if not fit.logged else "val loss (geometric mean)"
     bar = fig.colorbar(mesh, ax=list(axes), label=f"surrogate {target}; lighter is better",
                        shrink=0.9)
@@ -315,7 +354,7 @@ def curves(sweep: Sweep) -> tuple[bytes, str] | None:
         return None
     top = drawn[:TOP_CURVES]
     top_ids = {t["trial_id"] for t in top}
-    fig = figure(9.5, 5.2)
+    fig = figure(11, 5.2)
     ax = fig.subplots()
     all_values = []
     for trial, (steps, vals) in sweep.curves.items():
@@ -330,7 +369,12 @@ def curves(sweep: Sweep) -> tuple[bytes, str] | None:
                 label=f"#{rank + 1} trial {t['trial_id']}: {t['val_loss']:.4g} "
                       f"({t['status']}, {t['steps']} steps)")
         all_values.append(vals)
+        train_steps, train = sweep.train_curves.get(t["trial_id"], ((), ()))
+        if len(train_steps):
+            ax.plot(train_steps, train, color=colour, lw=1.0, ls="--", alpha=0.8)
+            all_values.append(train)
     flat = np.concatenate(all_values)
+    has_train = any(len(sweep.train_curves.get(t["trial_id"], ((),))[0]) for t in top)
     if np.all(flat > 0):
         ax.set_yscale("log")
         log_ticks(ax.yaxis, flat.min(), flat.max())
@@ -340,16 +384,21 @@ def curves(sweep: Sweep) -> tuple[bytes, str] | None:
             ax.axvline(b, color="black", ls=":", lw=0.8, alpha=0.6)
         if budgets:
             ax.plot([], [], color="black", ls=":", lw=0.8, label="rung budgets")
-    ax.plot([], [], color="#b0b0b0", lw=0.7, label="other trials")
+    ax.plot([], [], color="#b0b0b0", lw=0.7, label="other trials (validation)")
+    if has_train:
+        ax.plot([], [], color="black", lw=1.0, ls="--", label="training loss (dashed)")
     ax.set_xlabel("training step")
-    ax.set_ylabel(loss_label(sweep) + (" (log)" if np.all(flat > 0) else ""))
+    ax.set_ylabel(("validation (solid) and training (dashed) loss" if has_train
+                   else loss_label(sweep)) + (" (log)" if np.all(flat > 0) else ""))
     ax.grid(True, which="both", alpha=0.25)
-    ax.legend(fontsize=8, loc="upper right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     repl = f", mean of {sweep.config.repeats} seeds" if sweep.config.repeats > 1 else ""
     ax.set_title(f"Learning curves of the top {len(top)} trials{repl}: {sweep.title}",
                  fontsize=11)
-    caption = (f"Validation loss during training of the {len(top)} best trials (legend: final "
-               f"loss), every other trial in grey"
+    caption = (f"Validation loss during training of the {len(top)} best trials (solid; legend: "
+               f"final loss) and their training loss (dashed: the mean training objective of "
+               f"each chunk, with any noise, dropout or penalty the model kind trains with), "
+               f"every other trial's validation loss in grey"
                + (", dotted lines at the multi-fidelity rung budgets" if sweep.multi_fidelity
                   else "") + ". Curves still falling at the end mean more steps would help.")
     return png(fig), caption
@@ -363,7 +412,7 @@ def rungs(sweep: Sweep) -> tuple[bytes, str] | None:
     status = {t["trial_id"]: t["status"] for t in sweep.trials}
     finite = [v for rows in sweep.rungs.values() for _, v in rows if v is not None]
     positive = bool(finite) and min(finite) > 0
-    fig = figure(9.5, 5.4)
+    fig = figure(11, 5.4)
     ax = fig.subplots()
     top_budget = max(budgets)
     for trial, rows in sweep.rungs.items():
@@ -396,12 +445,21 @@ def rungs(sweep: Sweep) -> tuple[bytes, str] | None:
     ax.set_xlabel("budget (training steps, log scale)")
     ax.set_ylabel(loss_label(sweep) + " at the rung" + (" (log)" if positive else ""))
     ax.grid(True, alpha=0.25)
-    ax.legend(handles=[
-        Line2D([], [], color=COMPLETED, marker="o", label="reached the top rung"),
-        Line2D([], [], color="#9a9a9a", marker="x", markeredgecolor="#555555", lw=0.6,
-               label="stopped at its last rung"),
-        Line2D([], [], color=DIVERGED, marker="x", lw=0, label="diverged at that rung"),
-    ], fontsize=8, loc="lower left")
+    reached = [rows for rows in sweep.rungs.values()
+               if any(v is not None for _, v in rows) and max(
+                   b for b, v in rows if v is not None) == top_budget]
+    entries = [
+        (len(reached), Line2D([], [], color=COMPLETED, marker="o",
+                              label=f"reached the top rung ({len(reached)})")),
+        (sum(s == "pruned" for s in status.values()),
+         Line2D([], [], color="#9a9a9a", marker="x", markeredgecolor="#555555", lw=0.6,
+                label="stopped at its last rung")),
+        (sum(v is None for rows in sweep.rungs.values() for _, v in rows),
+         Line2D([], [], color=DIVERGED, marker="x", lw=0, label="diverged at that rung")),
+    ]
+    # Only classes that occur, beside the axes so no line hides under the legend.
+    ax.legend(handles=[h for n, h in entries if n], fontsize=8, loc="upper left",
+              bbox_to_anchor=(1.01, 1.0))
     eta = f", eta = {sweep.config.eta}"
     ax.set_title(f"Rungs of {sweep.config.searcher}{eta}: validation loss at each budget\n"
                  f"{sweep.title}", fontsize=11, pad=16)
@@ -468,46 +526,64 @@ def noise(sweep: Sweep, noise_: Noise | None) -> tuple[bytes, str] | None:
 
 
 def downstream(sweep: Sweep, down: Downstream | None) -> tuple[bytes, str] | None:
-    """Bars of anomaly AUC, linear-probe accuracy and test loss of the retrained top trials."""
+    """Bars of anomaly AUC, linear-probe accuracy and test loss of the retrained top trials,
+    with the PCA (same code size) and raw-pixel baselines beside them."""
     if down is None:
         return None
     labels = [f"trial {t}\n{steps} steps\nval {v:.3g}"
               for t, steps, v in zip(down.trial_ids, down.steps, down.stored_val_loss,
                                      strict=True)]
-    panels: list[tuple[str, np.ndarray, float, str]] = []
+    base = down.baselines
+    # (title, values, chance, y label, PCA baseline per trial, raw-pixel baseline)
+    panels: list[tuple[str, np.ndarray, float, str, Any, Any]] = []
     if down.auc is not None:
-        panels.append((f"anomaly detection ROC AUC\n(class {down.anomaly_class} held out, score ="
-                       f" reconstruction error)", down.auc, 0.5, "ROC AUC"))
+        panels.append((f"anomaly detection ROC AUC\n(class {down.anomaly_class} held out, "
+                       f"score = reconstruction error)", down.auc, 0.5, "ROC AUC",
+                       None if base is None else base.pca_auc,
+                       None if base is None else base.raw_auc))
     if down.probe_accuracy is not None:
         panels.append((f"linear-probe accuracy of the codes\n({down.num_classes} classes, "
                        f"test split)", down.probe_accuracy, 1.0 / max(down.num_classes, 1),
-                       "accuracy"))
-    panels.append(("reconstruction error on the test split\n(model trained on all classes)",
-                   down.test_loss, math.nan, "test reconstruction error"))
-    fig = figure(4.2 * len(panels), 4.4)
+                       "accuracy", None if base is None else base.pca_probe,
+                       None if base is None else base.raw_probe))
+    panels.append((f"{down.test_name}\n(model trained on all classes)", down.test_loss,
+                   math.nan, "test reconstruction error", None, None))
+    # Wide enough for the title even with one panel (unlabelled data).
+    fig = figure(max(4.6 * len(panels), 9.0), 4.8)
     axes = np.atleast_1d(fig.subplots(1, len(panels), squeeze=False)).ravel()
     x = np.arange(len(labels))
-    for ax, (title, values, chance, ylabel) in zip(axes, panels, strict=True):
+    handles: dict[str, Any] = {}
+    for ax, (title, values, chance, ylabel, pca, raw) in zip(axes, panels, strict=True):
         ax.bar(x, values, color=COMPLETED, width=0.6)
         for xi, v in zip(x, values, strict=True):
             ax.text(xi, v, f"{v:.3f}", ha="center", va="bottom", fontsize=8)
+        if pca is not None:
+            handles["pca"] = ax.scatter(x, pca, marker="_", s=700, color=BEST, linewidths=2.5,
+                                        zorder=3, label="PCA, same code size")
+        if raw is not None:
+            handles["raw"] = ax.axhline(raw, color="#2ca02c", ls="-.", lw=1.2,
+                                        label="raw pixels")
         if math.isfinite(chance):
-            ax.axhline(chance, color="black", ls="--", lw=0.8, label=f"chance ({chance:.2f})")
+            handles["chance"] = ax.axhline(chance, color="black", ls="--", lw=0.8,
+                                           label="chance")
             ax.set_ylim(0, 1.08)
-            ax.legend(fontsize=8, loc="lower right")
         else:
             ax.set_ylim(0, float(np.nanmax(values)) * 1.15 if np.isfinite(values).any() else 1)
         ax.set_xticks(x, labels, fontsize=8)
         ax.set_ylabel(ylabel)
         ax.set_title(title, fontsize=10)
         ax.grid(True, axis="y", alpha=0.25)
-    fig.suptitle(f"Downstream quality of the top {len(labels)} configurations, retrained: "
+    if handles:
+        fig.legend(handles=list(handles.values()), loc="outside lower center",
+                   ncols=len(handles), fontsize=8, frameon=False)
+    fig.suptitle(f"Downstream quality of the top {len(labels)} configurations, retrained\n"
                  f"{sweep.title}", fontsize=11)
-    caption = (f"The {len(labels)} best configurations retrained from their trial keys (the "
-               f"retrained validation losses match the stored ones, see the table). Anomaly "
-               f"detection: each configuration retrained on the training examples of every "
-               f"class but {down.anomaly_class}, test examples scored by reconstruction error, "
-               f"class {down.anomaly_class} as the anomaly. Linear probe: logistic regression on "
-               f"the codes (VAE: posterior means) of the training split, accuracy on the test "
-               f"split. Dashed lines: chance.")
+    caption = (f"The {len(labels)} best configurations retrained from their trial keys. "
+               f"{down.reproduction()} Anomaly detection: each configuration retrained on the "
+               f"training examples of every class but {down.anomaly_class}, test examples scored "
+               f"by reconstruction error, class {down.anomaly_class} as the anomaly. Linear "
+               f"probe: logistic regression on the codes (VAE: posterior means) of the training "
+               f"split, accuracy on the test split. Baselines: PCA with each trial's code size "
+               f"(anomaly score: its reconstruction error), and the raw pixels (anomaly score: "
+               f"squared distance to the mean normal training example). Dashed lines: chance.")
     return png(fig), caption

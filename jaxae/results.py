@@ -37,6 +37,8 @@ class Sweep:
         replicates: trial -> ``[(replicate, status, val_loss or None, steps)]``.
         curves: trial -> ``(steps [m], val_loss [m])``, the mean over replicates at each step
             where every replicate has a finite loss.
+        train_curves: trial -> ``(steps [m], train_loss [m])`` likewise, the mean training loss
+            of the chunk that ended at each step.
         rungs: trial -> ``[(budget, val_loss or None)]`` by budget: what a scheduler was told.
     """
 
@@ -47,6 +49,7 @@ class Sweep:
     trials: list[dict[str, Any]]
     replicates: dict[int, list[tuple[int, str, float | None, int]]]
     curves: dict[int, tuple[np.ndarray, np.ndarray]]
+    train_curves: dict[int, tuple[np.ndarray, np.ndarray]]
     rungs: dict[int, list[tuple[int, float | None]]]
 
     @property
@@ -106,23 +109,32 @@ def load_sweep(path: str | os.PathLike[str]) -> Sweep:
     if not trials:
         raise UserError(f"{str(db_path)!r} holds no trials yet")
 
-    curves: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    by_step: dict[int, dict[int, list[float | None]]] = {}
-    for trial, _, step, val in curve_rows:
-        by_step.setdefault(trial, {}).setdefault(step, []).append(val)
-    for trial, points in by_step.items():
-        n_rep = max(len(v) for v in points.values())
-        steps = [s for s in sorted(points) if len(points[s]) == n_rep
-                 and all(v is not None for v in points[s])]
-        curves[trial] = (np.array(steps, dtype=np.int64),
-                         np.array([np.mean(points[s]) for s in steps], dtype=np.float64))
+    curves = _mean_curves([(t, s, v) for t, _, s, _, v in curve_rows])
+    train_curves = _mean_curves([(t, s, a) for t, _, s, a, _ in curve_rows])
     rungs: dict[int, list[tuple[int, float | None]]] = {}
     for trial, budget, val in rung_rows:
         rungs.setdefault(trial, []).append((budget, val))
     reps: dict[int, list[tuple[int, str, float | None, int]]] = {}
     for trial, replicate, status, val, steps in replicates:
         reps.setdefault(trial, []).append((replicate, status, val, steps))
-    return Sweep(root, info, config, space, trials, reps, curves, rungs)
+    return Sweep(root, info, config, space, trials, reps, curves, train_curves, rungs)
+
+
+def _mean_curves(rows: Sequence[tuple[int, int, float | None]]
+                 ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """``(trial, step, value)`` rows, one per replicate, to trial -> (steps, mean value): only
+    the steps where every replicate has a finite value."""
+    by_step: dict[int, dict[int, list[float | None]]] = {}
+    for trial, step, val in rows:
+        by_step.setdefault(trial, {}).setdefault(step, []).append(val)
+    curves = {}
+    for trial, points in by_step.items():
+        n_rep = max(len(v) for v in points.values())
+        steps = [s for s in sorted(points) if len(points[s]) == n_rep
+                 and all(v is not None for v in points[s])]
+        curves[trial] = (np.array(steps, dtype=np.int64),
+                         np.array([np.mean(points[s]) for s in steps], dtype=np.float64))
+    return curves
 
 
 def _read_db(path: Path) -> tuple[list[dict], list[tuple], list[tuple], list[tuple]]:
@@ -135,7 +147,7 @@ def _read_db(path: Path) -> tuple[list[dict], list[tuple], list[tuple], list[tup
         trials = [decode_trial(names, row) for row in cur.fetchall()]
         replicates = db.execute("SELECT trial_id, replicate, status, val_loss, steps "
                                 "FROM replicates ORDER BY trial_id, replicate").fetchall()
-        curves = db.execute("SELECT trial_id, replicate, step, val_loss FROM curves "
+        curves = db.execute("SELECT trial_id, replicate, step, train_loss, val_loss FROM curves "
                             "ORDER BY trial_id, step, replicate").fetchall()
         rungs = db.execute("SELECT trial_id, budget, val_loss FROM rungs "
                            "ORDER BY trial_id, budget").fetchall()
