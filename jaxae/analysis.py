@@ -87,7 +87,7 @@ def fit_set(sweep: Sweep, min_trials: int | None = None, budget: int | None = No
     most; None when fewer than three finite losses share that budget or nothing varies."""
     if not sweep.space:
         return None
-    by_budget = _losses_by_budget(sweep)
+    by_budget = losses_by_budget(sweep)
     if not by_budget:
         return None
     if budget is None:
@@ -110,7 +110,9 @@ def min_fit_trials(d: int) -> int:
     return max(MIN_FIT_TRIALS, 4 * d)
 
 
-def _losses_by_budget(sweep: Sweep) -> dict[int, list[tuple[int, float]]]:
+def losses_by_budget(sweep: Sweep) -> dict[int, list[tuple[int, float]]]:
+    """budget -> ``[(trial, finite loss)]`` measured there: what the schedulers were told, or
+    (a store without rungs) each trial's final loss at the steps it trained."""
     known = {t["trial_id"] for t in sweep.trials}
     by_budget: dict[int, list[tuple[int, float]]] = {}
     for trial, rows in sweep.rungs.items():

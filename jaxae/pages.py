@@ -101,7 +101,125 @@ figure { margin: 2em 0; }
 figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { color: #444; margin-top: 0.4em; }
 .note { color: #a40; }
+#trials th { cursor: pointer; background: #f4f4f4; position: sticky; top: 0; }
+#trials th.asc::after { content: " \\25B2"; } #trials th.desc::after { content: " \\25BC"; }
+#trials-box { max-height: 40em; overflow: auto; }
+.controls { margin: 0.5em 0; }
 """
+
+# Sorting by a header click and filtering by words and status, inline: the page must work from
+# a file with no network (no CDN, no external scripts).
+_TABLE_JS = """
+(function () {
+  var table = document.getElementById("trials");
+  var body = table.tBodies[0];
+  var rows = Array.prototype.slice.call(body.rows);
+  var text = document.getElementById("trials-filter");
+  var status = document.getElementById("trials-status");
+  var count = document.getElementById("trials-count");
+  function key(row, col) {
+    var cell = row.cells[col];
+    var v = cell.getAttribute("data-v");
+    if (v === null) { return cell.textContent; }
+    return v === "" ? Infinity : parseFloat(v);
+  }
+  Array.prototype.forEach.call(table.tHead.rows[0].cells, function (th, col) {
+    th.addEventListener("click", function () {
+      var asc = !th.classList.contains("asc");
+      Array.prototype.forEach.call(table.tHead.rows[0].cells, function (h) {
+        h.classList.remove("asc", "desc");
+      });
+      th.classList.add(asc ? "asc" : "desc");
+      rows.sort(function (a, b) {
+        var x = key(a, col), y = key(b, col);
+        var c = (typeof x === "number" && typeof y === "number") ? x - y
+          : String(x).localeCompare(String(y));
+        if (isNaN(c)) { c = 0; }
+        return asc ? c : -c;
+      });
+      rows.forEach(function (r) { body.appendChild(r); });
+    });
+  });
+  function filter() {
+    var words = text.value.toLowerCase().split(/\\s+/).filter(Boolean);
+    var want = status.value, shown = 0;
+    rows.forEach(function (r) {
+      var t = r.textContent.toLowerCase();
+      var ok = (!want || r.getAttribute("data-status") === want)
+        && words.every(function (w) { return t.indexOf(w) >= 0; });
+      r.style.display = ok ? "" : "none";
+      if (ok) { shown += 1; }
+    });
+    count.textContent = shown + " of " + rows.length + " trials";
+  }
+  text.addEventListener("input", filter);
+  status.addEventListener("change", filter);
+  filter();
+})();
+"""
+
+_PAIR_JS = """
+(function () {
+  var select = document.getElementById("pair-select");
+  var img = document.getElementById("pair-img");
+  var link = document.getElementById("pair-link");
+  var caption = document.getElementById("pair-caption");
+  select.addEventListener("change", function () {
+    var o = select.options[select.selectedIndex];
+    img.src = o.value; link.href = o.value;
+    img.alt = o.getAttribute("data-caption");
+    caption.textContent = o.getAttribute("data-caption");
+  });
+})();
+"""
+
+
+def trials_table(sweep: Sweep) -> str:
+    """Every trial in one sortable, filterable table (numbers sort by their exact value)."""
+    e = html.escape
+    rank = {t["trial_id"]: i + 1 for i, t in enumerate(ranked(sweep))}
+    names = list(sweep.space)
+    header = ["trial", "rank", "status", "steps", f"val_loss ({sweep.loss_name})", *names]
+    statuses = sorted({t["status"] for t in sweep.trials})
+    out = ['<div class="controls"><label>filter <input id="trials-filter" type="search" '
+           'placeholder="words, e.g. completed relu" size="30"></label> '
+           '<label>status <select id="trials-status"><option value="">all</option>'
+           + "".join(f'<option value="{e(st)}">{e(st)}</option>' for st in statuses)
+           + '</select></label> <span id="trials-count"></span> (click a header to sort)</div>',
+           '<div id="trials-box"><table id="trials"><thead><tr>'
+           + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr></thead><tbody>"]
+
+    def cell(v: Any) -> str:
+        if isinstance(v, bool) or not isinstance(v, int | float | type(None)):
+            return f"<td>{e(str(v))}</td>"
+        shown = "" if v is None else _fmt(v)
+        exact = "" if v is None else repr(v)
+        return f'<td class="num" data-v="{e(exact)}">{e(shown)}</td>'
+
+    for t in sweep.trials:
+        values = [t["trial_id"], rank.get(t["trial_id"]), t["status"], t["steps"],
+                  t["val_loss"], *[t["params"].get(n) for n in names]]
+        out.append(f'<tr data-status="{e(t["status"])}">' + "".join(cell(v) for v in values)
+                   + "</tr>")
+    out.append(f"</tbody></table></div><script>{_TABLE_JS}</script>")
+    return "\n".join(out)
+
+
+def pair_picker(pairs: Mapping[str, str]) -> str:
+    """A select box over the per-pair contour images, one shown at a time."""
+    if not pairs:
+        return ""
+    e = html.escape
+    first, caption = next(iter(pairs.items()))
+    options = "".join(
+        f'<option value="{e(name)}" data-caption="{e(cap)}">'
+        f'{e(name.removeprefix("pair-").removesuffix(".png").replace("--", " × "))}</option>'
+        for name, cap in pairs.items())
+    return (f'<figure><div class="controls"><label>pair <select id="pair-select">{options}'
+            f'</select></label></div><a id="pair-link" href="{e(first)}">'
+            f'<img id="pair-img" src="{e(first)}" alt="{e(caption)}"></a>'
+            f'<figcaption id="pair-caption">{e(caption)}</figcaption></figure>'
+            f"<script>{_PAIR_JS}</script>")
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -116,9 +234,9 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 def index_html(sweep: Sweep, analysis: Analysis | None, noise_: Noise | None,
                down: Downstream | None, figures: Mapping[str, str],
-               notes: Sequence[str] = ()) -> str:
-    """The self-contained page (no scripts, no external resources); every string that came from
-    the user's config or data is escaped."""
+               notes: Sequence[str] = (), pairs: Mapping[str, str] | None = None) -> str:
+    """The self-contained page (inline scripts only, no external resources); every string that
+    came from the user's config or data is escaped. Each figure links to its full-size image."""
     e = html.escape
     c = sweep.config
     parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
@@ -215,7 +333,14 @@ def index_html(sweep: Sweep, analysis: Analysis | None, noise_: Noise | None,
     parts.extend(f'<p class="note">{e(n)}</p>' for n in notes)
     parts.append("<h2>Figures</h2>")
     for name, caption in figures.items():
-        parts.append(f'<figure><img src="{e(name)}" alt="{e(caption)}">'
-                     f"<figcaption>{e(caption)}</figcaption></figure>")
+        parts.append(f'<figure><a href="{e(name)}"><img src="{e(name)}" alt="{e(caption)}"></a>'
+                     f"<figcaption>{e(caption)} (Click for full size.)</figcaption></figure>")
+        if name == "interactions.png" and pairs:
+            parts.append("<h3>Any pair of the most important hyperparameters</h3>")
+            parts.append(pair_picker(pairs))
+    if pairs and "interactions.png" not in figures:
+        parts.append(pair_picker(pairs))
+    parts.append(f"<h2>All {len(sweep.trials)} trials</h2>")
+    parts.append(trials_table(sweep))
     parts.append("</body></html>\n")
     return "\n".join(parts)

@@ -41,8 +41,9 @@ from jaxae.retrain import Downstream
 REPORT_DIR = "report"
 # Every figure name the report may write; a figure not produced this time is removed so the
 # directory never shows a stale picture next to a new index.html.
-FIGURES = ("hyperparameters.png", "importance.png", "interactions.png", "curves.png",
-           "rungs.png", "noise.png", "downstream.png")
+FIGURES = ("hyperparameters.png", "importance.png", "interactions.png", "history.png",
+           "parallel.png", "curves.png", "rungs.png", "noise.png", "downstream.png")
+PAIR_PREFIX = "pair-"  # one contour image per pair: pair-<a>--<b>.png
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +54,7 @@ class Report:
         dir: ``DIR/report``.
         index: the HTML page.
         figures: file name -> caption, in page order.
+        pairs: file name -> caption of the per-pair contour images the page lets one pick.
         analysis: importances (None when too few trials finished).
         noise: seed noise (None without replicates).
         downstream: downstream scores (None when skipped).
@@ -62,6 +64,7 @@ class Report:
     dir: Path
     index: Path
     figures: dict[str, str]
+    pairs: dict[str, str]
     analysis: Analysis | None
     noise: Noise | None
     downstream: Downstream | None
@@ -75,7 +78,7 @@ def build(sweep_dir: str | os.PathLike[str], *, top_k: int = 3, anomaly_class: i
     Raises:
         UserError: ``sweep_dir`` is not a readable sweep, or the report directory is not writable.
     """
-    from jaxae import figures
+    from jaxae import figures, trial_views
     from jaxae.store import atomic_write_bytes
 
     sweep = results_lib.load_sweep(sweep_dir)
@@ -101,6 +104,8 @@ def build(sweep_dir: str | os.PathLike[str], *, top_k: int = 3, anomaly_class: i
         ("hyperparameters.png", lambda: figures.hyperparameters(sweep, analysis)),
         ("importance.png", lambda: figures.importance(sweep, analysis)),
         ("interactions.png", lambda: figures.interactions(sweep, analysis)),
+        ("history.png", lambda: trial_views.history(sweep)),
+        ("parallel.png", lambda: trial_views.parallel_coordinates(sweep, analysis)),
         ("curves.png", lambda: figures.curves(sweep)),
         ("rungs.png", lambda: figures.rungs(sweep)),
         ("noise.png", lambda: figures.noise(sweep, noise_)),
@@ -115,10 +120,17 @@ def build(sweep_dir: str | os.PathLike[str], *, top_k: int = 3, anomaly_class: i
         png, caption = drawn
         atomic_write_bytes(out / name, png)
         made[name] = caption
+    pairs: dict[str, str] = {}
+    for name, png, caption in trial_views.pair_contours(sweep, analysis):
+        atomic_write_bytes(out / name, png)
+        pairs[name] = caption
+    for stale in out.glob(f"{PAIR_PREFIX}*.png"):
+        if stale.name not in pairs:
+            stale.unlink()
     summary = pages.text_summary(sweep, analysis, noise_, down, out / "index.html", notes)
-    page = pages.index_html(sweep, analysis, noise_, down, made, notes)
+    page = pages.index_html(sweep, analysis, noise_, down, made, notes, pairs)
     atomic_write_bytes(out / "index.html", page.encode())
-    return Report(out, out / "index.html", made, analysis, noise_, down, summary)
+    return Report(out, out / "index.html", made, pairs, analysis, noise_, down, summary)
 
 
 # -- command line ---------------------------------------------------------------------------------

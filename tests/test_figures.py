@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from jaxae import analysis as analysis_lib
-from jaxae import figures
+from jaxae import figures, plotting, trial_views
 from jaxae.results import load_sweep
 from jaxae.retrain import Downstream
 
@@ -46,13 +46,19 @@ def _draw_all(sweep, analysis, noise):
         "rungs": figures.rungs(sweep),
         "noise": figures.noise(sweep, noise),
         "downstream": figures.downstream(sweep, _fake_downstream(sweep)),
+        "history": trial_views.history(sweep),
+        "parallel": trial_views.parallel_coordinates(sweep, analysis),
+        **{name: (png, caption) for name, png, caption in
+           trial_views.pair_contours(sweep, analysis)},
     }
 
 
 def test_every_figure_renders_a_png_with_a_caption(parts) -> None:
     sweep, analysis, noise = parts
     assert analysis is not None and noise is not None
-    for name, drawn in _draw_all(sweep, analysis, noise).items():
+    drawn_all = _draw_all(sweep, analysis, noise)
+    assert sum(name.startswith("pair-") for name in drawn_all) == 3  # every pair of 3 names
+    for name, drawn in drawn_all.items():
         assert drawn is not None, name
         png, caption = drawn
         width, height = _size(png)
@@ -67,3 +73,18 @@ def test_figures_with_nothing_to_show_are_none(parts) -> None:
     assert figures.interactions(sweep, None) is None
     assert figures.noise(sweep, None) is None
     assert figures.downstream(sweep, None) is None
+
+
+def test_pair_contours_need_an_analysis(parts) -> None:
+    sweep, _, _ = parts
+    assert trial_views.pair_contours(sweep, None) == []
+
+
+@pytest.mark.parametrize("lo, hi", [(4.3, 11.0), (1.0, 20.0), (0.05, 0.5), (25.0, 300.0),
+                                    (0.3, 0.33), (1.1, 1.3), (0.011, 0.0125)])
+def test_log_ticks_are_at_least_four_round_numbers_inside_the_range(lo, hi) -> None:
+    ticks = plotting.nice_ticks(lo, hi)
+    assert len(ticks) >= 4 and ticks == sorted(set(ticks))
+    assert all(lo <= t <= hi for t in ticks)
+    # Round: three significant digits say each exactly.
+    assert all(abs(float(f"{t:.3g}") - t) <= 1e-9 * t for t in ticks)

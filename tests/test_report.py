@@ -6,7 +6,8 @@ import sqlite3
 
 import pytest
 
-from jaxae import report, results
+from jaxae import analysis as analysis_lib
+from jaxae import importance, pages, report, results
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -28,19 +29,73 @@ def built(sweep_dir):
 
 def test_report_writes_every_figure_and_the_page_shows_them(built) -> None:
     out, summary = built
-    pngs = sorted(p.name for p in out.glob("*.png"))
+    figures = sorted(p.name for p in out.glob("*.png") if not p.name.startswith("pair-"))
     # ASHA with replicates and labels: every figure the report knows has something to show.
-    assert pngs == sorted(report.FIGURES)
+    assert figures == sorted(report.FIGURES)
     page = (out / "index.html").read_text()
-    for name in pngs:
+    for name in figures:
         assert (out / name).read_bytes()[:8] == PNG
-        assert f'<img src="{name}"' in page
-    assert "<script" not in page and "http" not in page  # self-contained
-    assert "learning_rate" in page and "variance explained" in page
+        # Shown, and linked to the full-size image.
+        assert f'<a href="{name}"><img src="{name}"' in page
+    # Self-contained: inline scripts only, nothing fetched from anywhere.
+    assert "http" not in page and "<script src" not in page and "<link" not in page
+    assert "learning_rate" in page and "% of variance at" in page
     # The terminal summary: best configuration, importances as percentages, the page's path.
     assert "best: trial" in summary and "learning_rate=" in summary
     assert summary.count("%") >= 3
     assert str(out / "index.html") in summary
+
+
+def test_every_pair_of_the_top_hyperparameters_can_be_picked(built) -> None:
+    out, _ = built
+    page = (out / "index.html").read_text()
+    pairs = sorted(p.name for p in out.glob("pair-*.png"))
+    # Three varying hyperparameters: all three pairs.
+    assert len(pairs) == 3
+    for name in pairs:
+        assert (out / name).read_bytes()[:8] == PNG
+        assert f'<option value="{name}"' in page
+    assert 'id="pair-select"' in page and 'id="pair-img"' in page
+
+
+def test_the_page_lists_every_trial_in_a_sortable_table(built, sweep_dir) -> None:
+    out, _ = built
+    page = (out / "index.html").read_text()
+    table = page[page.index('<table id="trials">'):]
+    table = table[:table.index("</table>")]
+    with sqlite3.connect(sweep_dir / "trials.db") as db:
+        rows = db.execute("SELECT trial_id, status, val_loss FROM trials").fetchall()
+    assert table.count("<tr data-status=") == len(rows)
+    for trial_id, status, val_loss in rows:
+        assert f'<tr data-status="{status}"><td class="num" data-v="{trial_id}">' in table
+        if val_loss is not None:
+            assert f'data-v="{val_loss!r}"' in table  # sorts by the exact stored value
+    assert 'id="trials-filter"' in page and "addEventListener" in page
+
+
+def test_importance_is_given_at_every_budget_it_was_computed(sweep_dir, monkeypatch) -> None:
+    # Few enough trials needed that more than one rung of the small sweep qualifies.
+    monkeypatch.setattr(analysis_lib, "min_fit_trials", lambda d: 4)
+    sweep = results.load_sweep(sweep_dir)
+    analysis = analysis_lib.analyse(sweep)
+    others = analysis.other_budgets()
+    assert others, "the small sweep should have importances at two budgets"
+    summary = pages.text_summary(sweep, analysis, None, None, sweep_dir / "index.html")
+    page = pages.index_html(sweep, analysis, None, None, {})
+    head = summary[summary.index("importance at"):].splitlines()
+    assert f"importance at {analysis.fit.budget} steps" in head[0]
+    assert all(f"{b} steps" in head[1] for b in others)
+    for b in others:
+        assert f"at {b} steps ({analysis.by_budget[b][0]} trials)" in page
+        for name, share in zip(analysis.importance.names, analysis.by_budget[b][1], strict=True):
+            line = next(x for x in head if x.strip().startswith(name))
+            assert f"{100 * share:.1f}%" in line, (b, name)
+            # The same numbers as fANOVA at that budget's own trials.
+            fit = analysis_lib.fit_set(sweep, budget=b)
+            want = importance.fanova(fit.X, fit.y, analysis.importance.names,
+                                     n_trees=analysis_lib.N_TREES, seed=sweep.config.seed,
+                                     pairs=False).main
+            assert share == pytest.approx(want[analysis.importance.names.index(name)])
 
 
 def test_diverged_trials_are_drawn_not_dropped(sweep_dir, tmp_path) -> None:
