@@ -556,7 +556,9 @@ def downstream(sweep: Sweep, down: Downstream | None) -> tuple[bytes, str] | Non
     for ax, (title, values, chance, ylabel, pca, raw) in zip(axes, panels, strict=True):
         ax.bar(x, values, color=COMPLETED, width=0.6)
         for xi, v in zip(x, values, strict=True):
-            ax.text(xi, v, f"{v:.3f}", ha="center", va="bottom", fontsize=8)
+            # At the bar's foot, in white: the baseline marks sit near its top.
+            ax.annotate(f"{v:.3g}", (xi, 0), xytext=(0, 4), textcoords="offset points",
+                        ha="center", va="bottom", fontsize=9, color="white", fontweight="bold")
         if pca is not None:
             handles["pca"] = ax.scatter(x, pca, marker="_", s=700, color=BEST, linewidths=2.5,
                                         zorder=3, label="PCA, same code size")

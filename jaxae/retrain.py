@@ -25,7 +25,7 @@ DIFFERENCE_REASON = (
     "retraining repeats the sweep's program from the trial's own keys, so a difference means the "
     "sweep trained it under other conditions (reduced-precision matmuls on an accelerator, "
     "another population size, a resumed checkpoint); the stored loss is the trial's, the "
-    "retrained one belongs to the model scored here")
+    "retrained one belongs to the model scored here.")
 
 
 @dataclasses.dataclass(frozen=True)
