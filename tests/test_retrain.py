@@ -66,3 +66,42 @@ def _members(sweep, trial_ids, dataset):
                               pop_lib.trial_keys(sweep.config.seed, t["trial_id"], 0))
                for t in trials]
     return spec, members
+
+
+def test_baselines_are_sklearns_pca_and_pixels(sweep_dir, down) -> None:
+    from sklearn.decomposition import PCA
+
+    sweep = load_sweep(sweep_dir)
+    dataset = data_lib.load(sweep.config.data, seed=sweep.config.seed)
+    base = down.baselines
+    assert base is not None
+    rows = {t["trial_id"]: t for t in sweep.trials}
+    assert base.code_sizes == [rows[t]["params"]["latent_dim"] for t in down.trial_ids]
+    train, test = dataset.train, dataset.test
+    normal = train.x[train.y != 0]
+    is_anomaly = test.y == 0
+    for k, auc in zip(base.code_sizes, base.pca_auc, strict=True):
+        pca = PCA(n_components=k).fit(normal)
+        error = np.sum((test.x - pca.inverse_transform(pca.transform(test.x))) ** 2, axis=1)
+        assert auc == pytest.approx(roc_auc_score(is_anomaly, error), abs=1e-4)
+    distance = np.sum((test.x - normal.mean(axis=0)) ** 2, axis=1)
+    assert base.raw_auc == pytest.approx(roc_auc_score(is_anomaly, distance), abs=1e-6)
+    # The probe on PCA codes, by sklearn on the same standardised codes.
+    k = base.code_sizes[0]
+    pca = PCA(n_components=k).fit(train.x)
+    codes_train, codes_test = pca.transform(train.x), pca.transform(test.x)
+    mean, std = codes_train.mean(0), codes_train.std(0)
+    probe = LogisticRegression(C=1.0 / (1e-3 * len(codes_train)), max_iter=5000, tol=1e-8)
+    probe.fit((codes_train - mean) / std, train.y)
+    assert abs(base.pca_probe[0] - probe.score((codes_test - mean) / std, test.y)) <= 0.02
+
+
+def test_reproduction_says_which_trials_differ(down) -> None:
+    import dataclasses
+
+    assert "reproduce the stored ones" in down.reproduction()
+    off = down.val_loss.copy()
+    off[1] *= 1.05
+    text = dataclasses.replace(down, val_loss=off).reproduction()
+    assert "do not reproduce" in text and f"trial {down.trial_ids[1]}" in text
+    assert f"trial {down.trial_ids[0]}" not in text and "up to 5%" in text
