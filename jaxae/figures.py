@@ -240,10 +240,14 @@ def importance(sweep: Sweep, analysis: Analysis | None) -> tuple[bytes, str] | N
         height = 0.8 / len(budgets)
         for k, (budget, shade) in enumerate(zip(budgets, shades, strict=True)):
             count, main = analysis.by_budget[budget]
-            ax.barh(yy + 0.4 - (k + 0.5) * height, 100 * main, height=height, color=shade,
+            ys = yy + 0.4 - (k + 0.5) * height
+            ax.barh(ys, 100 * main[order], height=height, color=shade,
                     label=f"{budget} steps ({count} trials)")
-        ax.set_yticks(yy, list(imp.names))
-        ax.set_xlim(0, 100)
+            for yi, v in zip(ys, 100 * main[order], strict=True):
+                ax.text(v + 1, yi, f"{v:.0f}%", va="center", fontsize=7)
+        # Rows in the left panel's order, so a name sits at the same height in both.
+        ax.set_yticks(yy, [imp.names[i] for i in order])
+        ax.set_xlim(0, 108)
         ax.set_xlabel(f"% of the variance of {target} explained")
         ax.set_title("Main effects at each budget\n(higher budgets: promoted trials only)",
                      fontsize=10)
