@@ -143,7 +143,9 @@ def parallel_coordinates(sweep: Sweep, analysis: Analysis | None
                        pad=0.02)
     if positive:
         log_ticks(bar.ax.yaxis, float(losses.min()), float(losses.max()))
-    ax.set_title(f"Parallel coordinates of {len(done)} trials: {sweep.title}", fontsize=11)
+    ax.set_title(f"Parallel coordinates of {len(done)} trials: {sweep.title}\n(val_loss at the "
+                 f"last budget each trial reached; {top_steps} steps for the full ones)",
+                 fontsize=11)
     caption = ("Parallel coordinates: one line per trial with a finite loss, through its value of "
                "each hyperparameter (axes in importance order, on the search prior's scale: log "
                "where the space is log) to its validation loss at the last budget it reached; "
