@@ -172,4 +172,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from jaxae import runtime
+
+    # The sweep's device layout (one JAX device per core), before anything starts JAX: the
+    # retrained members then run the programs their trials ran.
+    try:
+        runtime.use_cpu_cores()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     raise SystemExit(main())

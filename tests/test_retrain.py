@@ -22,7 +22,8 @@ def down(sweep_dir):
 
 def test_retrained_members_reproduce_the_stored_trials(down) -> None:
     assert len(down.trial_ids) == 4
-    np.testing.assert_allclose(down.val_loss, down.stored_val_loss, rtol=1e-5)
+    # The sweep's layout, the same compiled program: equal but for evaluation rounding.
+    np.testing.assert_allclose(down.val_loss, down.stored_val_loss, rtol=1e-6)
 
 
 def test_anomaly_auc_is_sklearns_on_the_same_scores(sweep_dir, down) -> None:
