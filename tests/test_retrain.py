@@ -106,3 +106,36 @@ def test_reproduction_says_which_trials_differ(down) -> None:
     text = dataclasses.replace(down, val_loss=off).reproduction()
     assert "do not reproduce" in text and f"trial {down.trial_ids[1]}" in text
     assert f"trial {down.trial_ids[0]}" not in text and "up to 5%" in text
+
+
+_TWO_DEVICES = """
+import json
+import sys
+from jaxae import runtime
+runtime.use_cpu_cores()
+import jax
+from jaxae import retrain
+from jaxae.results import load_sweep
+from jaxae.sweep import main
+assert jax.device_count() == 2
+out = sys.argv[1]
+assert main(["--searcher", "random", "--trials", "2", "--steps", "30", "--population", "2",
+             "--chunk", "10", "--out", out, "--no-report", "--no-progress"]) == 0
+down = retrain.downstream(load_sweep(out), top_k=2)
+print(json.dumps([down.val_loss.tolist(), down.stored_val_loss.tolist()]))
+"""
+
+
+def test_retraining_reproduces_a_sweep_sharded_over_two_devices(tmp_path) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "JAXAE_CPU_DEVICES": "2", "JAXAE_COMPILATION_CACHE": "off"}
+    env.pop("XLA_FLAGS", None)
+    run = subprocess.run([sys.executable, "-c", _TWO_DEVICES, str(tmp_path / "s")], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    retrained, stored = json.loads(run.stdout.strip().splitlines()[-1])
+    np.testing.assert_allclose(retrained, stored, rtol=1e-6)
