@@ -106,9 +106,10 @@ def log_ticks(axis: Any, lo: float, hi: float) -> None:
 
 
 def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
-    """At least ``min(n, 4)`` round numbers (1, 2, 2.5, 5 times a power of ten, or finer)
-    inside ``[lo, hi]``, spread evenly on a log scale."""
-    for steps in ((1, 2, 5), (1, 1.5, 2, 3, 5, 7), (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 7, 8, 9)):
+    """At least ``min(n, 4)`` round numbers (1, 2, 5 times a power of ten, or finer) inside
+    ``[lo, hi]``, spread evenly on a log scale, with the low end (the best losses) labelled."""
+    for steps in ((1, 2, 5), (1, 2, 3, 5), (1, 1.5, 2, 3, 4, 5, 6, 8),
+                  (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 7, 8, 9)):
         grid = [m * 10.0**e for e in range(math.floor(math.log10(lo)) - 1,
                                            math.ceil(math.log10(hi)) + 1) for m in steps]
         inside = [v for v in grid if lo <= v <= hi]
@@ -116,10 +117,17 @@ def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
             break
     if len(inside) < min(n, 4):
         # A range too narrow for round multiples of powers of ten: evenly spaced round numbers.
-        return [float(v) for v in MaxNLocator(n).tick_values(lo, hi) if lo <= v <= hi]
-    # Thin to about n, keeping the ends of the range covered.
-    idx = np.unique(np.round(np.linspace(0, len(inside) - 1, min(n + 1, len(inside)))))
-    return [inside[int(i)] for i in idx]
+        ticks = [float(v) for v in MaxNLocator(n).tick_values(lo, hi) if lo <= v <= hi]
+    else:
+        # Thin to about n by a fixed stride, so the labels stay evenly spaced.
+        ticks = inside[::math.ceil(len(inside) / (n + 1))]
+    # The low end is where the best trials are: label it when the first round tick is far above.
+    if ticks and math.log(ticks[0] / lo) > 0.12 * math.log(hi / lo):
+        unit = 10.0 ** (math.floor(math.log10(lo)) - 1)
+        low = math.ceil(lo / unit - 1e-9) * unit
+        if lo <= low < ticks[0] and math.log(ticks[0] / low) > 0.06 * math.log(hi / lo):
+            ticks.insert(0, low)
+    return ticks
 
 
 def loss_label(sweep: Sweep) -> str:

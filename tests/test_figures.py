@@ -1,6 +1,7 @@
 """Every figure renders on the small sweep: PNG bytes of a sane size and a caption; a figure with
 nothing to show is None."""
 
+import math
 import struct
 
 import numpy as np
@@ -81,10 +82,13 @@ def test_pair_contours_need_an_analysis(parts) -> None:
 
 
 @pytest.mark.parametrize("lo, hi", [(4.3, 11.0), (1.0, 20.0), (0.05, 0.5), (25.0, 300.0),
-                                    (0.3, 0.33), (1.1, 1.3), (0.011, 0.0125)])
+                                    (0.3, 0.33), (1.1, 1.3), (0.011, 0.0125), (3.2, 11.5),
+                                    (25.5, 50.5), (0.564, 12.0)])
 def test_log_ticks_are_at_least_four_round_numbers_inside_the_range(lo, hi) -> None:
     ticks = plotting.nice_ticks(lo, hi)
     assert len(ticks) >= 4 and ticks == sorted(set(ticks))
     assert all(lo <= t <= hi for t in ticks)
     # Round: three significant digits say each exactly.
     assert all(abs(float(f"{t:.3g}") - t) <= 1e-9 * t for t in ticks)
+    # The low end, where the best losses are, is labelled (within a fifth of the log range).
+    assert math.log(ticks[0] / lo) <= 0.2 * math.log(hi / lo)
