@@ -92,8 +92,9 @@ def text_summary(sweep: Sweep, analysis: Analysis | None, noise_: Noise | None,
 
 
 _CSS = """
-body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222;
+body { font-family: system-ui, sans-serif; max-width: 1750px; margin: 2em auto; color: #222;
        padding: 0 1em; }
+p, figcaption, h1, h2, h3 { max-width: 1100px; }
 table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }

@@ -172,7 +172,8 @@ def downstream(sweep: Sweep, *, top_k: int = 3, anomaly_class: int = 0,
 
     Each trial is retrained in one population per compiled program (bucket), from its own keys
     ``population.trial_keys(seed, trial, 0)`` (replicate 0) to the steps it trained in the sweep,
-    on the same padded shapes, so the member reproduces the stored trial. Its codes of the train
+    on the same padded shapes and in the sweep's layout (``sweep_layout``), so the member
+    reproduces the stored trial. Its codes of the train
     split fit a linear probe scored on the test split. For anomaly detection the same
     configurations are retrained on the train split without ``anomaly_class`` (a model must not
     have seen the anomalies) and score each test example by its reconstruction error.
