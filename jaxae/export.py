@@ -24,6 +24,7 @@ import datetime
 import logging
 import math
 import os
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -142,11 +143,12 @@ def export(sweep_dir: str | os.PathLike[str], storage: str, study_name: str | No
     try:
         backend = optuna.storages.get_storage(storage)
     except Exception as e:  # SQLAlchemy and Optuna raise many kinds for a bad URL
-        raise UserError(f"cannot open Optuna storage {storage!r}: {one_line(e)}") from None
+        raise UserError(f"cannot open Optuna storage {shown(storage)!r}: "
+                        f"{one_line(e).replace(storage, shown(storage))}") from None
     try:
         study = optuna.create_study(storage=backend, study_name=name, direction="minimize")
     except optuna.exceptions.DuplicatedStudyError:
-        raise UserError(f"study {name!r} already exists in {storage!r}; choose another "
+        raise UserError(f"study {name!r} already exists in {shown(storage)!r}; choose another "
                         "--study-name") from None
     try:
         c = sweep.config
@@ -159,6 +161,11 @@ def export(sweep_dir: str | os.PathLike[str], storage: str, study_name: str | No
         optuna.delete_study(study_name=name, storage=backend)
         raise
     return name, len(trials)
+
+
+def shown(url: str) -> str:
+    """``url`` with any password replaced by ``***``, for messages and logs."""
+    return re.sub(r"(//[^:/@]+:)[^@/]*@", r"\1***@", url)
 
 
 def _fixed(sweep: Sweep) -> dict[str, Any]:
@@ -193,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"exported {n} trials to {args.optuna_storage} as study {name!r}")
+    print(f"exported {n} trials to {shown(args.optuna_storage)} as study {name!r}")
     return 0
 
 

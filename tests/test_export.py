@@ -99,3 +99,10 @@ def test_running_and_diverged_trials_keep_their_state(sweep_dir, tmp_path) -> No
     assert got[0].state == optuna.trial.TrialState.RUNNING and got[0].value is None
     assert got[0].datetime_complete is None
     assert got[1].state == optuna.trial.TrialState.FAIL and got[1].value is None
+
+
+def test_a_storage_password_never_reaches_the_message(sweep_dir, capsys) -> None:
+    url = "postgresql://bob:hunter2@127.0.0.1:1/nowhere"
+    assert export.main([str(sweep_dir), "--optuna-storage", url]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "hunter2" not in err and "bob:***@" in err
