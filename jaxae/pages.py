@@ -261,7 +261,8 @@ def index_html(sweep: Sweep, analysis: Analysis | None, noise_: Noise | None,
         parts.append(_table(["hyperparameter", "value"], rows))
         top = best[:5]
         parts.append("<h3>Top trials</h3>")
-        parts.append(_table(["trial", "status", "steps", "val_loss", *sweep.space],
+        parts.append(_table(["trial", "status", "steps", f"val_loss ({sweep.loss_name})",
+                             *sweep.space],
                             [(t["trial_id"], t["status"], t["steps"], t["val_loss"],
                               *[t["params"].get(k) for k in sweep.space]) for t in top]))
     if analysis is not None:
