@@ -40,7 +40,7 @@ from typing import IO
 import numpy as np
 
 from jaxae import memory
-from jaxae.errors import UserError
+from jaxae.errors import UserError, one_line
 
 # Fewer examples than this cannot give every split at least one example with room to spare.
 MIN_EXAMPLES = 10
@@ -275,11 +275,6 @@ def _fail(path: str | os.PathLike[str], problem: str) -> UserError:
     return UserError(f"data file {_show(path)}: {problem}")
 
 
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return text or type(err).__name__
-
-
 def _read_source(path: str | os.PathLike[str]) -> _Source:
     """Reads any supported source into host arrays, telling formats apart by their magic bytes."""
     if os.path.isdir(path):
@@ -293,7 +288,7 @@ def _read_source(path: str | os.PathLike[str]) -> _Source:
         with open(path, "rb") as f:
             head = f.read(len(_NPY_MAGIC))
     except OSError as err:
-        raise _fail(path, f"cannot be read ({_one_line(err)})") from err
+        raise _fail(path, f"cannot be read ({one_line(err)})") from err
 
     if head.startswith(_NPY_MAGIC):
         x, image_shape = _images(_read_npy(path), path, "the array")
@@ -374,7 +369,7 @@ def _read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     except (OSError, EOFError, zlib.error) as err:
         # gzip.BadGzipFile is an OSError; a cut-off gzip stream raises EOFError.
         kind = "is not a valid gzip file" if compressed else "cannot be read"
-        raise _fail(path, f"{kind} ({_one_line(err)})") from err
+        raise _fail(path, f"{kind} ({one_line(err)})") from err
     return np.frombuffer(body, dtype=np.uint8).reshape(shape)
 
 
@@ -478,7 +473,7 @@ def _read_npy_stream(
     except UserError:
         raise
     except (ValueError, OSError, EOFError, zlib.error) as err:
-        raise _fail(path, f"{what} is not a valid .npy array ({_one_line(err)})") from err
+        raise _fail(path, f"{what} is not a valid .npy array ({one_line(err)})") from err
     if dtype.hasobject:
         raise _fail(
             path, f"{what} holds Python objects, which are never unpickled; save numeric arrays"
@@ -498,7 +493,7 @@ def _read_npy_stream(
     except UserError:
         raise
     except (OSError, EOFError, zlib.error, zipfile.BadZipFile) as err:
-        raise _fail(path, f"{what} cannot be read ({_one_line(err)})") from err
+        raise _fail(path, f"{what} cannot be read ({one_line(err)})") from err
     flat = np.frombuffer(body, dtype=dtype)
     return flat.reshape(shape[::-1]).T if fortran else flat.reshape(shape)
 
@@ -508,7 +503,7 @@ def _read_npy(path: str | os.PathLike[str]) -> np.ndarray:
         with open(path, "rb") as f:
             return _read_npy_stream(f, path, "the array", os.fstat(f.fileno()).st_size)
     except OSError as err:
-        raise _fail(path, f"cannot be read ({_one_line(err)})") from err
+        raise _fail(path, f"cannot be read ({one_line(err)})") from err
 
 
 def _read_npz(path: str | os.PathLike[str]) -> _Source:
@@ -542,10 +537,10 @@ def _read_npz(path: str | os.PathLike[str]) -> _Source:
     except UserError:
         raise
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, zlib.error) as err:
-        raise _fail(path, f"is not a valid .npz file ({_one_line(err)})") from err
+        raise _fail(path, f"is not a valid .npz file ({one_line(err)})") from err
     except (NotImplementedError, RuntimeError) as err:
         # Unsupported compression or an encrypted archive.
-        raise _fail(path, f"cannot be read as .npz ({_one_line(err)})") from err
+        raise _fail(path, f"cannot be read as .npz ({one_line(err)})") from err
 
     if "x" in arrays:
         x, image_shape = _images(arrays["x"], path, "array 'x'")

@@ -8,129 +8,45 @@ notebook or a long sweep process without leaking figures or opening windows.
 
 from __future__ import annotations
 
-import io
 import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from matplotlib import colormaps
-from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.cm import ScalarMappable
 from matplotlib.colors import LogNorm, Normalize
-from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+from matplotlib.ticker import NullFormatter
 
-from searchers import Choice, Float, Int
+from jaxae.analysis import Analysis, Noise, pair_surface
+from jaxae.plotting import (
+    BEST,
+    COMPLETED,
+    DIVERGED,
+    PAIR,
+    TOP_CURVES,
+    TOP_MARKED,
+    display,
+    figure,
+    finite_groups,
+    log_ticks,
+    loss_label,
+    png,
+    position,
+    style_axis,
+)
+from jaxae.results import Sweep, ranked
+from searchers import Choice
 from searchers.space import Dimension
 
 if TYPE_CHECKING:
-    from jaxae.report import Analysis, Downstream, Noise, Sweep
-
-DPI = 110
-TOP_CURVES = 8  # learning curves drawn in colour
-TOP_MARKED = 5  # trials ringed in the per-hyperparameter panels
-COMPLETED = "#1f4e9c"
-DIVERGED = "#d62728"
-BEST = "#ff9f1c"
-PAIR = "#8e6bbf"
-JITTER = 0.12  # half-width of the strip a categorical value's trials spread over
-
-
-def _figure(width: float, height: float) -> Figure:
-    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _png(fig: Figure) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI)
-    return buf.getvalue()
-
-
-# -- how a dimension is drawn ---------------------------------------------------------------------
-
-
-def _is_log(dim: Dimension) -> bool:
-    return isinstance(dim, Float | Int) and dim.log
-
-
-def _position(dim: Dimension, value: Any, rng: np.random.Generator) -> float:
-    """Where a trial's value sits on an axis: the value itself, or a choice's index jittered so
-    that trials with the same option do not hide each other."""
-    if isinstance(dim, Choice):
-        return dim.index(value) + rng.uniform(-JITTER, JITTER)
-    return float(value)
-
-
-def _display(dim: Dimension, u: np.ndarray) -> np.ndarray:
-    """Axis coordinates of unit-cube coordinates ``u``: the continuous inverse of the searchers'
-    map (an integer k owns the cell around k; option k spans [k - 0.5, k + 0.5])."""
-    u = np.asarray(u, dtype=np.float64)
-    if isinstance(dim, Choice):
-        return u * len(dim.options) - 0.5
-    if isinstance(dim, Int):
-        if dim.log:
-            lo, hi = math.log(dim.low - 0.5), math.log(dim.high + 0.5)
-            return np.exp(lo + u * (hi - lo))
-        return dim.low - 0.5 + u * (dim.high - dim.low + 1)
-    if dim.log:
-        lo, hi = math.log(dim.low), math.log(dim.high)
-        return np.exp(lo + u * (hi - lo))
-    return dim.low + u * (dim.high - dim.low)
-
-
-def _style_axis(ax: Any, dim: Dimension, name: str, which: str = "x") -> None:
-    """Log scale where the space is log, option names for a choice, the space's bounds as limits."""
-    set_label = ax.set_xlabel if which == "x" else ax.set_ylabel
-    set_scale = ax.set_xscale if which == "x" else ax.set_yscale
-    set_lim = ax.set_xlim if which == "x" else ax.set_ylim
-    if isinstance(dim, Choice):
-        set_ticks = ax.set_xticks if which == "x" else ax.set_yticks
-        set_ticks(range(len(dim.options)), [str(o) for o in dim.options])
-        set_lim(-0.5, len(dim.options) - 0.5)
-        set_label(name)
-        return
-    edges = _display(dim, np.array([0.0, 1.0]))
-    if dim.log:
-        set_scale("log")
-        _log_ticks(ax.xaxis if which == "x" else ax.yaxis, *edges)
-    set_lim(*edges)
-    set_label(f"{name} (log scale)" if dim.log else name)
-
-
-def _log_ticks(axis: Any, lo: float, hi: float) -> None:
-    """Plain numbers (0.5, 1, 2, 5) on a log axis that spans under two decades, where
-    matplotlib's default would label one or two ticks as powers of ten."""
-    if 0 < lo < hi and hi / lo < 100:
-        axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        axis.set_minor_formatter(NullFormatter())
-
-
-def _loss_label(sweep: Sweep) -> str:
-    return ("validation loss (negative ELBO)" if sweep.config.model == "vae"
-            else "validation loss (reconstruction)")
-
-
-def _finite_groups(sweep: Sweep) -> dict[str, list[dict[str, Any]]]:
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for t in sweep.trials:
-        if t["val_loss"] is None:
-            key = "running" if t["status"] == "running" else "diverged"
-        else:
-            key = t["status"]
-        groups.setdefault(key, []).append(t)
-    return groups
-
+    from jaxae.retrain import Downstream
 
 # -- 1. each hyperparameter against the loss ------------------------------------------------------
 
 
 def hyperparameters(sweep: Sweep, analysis: Analysis | None) -> tuple[bytes, str] | None:
     """One panel per varying hyperparameter: final validation loss against its value."""
-    from jaxae.report import ranked
-
     names = list(sweep.space)
     if not names:
         return None
@@ -140,70 +56,100 @@ def hyperparameters(sweep: Sweep, analysis: Analysis | None) -> tuple[bytes, str
         share = dict(zip(analysis.importance.names, analysis.importance.main, strict=True))
     ncols = min(3, len(names))
     nrows = math.ceil(len(names) / ncols)
-    fig = _figure(4.4 * ncols, 3.4 * nrows + 1.1)
+    fig = figure(4.4 * ncols, 3.4 * nrows + 1.1)
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
-    groups = _finite_groups(sweep)
+    groups = finite_groups(sweep)
     finite = [t["val_loss"] for t in sweep.trials if t["val_loss"] is not None]
     positive = bool(finite) and min(finite) > 0
     top = ranked(sweep)[:TOP_MARKED]
-    # Stopped trials in lighter shades the earlier they stopped; finished ones darkest.
+    # Colour is the trial's order (when a searcher learns, late trials gather near the optimum);
+    # the marker says how far it trained.
+    order_norm = Normalize(0, max(max(t["trial_id"] for t in sweep.trials), 1))
+    cmap = colormaps["viridis"]
     stopped = sorted({t["steps"] for t in groups.get("pruned", [])})
-    shades = colormaps["Blues"](np.linspace(0.3, 0.6, max(len(stopped), 1)))
     handles: dict[str, Any] = {}
+    mappable = None
 
     for ax, name in zip(axes, names, strict=False):
         dim = sweep.space[name]
         rng = np.random.default_rng(0)
-        pos = {t["trial_id"]: _position(dim, t["params"][name], rng) for t in sweep.trials
+        pos = {t["trial_id"]: position(dim, t["params"][name], rng) for t in sweep.trials
                if name in t["params"]}
 
-        def scatter(trials: list[dict[str, Any]], label: str, ax: Any = ax, pos: dict = pos,
-                    **style: Any) -> None:
+        def scatter(trials: list[dict[str, Any]], label: str, legend: dict[str, Any],
+                    ax: Any = ax, pos: dict = pos, **style: Any) -> Any:
             if not trials:
-                return
-            handles[label] = ax.scatter([pos[t["trial_id"]] for t in trials],
-                                        [t["val_loss"] for t in trials], label=label, **style)
+                return None
+            drawn = ax.scatter([pos[t["trial_id"]] for t in trials],
+                               [t["val_loss"] for t in trials], **style)
+            handles[label] = Line2D([], [], ls="", label=label, **legend)
+            return drawn
 
-        for steps, shade in zip(stopped, shades, strict=False):
+        for k, steps in enumerate(stopped):
             trials = [t for t in groups.get("pruned", []) if t["steps"] == steps]
-            scatter(trials, f"stopped at {steps} steps ({len(trials)})", s=16, color=shade,
-                    alpha=0.8, linewidths=0)
+            size = 8 + 10 * (k + 1) / (len(stopped) + 1)
+            scatter(trials, f"stopped at {steps} steps ({len(trials)})",
+                    {"marker": "o", "markersize": math.sqrt(size), "color": "#888888",
+                     "alpha": 0.6},
+                    s=size, c=[t["trial_id"] for t in trials], cmap=cmap, norm=order_norm,
+                    alpha=0.6, linewidths=0)
         running = [t for t in groups.get("running", []) if t["val_loss"] is not None]
-        scatter(running, f"still running ({len(running)})", s=16, color="#999999")
+        scatter(running, f"still running ({len(running)})",
+                {"marker": "^", "color": "#888888"}, marker="^", s=18,
+                c=[t["trial_id"] for t in running], cmap=cmap, norm=order_norm)
         done = groups.get("completed", [])
-        scatter(done, f"completed, {sweep.config.steps} steps ({len(done)})", s=22,
-                color=COMPLETED, alpha=0.9, linewidths=0)
+        drawn = scatter(done, f"completed, {sweep.config.steps} steps ({len(done)})",
+                        {"marker": "o", "markersize": 6, "color": "#444444",
+                         "markeredgecolor": "black"},
+                        s=30, c=[t["trial_id"] for t in done], cmap=cmap, norm=order_norm,
+                        edgecolors="black", linewidths=0.5, zorder=3)
+        mappable = drawn or mappable
         ringed = [t for t in top if name in t["params"]]
-        scatter(ringed, f"top {len(ringed)} trials", s=90, facecolors="none", edgecolors=BEST,
-                linewidths=1.6)
+        if ringed:
+            ax.scatter([pos[t["trial_id"]] for t in ringed], [t["val_loss"] for t in ringed],
+                       s=90, facecolors="none", edgecolors=BEST, linewidths=1.6, zorder=4)
+            handles["top"] = Line2D([], [], ls="", marker="o", markersize=9, markerfacecolor="none",
+                                    markeredgecolor=BEST, markeredgewidth=1.6,
+                                    label=f"top {len(ringed)} trials")
         if top:
-            handles["best"] = ax.scatter([pos[top[0]["trial_id"]]], [top[0]["val_loss"]],
-                                         marker="*", s=180, color=BEST, edgecolors="black",
-                                         linewidths=0.6, zorder=5,
-                                         label=f"best (trial {top[0]['trial_id']})")
+            best = top[0]
+            ax.scatter([pos[best["trial_id"]]], [best["val_loss"]], marker="*", s=180,
+                       color=BEST, edgecolors="black", linewidths=0.6, zorder=5)
+            handles["best"] = Line2D([], [], ls="", marker="*", markersize=13, color=BEST,
+                                     markeredgecolor="black",
+                                     label=f"best (trial {best['trial_id']})")
+            # The best loss written on the y axis, where the eye looks for it.
+            ax.axhline(best["val_loss"], color=BEST, lw=0.8, ls="--", alpha=0.8, zorder=1)
+            ax.annotate(f"{best['val_loss']:.3g}", (0, best["val_loss"]),
+                        xycoords=("axes fraction", "data"), xytext=(2, 2),
+                        textcoords="offset points", fontsize=7, color="#a35c00", va="bottom")
         bad = groups.get("diverged", [])
         if bad:
             # Diverged trials have no loss: pinned to the top edge (axes coordinates) in red.
-            handles["diverged"] = ax.scatter(
-                [pos[t["trial_id"]] for t in bad], [0.96] * len(bad),
-                transform=ax.get_xaxis_transform(), marker="x", color=DIVERGED, s=30,
-                clip_on=False, label=f"diverged, no loss ({len(bad)})")
-        _style_axis(ax, dim, name)
+            ax.scatter([pos[t["trial_id"]] for t in bad], [0.96] * len(bad),
+                       transform=ax.get_xaxis_transform(), marker="x", color=DIVERGED, s=30,
+                       clip_on=False)
+            handles["diverged"] = Line2D([], [], ls="", marker="x", color=DIVERGED,
+                                         label=f"diverged, no loss ({len(bad)})")
+        style_axis(ax, dim, name)
         if positive:
             ax.set_yscale("log")
         if finite:
             lo, hi = min(finite), max(finite)
             # Headroom above the worst finite loss keeps the diverged row apart from it.
+            room = 0.3 if groups.get("diverged") else 0.08
             if positive:
-                ax.set_ylim(lo / 1.25, hi * 2.2)
-                _log_ticks(ax.yaxis, lo / 1.25, hi * 2.2)
+                hi = max(hi, lo * 1.1)
+                top_y = hi * (hi / lo) ** room
+                ax.set_ylim(lo / (hi / lo) ** 0.05, top_y)
+                log_ticks(ax.yaxis, lo / (hi / lo) ** 0.05, top_y)
             else:
-                ax.set_ylim(lo - 0.05 * (hi - lo + 1e-12), hi + 0.3 * (hi - lo + 1e-12))
+                ax.set_ylim(lo - 0.05 * (hi - lo + 1e-12), hi + room * (hi - lo + 1e-12))
         ax.grid(True, which="major", alpha=0.3)
-        title = name if name not in share else f"{name}: {100 * share[name]:.0f}% of variance"
+        title = name if name not in share else f"{name}: {analysis.shares_text(name)}"
         ax.set_title(title, fontsize=10)
         if ax.get_subplotspec().is_first_col():
-            ax.set_ylabel(_loss_label(sweep) + (" (log)" if positive else ""), fontsize=9)
+            ax.set_ylabel(loss_label(sweep) + (" (log)" if positive else ""), fontsize=9)
     for ax in axes[len(names):]:
         ax.set_visible(False)
     where = (f"fANOVA importance at {analysis.fit.budget} steps" if analysis is not None
@@ -213,14 +159,20 @@ def hyperparameters(sweep: Sweep, analysis: Analysis | None) -> tuple[bytes, str
                  fontsize=11)
     fig.legend(handles=list(handles.values()), loc="outside lower center",
                ncols=min(4, len(handles)), fontsize=8, frameon=False)
+    if mappable is None:
+        mappable = ScalarMappable(order_norm, cmap)
+    fig.colorbar(mappable, ax=list(axes[:len(names)]), label="trial (order started)",
+                 shrink=0.6, pad=0.01)
     caption = ("Final validation loss of every trial against each varying hyperparameter (log "
                "axes where the search space is log; categorical values as jittered strips). "
-               "Darker blue: trials trained to the full budget; lighter: trials a multi-fidelity "
-               "searcher stopped early (their loss at that budget); red x on the top edge: "
-               "diverged trials; orange rings: the top trials, star: the best.")
+               "Colour: the trial's order (dark: early, yellow: late). Large black-edged dots: "
+               "trials trained to the full budget; small dots: trials a multi-fidelity searcher "
+               "stopped early (their loss at that budget, larger the later); red x on the top "
+               "edge: diverged trials; orange rings: the top trials, star and dashed line: the "
+               "best and its loss.")
     if share:
         caption += " Panels are ordered by fANOVA importance."
-    return _png(fig), caption
+    return png(fig), caption
 
 
 # -- 3. importances -------------------------------------------------------------------------------
@@ -242,7 +194,7 @@ def importance(sweep: Sweep, analysis: Analysis | None) -> tuple[bytes, str] | N
 
     n = len(labels)
     ratios = [3, 2, 2] if rungs_panel else [3, 2]
-    fig = _figure(15.5 if rungs_panel else 12, 2.0 + 0.42 * max(n, len(order) + 1))
+    fig = figure(15.5 if rungs_panel else 12, 2.0 + 0.42 * max(n, len(order) + 1))
     axes = fig.subplots(1, len(ratios), width_ratios=ratios)
     left, right = axes[0], axes[1]
     y = np.arange(n)[::-1]
@@ -288,10 +240,14 @@ def importance(sweep: Sweep, analysis: Analysis | None) -> tuple[bytes, str] | N
         height = 0.8 / len(budgets)
         for k, (budget, shade) in enumerate(zip(budgets, shades, strict=True)):
             count, main = analysis.by_budget[budget]
-            ax.barh(yy + 0.4 - (k + 0.5) * height, 100 * main, height=height, color=shade,
+            ys = yy + 0.4 - (k + 0.5) * height
+            ax.barh(ys, 100 * main[order], height=height, color=shade,
                     label=f"{budget} steps ({count} trials)")
-        ax.set_yticks(yy, list(imp.names))
-        ax.set_xlim(0, 100)
+            for yi, v in zip(ys, 100 * main[order], strict=True):
+                ax.text(v + 1, yi, f"{v:.0f}%", va="center", fontsize=7)
+        # Rows in the left panel's order, so a name sits at the same height in both.
+        ax.set_yticks(yy, [imp.names[i] for i in order])
+        ax.set_xlim(0, 108)
         ax.set_xlabel(f"% of the variance of {target} explained")
         ax.set_title("Main effects at each budget\n(higher budgets: promoted trials only)",
                      fontsize=10)
@@ -311,7 +267,7 @@ def importance(sweep: Sweep, analysis: Analysis | None) -> tuple[bytes, str] | N
                     "holds every trial, drawn from the search prior; higher budgets hold only "
                     "the trials the searcher promoted, so their shares describe the promising "
                     "region (and are extrapolated outside it).")
-    return _png(fig), caption
+    return png(fig), caption
 
 
 def _same_order(true: np.ndarray, est: np.ndarray) -> bool:
@@ -323,15 +279,14 @@ def _same_order(true: np.ndarray, est: np.ndarray) -> bool:
 
 def interactions(sweep: Sweep, analysis: Analysis | None) -> tuple[bytes, str] | None:
     """Heat maps of the surrogate over the most important pairs, with the trials on top."""
-    from jaxae.report import pair_surface
-
     if analysis is None or not analysis.top_pairs:
         return None
     imp, fit = analysis.importance, analysis.fit
     main = dict(zip(imp.names, imp.main, strict=True))
     params = {t["trial_id"]: t["params"] for t in sweep.trials}
-    losses = np.exp(fit.y) if fit.logged else fit.y
-    best = int(np.argmin(fit.y))
+    # The sweep's best trial (``ranked``: the one best.json names), not the lowest loss at the
+    # fitted budget, which on a multi-fidelity sweep is often a different trial.
+    best = (ranked(sweep) or [None])[0]
     surfaces = [pair_surface(analysis.forest, sweep.space, p, seed=sweep.config.seed)
                 for p in analysis.top_pairs]
     values = [np.exp(z) if fit.logged else z for *_, z in surfaces]
@@ -340,45 +295,51 @@ def interactions(sweep: Sweep, analysis: Analysis | None) -> tuple[bytes, str] |
     norm = LogNorm(lo, hi) if fit.logged and lo < hi else Normalize(lo, max(hi, lo + 1e-12))
 
     k = len(analysis.top_pairs)
-    fig = _figure(4.6 * k + 0.8, 4.6)
+    fig = figure(4.6 * k + 0.8, 4.6)
     axes = np.atleast_1d(fig.subplots(1, k, squeeze=False)).ravel()
     mesh = None
     for ax, (a, b), (ua, ub, _), z in zip(axes, analysis.top_pairs, surfaces, values,
                                           strict=True):
         da, db = sweep.space[a], sweep.space[b]
-        ea = _display(da, _edges(da, ua))
-        eb = _display(db, _edges(db, ub))
+        ea = display(da, _edges(da, ua))
+        eb = display(db, _edges(db, ub))
         mesh = ax.pcolormesh(ea, eb, z.T, norm=norm, cmap="viridis_r", shading="flat")
         rng = np.random.default_rng(1)
-        xs = [_position(da, params[t][a], rng) for t in fit.trial_ids]
-        ys = [_position(db, params[t][b], rng) for t in fit.trial_ids]
+        xs = [position(da, params[t][a], rng) for t in fit.trial_ids]
+        ys = [position(db, params[t][b], rng) for t in fit.trial_ids]
         ax.scatter(xs, ys, s=14, c="white", edgecolors="black", linewidths=0.6,
-                   label=f"trials ({len(xs)})")
-        ax.scatter([xs[best]], [ys[best]], marker="*", s=200, color=BEST, edgecolors="black",
-                   linewidths=0.7, label=f"best: trial {fit.trial_ids[best]} "
-                                         f"({losses[best]:.3g})")
-        _style_axis(ax, da, a, "x")
-        _style_axis(ax, db, b, "y")
+                   label=f"trials fitted ({len(xs)}, at {fit.budget} steps)")
+        if best is not None:
+            ax.scatter([position(da, best["params"][a], rng)],
+                       [position(db, best["params"][b], rng)], marker="*", s=200, color=BEST,
+                       edgecolors="black", linewidths=0.7,
+                       label=f"sweep's best: trial {best['trial_id']}\n({best['val_loss']:.4g} "
+                             f"at {best['steps']} steps)")
+        style_axis(ax, da, a, "x")
+        style_axis(ax, db, b, "y")
         share = main[a] + main[b] + imp.pairs.get((a, b), imp.pairs.get((b, a), 0.0))
         pair = imp.pairs.get((a, b), imp.pairs.get((b, a), 0.0))
         ax.set_title(f"{a} × {b}\n{100 * share:.0f}% of variance "
                      f"({100 * pair:.1f}% interaction)", fontsize=10)
-        ax.legend(loc="upper right", fontsize=7, framealpha=0.8)
+    # One legend under the panels, off the data (every panel has the same two entries).
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=2,
+               fontsize=8, frameon=False)
     target = "val loss" if not fit.logged else "val loss (geometric mean)"
     bar = fig.colorbar(mesh, ax=list(axes), label=f"surrogate {target}; lighter is better",
                        shrink=0.9)
     if isinstance(norm, LogNorm):
-        _log_ticks(bar.ax.yaxis, lo, hi)
+        log_ticks(bar.ax.yaxis, lo, hi)
     fig.suptitle(f"Pairwise effects of the most important pairs: {sweep.title}\n"
                  f"random-forest surrogate of {len(fit.trial_ids)} trials at {fit.budget} steps,"
                  f" other hyperparameters averaged over the search space", fontsize=10)
     caption = ("Predicted validation loss of the random-forest surrogate over the pairs with the "
                "largest combined importance (both main effects plus their interaction), the "
                "other hyperparameters averaged over the search prior; dots are the trials it was "
-               "fitted on, the star the best of them. Parallel colour bands mean the two act "
-               "independently; bands that bend or tilt mean an interaction (e.g. the best "
-               "learning rate depending on the other hyperparameter).")
-    return _png(fig), caption
+               "fitted on, the star the sweep's best trial (the one best.json names). Parallel "
+               "colour bands mean the two act independently; bands that bend or tilt mean an "
+               "interaction (e.g. the best learning rate depending on the other "
+               "hyperparameter).")
+    return png(fig), caption
 
 
 def _edges(dim: Dimension, centres: np.ndarray) -> np.ndarray:
@@ -392,14 +353,12 @@ def _edges(dim: Dimension, centres: np.ndarray) -> np.ndarray:
 
 def curves(sweep: Sweep) -> tuple[bytes, str] | None:
     """Validation loss against step: the top trials in colour, every other trial in grey."""
-    from jaxae.report import ranked
-
     drawn = [t for t in ranked(sweep) if len(sweep.curves.get(t["trial_id"], ([],))[0])]
     if not drawn:
         return None
     top = drawn[:TOP_CURVES]
     top_ids = {t["trial_id"] for t in top}
-    fig = _figure(9.5, 5.2)
+    fig = figure(11, 5.2)
     ax = fig.subplots()
     all_values = []
     for trial, (steps, vals) in sweep.curves.items():
@@ -414,29 +373,39 @@ def curves(sweep: Sweep) -> tuple[bytes, str] | None:
                 label=f"#{rank + 1} trial {t['trial_id']}: {t['val_loss']:.4g} "
                       f"({t['status']}, {t['steps']} steps)")
         all_values.append(vals)
+        train_steps, train = sweep.train_curves.get(t["trial_id"], ((), ()))
+        if len(train_steps):
+            ax.plot(train_steps, train, color=colour, lw=1.0, ls="--", alpha=0.8)
+            all_values.append(train)
     flat = np.concatenate(all_values)
+    has_train = any(len(sweep.train_curves.get(t["trial_id"], ((),))[0]) for t in top)
     if np.all(flat > 0):
         ax.set_yscale("log")
-        _log_ticks(ax.yaxis, flat.min(), flat.max())
+        log_ticks(ax.yaxis, flat.min(), flat.max())
     if sweep.multi_fidelity:
         budgets = sorted({b for rows in sweep.rungs.values() for b, _ in rows})
         for b in budgets:
             ax.axvline(b, color="black", ls=":", lw=0.8, alpha=0.6)
         if budgets:
             ax.plot([], [], color="black", ls=":", lw=0.8, label="rung budgets")
-    ax.plot([], [], color="#b0b0b0", lw=0.7, label="other trials")
+    ax.plot([], [], color="#b0b0b0", lw=0.7, label="other trials (validation)")
+    if has_train:
+        ax.plot([], [], color="black", lw=1.0, ls="--", label="training loss (dashed)")
     ax.set_xlabel("training step")
-    ax.set_ylabel(_loss_label(sweep) + (" (log)" if np.all(flat > 0) else ""))
+    ax.set_ylabel(("validation (solid) and training (dashed) loss" if has_train
+                   else loss_label(sweep)) + (" (log)" if np.all(flat > 0) else ""))
     ax.grid(True, which="both", alpha=0.25)
-    ax.legend(fontsize=8, loc="upper right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     repl = f", mean of {sweep.config.repeats} seeds" if sweep.config.repeats > 1 else ""
     ax.set_title(f"Learning curves of the top {len(top)} trials{repl}: {sweep.title}",
                  fontsize=11)
-    caption = (f"Validation loss during training of the {len(top)} best trials (legend: final "
-               f"loss), every other trial in grey"
+    caption = (f"Validation loss during training of the {len(top)} best trials (solid; legend: "
+               f"final loss) and their training loss (dashed: the mean training objective of "
+               f"each chunk, with any noise, dropout or penalty the model kind trains with), "
+               f"every other trial's validation loss in grey"
                + (", dotted lines at the multi-fidelity rung budgets" if sweep.multi_fidelity
                   else "") + ". Curves still falling at the end mean more steps would help.")
-    return _png(fig), caption
+    return png(fig), caption
 
 
 def rungs(sweep: Sweep) -> tuple[bytes, str] | None:
@@ -447,7 +416,7 @@ def rungs(sweep: Sweep) -> tuple[bytes, str] | None:
     status = {t["trial_id"]: t["status"] for t in sweep.trials}
     finite = [v for rows in sweep.rungs.values() for _, v in rows if v is not None]
     positive = bool(finite) and min(finite) > 0
-    fig = _figure(9.5, 5.4)
+    fig = figure(11, 5.4)
     ax = fig.subplots()
     top_budget = max(budgets)
     for trial, rows in sweep.rungs.items():
@@ -474,18 +443,27 @@ def rungs(sweep: Sweep) -> tuple[bytes, str] | None:
     ax.set_xscale("log")
     if positive:
         ax.set_yscale("log")
-        _log_ticks(ax.yaxis, min(finite), max(finite))
+        log_ticks(ax.yaxis, min(finite), max(finite))
     ax.set_xticks(budgets, [str(b) for b in budgets])
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("budget (training steps, log scale)")
-    ax.set_ylabel(_loss_label(sweep) + " at the rung" + (" (log)" if positive else ""))
+    ax.set_ylabel(loss_label(sweep) + " at the rung" + (" (log)" if positive else ""))
     ax.grid(True, alpha=0.25)
-    ax.legend(handles=[
-        Line2D([], [], color=COMPLETED, marker="o", label="reached the top rung"),
-        Line2D([], [], color="#9a9a9a", marker="x", markeredgecolor="#555555", lw=0.6,
-               label="stopped at its last rung"),
-        Line2D([], [], color=DIVERGED, marker="x", lw=0, label="diverged at that rung"),
-    ], fontsize=8, loc="lower left")
+    reached = [rows for rows in sweep.rungs.values()
+               if any(v is not None for _, v in rows) and max(
+                   b for b, v in rows if v is not None) == top_budget]
+    entries = [
+        (len(reached), Line2D([], [], color=COMPLETED, marker="o",
+                              label=f"reached the top rung ({len(reached)})")),
+        (sum(s == "pruned" for s in status.values()),
+         Line2D([], [], color="#9a9a9a", marker="x", markeredgecolor="#555555", lw=0.6,
+                label="stopped at its last rung")),
+        (sum(v is None for rows in sweep.rungs.values() for _, v in rows),
+         Line2D([], [], color=DIVERGED, marker="x", lw=0, label="diverged at that rung")),
+    ]
+    # Only classes that occur, beside the axes so no line hides under the legend.
+    ax.legend(handles=[h for n, h in entries if n], fontsize=8, loc="upper left",
+              bbox_to_anchor=(1.01, 1.0))
     eta = f", eta = {sweep.config.eta}"
     ax.set_title(f"Rungs of {sweep.config.searcher}{eta}: validation loss at each budget\n"
                  f"{sweep.title}", fontsize=11, pad=16)
@@ -493,7 +471,7 @@ def rungs(sweep: Sweep) -> tuple[bytes, str] | None:
                "reached; x marks where the searcher stopped it, dots the trials trained to the "
                "full budget; the counts on top give the trials evaluated at each rung. Lines "
                "that cross show where low-budget rankings mislead.")
-    return _png(fig), caption
+    return png(fig), caption
 
 
 # -- 5. noise -------------------------------------------------------------------------------------
@@ -504,7 +482,7 @@ def noise(sweep: Sweep, noise_: Noise | None) -> tuple[bytes, str] | None:
     if noise_ is None:
         return None
     c, r = noise_.losses.shape
-    fig = _figure(11.5, 4.8)
+    fig = figure(11.5, 4.8)
     left, right = fig.subplots(1, 2, width_ratios=[3, 1.3])
     x = np.arange(c)
     for j in range(r):
@@ -515,14 +493,14 @@ def noise(sweep: Sweep, noise_: Noise | None) -> tuple[bytes, str] | None:
     left.vlines(x, noise_.losses.min(axis=1), noise_.losses.max(axis=1), color=COMPLETED,
                 alpha=0.4, lw=1)
     left.set_yscale("log")
-    _log_ticks(left.yaxis, float(noise_.losses.min()), float(noise_.losses.max()))
+    log_ticks(left.yaxis, float(noise_.losses.min()), float(noise_.losses.max()))
     if c <= 30:
         left.set_xticks(x, [str(t) for t in noise_.trial_ids], fontsize=7,
                         rotation=90 if c > 12 else 0)
         left.set_xlabel("trial (configurations ranked by mean loss)")
     else:
         left.set_xlabel("configurations ranked by mean loss")
-    left.set_ylabel(_loss_label(sweep) + " (log)")
+    left.set_ylabel(loss_label(sweep) + " (log)")
     left.legend(fontsize=8)
     left.grid(True, alpha=0.25)
     left.set_title(f"{c} configurations × {r} seeds at {noise_.steps} steps", fontsize=10)
@@ -545,53 +523,73 @@ def noise(sweep: Sweep, noise_: Noise | None) -> tuple[bytes, str] | None:
                "of one configuration against the standard deviation of the configurations' mean "
                "log10 loss. When the two are close, differences between configurations (and the "
                "importances) are mostly seed noise.")
-    return _png(fig), caption
+    return png(fig), caption
 
 
 # -- 6. downstream --------------------------------------------------------------------------------
 
 
 def downstream(sweep: Sweep, down: Downstream | None) -> tuple[bytes, str] | None:
-    """Bars of anomaly AUC, linear-probe accuracy and test loss of the retrained top trials."""
+    """Bars of anomaly AUC, linear-probe accuracy and test loss of the retrained top trials,
+    with the PCA (same code size) and raw-pixel baselines beside them."""
     if down is None:
         return None
     labels = [f"trial {t}\n{steps} steps\nval {v:.3g}"
               for t, steps, v in zip(down.trial_ids, down.steps, down.stored_val_loss,
                                      strict=True)]
-    panels: list[tuple[str, np.ndarray, float, str]] = []
+    base = down.baselines
+    # (title, values, chance, y label, PCA baseline per trial, raw-pixel baseline)
+    panels: list[tuple[str, np.ndarray, float, str, Any, Any]] = []
     if down.auc is not None:
-        panels.append((f"anomaly detection ROC AUC\n(class {down.anomaly_class} held out, score ="
-                       f" reconstruction error)", down.auc, 0.5, "ROC AUC"))
+        panels.append((f"anomaly detection ROC AUC\n(class {down.anomaly_class} held out, "
+                       f"score = reconstruction error)", down.auc, 0.5, "ROC AUC",
+                       None if base is None else base.pca_auc,
+                       None if base is None else base.raw_auc))
     if down.probe_accuracy is not None:
         panels.append((f"linear-probe accuracy of the codes\n({down.num_classes} classes, "
                        f"test split)", down.probe_accuracy, 1.0 / max(down.num_classes, 1),
-                       "accuracy"))
-    panels.append(("reconstruction error on the test split\n(model trained on all classes)",
-                   down.test_loss, math.nan, "test reconstruction error"))
-    fig = _figure(4.2 * len(panels), 4.4)
+                       "accuracy", None if base is None else base.pca_probe,
+                       None if base is None else base.raw_probe))
+    panels.append((f"{down.test_name}\n(model trained on all classes)", down.test_loss,
+                   math.nan, "test reconstruction error", None, None))
+    # Wide enough for the title even with one panel (unlabelled data).
+    fig = figure(max(4.6 * len(panels), 9.0), 4.8)
     axes = np.atleast_1d(fig.subplots(1, len(panels), squeeze=False)).ravel()
     x = np.arange(len(labels))
-    for ax, (title, values, chance, ylabel) in zip(axes, panels, strict=True):
+    handles: dict[str, Any] = {}
+    for ax, (title, values, chance, ylabel, pca, raw) in zip(axes, panels, strict=True):
         ax.bar(x, values, color=COMPLETED, width=0.6)
         for xi, v in zip(x, values, strict=True):
-            ax.text(xi, v, f"{v:.3f}", ha="center", va="bottom", fontsize=8)
+            # At the bar's foot, in white: the baseline marks sit near its top.
+            ax.annotate(f"{v:.3g}", (xi, 0), xytext=(0, 4), textcoords="offset points",
+                        ha="center", va="bottom", fontsize=9, color="white", fontweight="bold")
+        if pca is not None:
+            handles["pca"] = ax.scatter(x, pca, marker="_", s=700, color=BEST, linewidths=2.5,
+                                        zorder=3, label="PCA, same code size")
+        if raw is not None:
+            handles["raw"] = ax.axhline(raw, color="#2ca02c", ls="-.", lw=1.2,
+                                        label="raw pixels")
         if math.isfinite(chance):
-            ax.axhline(chance, color="black", ls="--", lw=0.8, label=f"chance ({chance:.2f})")
+            handles["chance"] = ax.axhline(chance, color="black", ls="--", lw=0.8,
+                                           label="chance")
             ax.set_ylim(0, 1.08)
-            ax.legend(fontsize=8, loc="lower right")
         else:
             ax.set_ylim(0, float(np.nanmax(values)) * 1.15 if np.isfinite(values).any() else 1)
         ax.set_xticks(x, labels, fontsize=8)
         ax.set_ylabel(ylabel)
         ax.set_title(title, fontsize=10)
         ax.grid(True, axis="y", alpha=0.25)
-    fig.suptitle(f"Downstream quality of the top {len(labels)} configurations, retrained: "
+    if handles:
+        fig.legend(handles=list(handles.values()), loc="outside lower center",
+                   ncols=len(handles), fontsize=8, frameon=False)
+    fig.suptitle(f"Downstream quality of the top {len(labels)} configurations, retrained\n"
                  f"{sweep.title}", fontsize=11)
-    caption = (f"The {len(labels)} best configurations retrained from their trial keys (the "
-               f"retrained validation losses match the stored ones, see the table). Anomaly "
-               f"detection: each configuration retrained on the training examples of every "
-               f"class but {down.anomaly_class}, test examples scored by reconstruction error, "
-               f"class {down.anomaly_class} as the anomaly. Linear probe: logistic regression on "
-               f"the codes (VAE: posterior means) of the training split, accuracy on the test "
-               f"split. Dashed lines: chance.")
-    return _png(fig), caption
+    caption = (f"The {len(labels)} best configurations retrained from their trial keys. "
+               f"{down.reproduction()} Anomaly detection: each configuration retrained on the "
+               f"training examples of every class but {down.anomaly_class}, test examples scored "
+               f"by reconstruction error, class {down.anomaly_class} as the anomaly. Linear "
+               f"probe: logistic regression on the codes (VAE: posterior means) of the training "
+               f"split, accuracy on the test split. Baselines: PCA with each trial's code size "
+               f"(anomaly score: its reconstruction error), and the raw pixels (anomaly score: "
+               f"squared distance to the mean normal training example). Dashed lines: chance.")
+    return png(fig), caption
