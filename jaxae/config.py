@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from jaxae import hparams
-from jaxae.errors import UserError
+from jaxae.errors import UserError, one_line
 from jaxae.models import PRECISION_NAMES
 from searchers import SAMPLERS, SCHEDULERS, Choice, Float, Int
 from searchers import space_from_dict as _space_from_dict
@@ -255,17 +255,13 @@ def _check_dimension(name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
         (dim,) = _space_from_dict({name: dict(spec)}).values()
     except (ValueError, TypeError, KeyError) as e:
         # The searchers' messages name the dimension too: say it once.
-        raise UserError(f"[space] {name}: {_one_line(e).removeprefix(f'{name}: ')}") from None
+        raise UserError(f"[space] {name}: {one_line(e).removeprefix(f'{name}: ')}") from None
     values = dim.options if isinstance(dim, Choice) else (dim.low, dim.high)
     for v in values:
         _check_option(name, v)
         hparams.check_value(name, v)
     (canonical,) = _space_to_dict({name: dim}).values()
     return canonical
-
-
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
 
 
 def searched(config: SweepConfig) -> dict[str, Any]:

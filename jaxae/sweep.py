@@ -28,7 +28,7 @@ from typing import Any
 from jaxae import checkpoint as checkpoint_lib
 from jaxae import config as config_lib
 from jaxae import store as store_lib
-from jaxae.errors import UserError
+from jaxae.errors import UserError, one_line
 from jaxae.lock import LOCK, DirectoryLock
 
 RESULT_FILES = ("trials.db", "sweep.json", "best.json")
@@ -163,7 +163,7 @@ def _read_info(out: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise UserError(f"--resume: {str(out)!r} holds no sweep (no sweep.json)") from None
     except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise UserError(f"--resume: {str(path)!r} is unreadable: {_one_line(e)}") from None
+        raise UserError(f"--resume: {str(path)!r} is unreadable: {one_line(e)}") from None
     if not (isinstance(info, dict) and isinstance(info.get("config"), dict)
             and isinstance(info.get("resumed", []), list)
             and isinstance(info.get("fingerprint", {}), dict)):
@@ -522,10 +522,6 @@ class _StopOnSignal:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous = {}
-
-
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
 
 
 def _now() -> str:
