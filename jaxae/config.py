@@ -241,7 +241,7 @@ def _check_dimension(name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
     dist = spec.get("dist")
     if dist not in ("float", "int", "choice"):
         raise UserError(f"[space] {name}: dist must be 'float', 'int' or 'choice', got {dist!r}")
-    allowed = {"float": {"low", "high", "log"}, "int": {"low", "high", "log"},
+    allowed = {"float": {"low", "high", "log", "num"}, "int": {"low", "high", "log", "num"},
                "choice": {"options"}}[dist] | {"dist"}
     extra = set(spec) - allowed
     if extra:

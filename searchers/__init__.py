@@ -18,6 +18,8 @@ Example:
 from searchers.asha import ASHA
 from searchers.base import SEARCHERS, Searcher, searcher_from_state_dict
 from searchers.cma_es import CMAES, CMAESCore
+from searchers.gp import GP
+from searchers.grid import GridSearch, grid_values
 from searchers.hyperband import Hyperband
 from searchers.random_search import RandomSearch
 from searchers.registry import (
@@ -45,6 +47,7 @@ from searchers.tpe import TPE
 __all__ = [
     "ASHA",
     "CMAES",
+    "GP",
     "SAMPLERS",
     "SCHEDULERS",
     "SEARCHERS",
@@ -53,6 +56,7 @@ __all__ = [
     "Choice",
     "Float",
     "FullBudget",
+    "GridSearch",
     "Hyperband",
     "Int",
     "Job",
@@ -61,6 +65,7 @@ __all__ = [
     "Searcher",
     "SuccessiveHalving",
     "dimension_from_dict",
+    "grid_values",
     "make_sampler",
     "make_scheduler",
     "restore_scheduler",

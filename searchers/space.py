@@ -64,6 +64,16 @@ def _integer(value: Any, what: str) -> int:
     raise ValueError(f"{what} must be an integer, got {value!r}")
 
 
+def _num(value: Any, kind: str) -> int | None:
+    # Only grid search reads it; None (unset) keeps the JSON form of older spaces unchanged.
+    if value is None:
+        return None
+    num = _integer(value, f"{kind} num")
+    if num < 1:
+        raise ValueError(f"{kind} num must be a positive integer, got {value!r}")
+    return num
+
+
 def _clip01(u: float) -> float:
     # NaN would silently become a bound value below; searchers never produce it, so refuse it.
     if not math.isfinite(u):
@@ -75,6 +85,9 @@ def _clip01(u: float) -> float:
 class Float:
     """A real hyperparameter in ``[low, high]``, uniform or log-uniform (``log=True``).
 
+    ``num`` is the number of points grid search takes along the range (evenly spaced, on the log
+    scale if ``log``; ``None``: ``searchers.grid``'s default of 5); other searchers ignore it.
+
     Example:
         >>> Float(0.0, 10.0).from_unit(0.25)
         2.5
@@ -85,11 +98,13 @@ class Float:
     low: float
     high: float
     log: bool = False
+    num: int | None = None
 
     def __post_init__(self) -> None:
         low, high = _real(self.low, "Float low"), _real(self.high, "Float high")
         if not isinstance(self.log, bool):
             raise ValueError(f"Float log must be true or false, got {self.log!r}")
+        object.__setattr__(self, "num", _num(self.num, "Float"))
         if not low < high:
             raise ValueError(f"Float needs low < high, got low={low:g}, high={high:g}")
         if self.log and low <= 0:
@@ -130,8 +145,10 @@ class Float:
         return self.from_unit(rng.random())
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON / TOML form ``{"dist": "float", "low": .., "high": .., "log": ..}``."""
-        return {"dist": "float", "low": self.low, "high": self.high, "log": self.log}
+        """The JSON / TOML form ``{"dist": "float", "low": .., "high": .., "log": ..}`` (and
+        ``"num"`` when set)."""
+        d = {"dist": "float", "low": self.low, "high": self.high, "log": self.log}
+        return d if self.num is None else {**d, "num": self.num}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,6 +159,10 @@ class Int:
     on the log scale the integer ``k`` owns ``[k - 1/2, k + 1/2]`` measured in log space, so the
     prior is the discretised log-uniform.
 
+    ``num`` is the number of points grid search takes along the range (evenly spaced, on the log
+    scale if ``log``, rounded, duplicates dropped; ``None``: ``min(5, high - low + 1)``); other
+    searchers ignore it.
+
     Example:
         >>> [Int(1, 3).from_unit(u) for u in (0.0, 0.5, 1.0)]
         [1, 2, 3]
@@ -150,11 +171,13 @@ class Int:
     low: int
     high: int
     log: bool = False
+    num: int | None = None
 
     def __post_init__(self) -> None:
         low, high = _integer(self.low, "Int low"), _integer(self.high, "Int high")
         if not isinstance(self.log, bool):
             raise ValueError(f"Int log must be true or false, got {self.log!r}")
+        object.__setattr__(self, "num", _num(self.num, "Int"))
         if not low < high:
             raise ValueError(f"Int needs low < high, got low={low}, high={high}")
         if self.log and low <= 0:
@@ -193,8 +216,10 @@ class Int:
         return self.from_unit(rng.random())
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON / TOML form ``{"dist": "int", "low": .., "high": .., "log": ..}``."""
-        return {"dist": "int", "low": self.low, "high": self.high, "log": self.log}
+        """The JSON / TOML form ``{"dist": "int", "low": .., "high": .., "log": ..}`` (and
+        ``"num"`` when set)."""
+        d = {"dist": "int", "low": self.low, "high": self.high, "log": self.log}
+        return d if self.num is None else {**d, "num": self.num}
 
 
 _OPTION_TYPES = (str, int, float, bool, type(None))
@@ -271,7 +296,9 @@ def _same_option(a: Any, b: Any) -> bool:
 Dimension: TypeAlias = Float | Int | Choice
 Space: TypeAlias = Mapping[str, Dimension]
 
-_FIELDS = {"float": ("low", "high", "log"), "int": ("low", "high", "log"), "choice": ("options",)}
+_FIELDS = {"float": ("low", "high", "log", "num"), "int": ("low", "high", "log", "num"),
+           "choice": ("options",)}
+_OPTIONAL = ("log", "num")
 
 
 def dimension_from_dict(d: Mapping[str, Any]) -> Dimension:
@@ -290,14 +317,14 @@ def dimension_from_dict(d: Mapping[str, Any]) -> Dimension:
     if unknown:
         raise ValueError(f"unexpected key {unknown[0]!r} for dist {dist!r} "
                          f"(allowed: {sorted(allowed)})")
-    required = [key for key in _FIELDS[dist] if key != "log"]
+    required = [key for key in _FIELDS[dist] if key not in _OPTIONAL]
     missing = [key for key in required if key not in d]
     if missing:
         raise ValueError(f"dist {dist!r} needs the key {missing[0]!r}")
     if dist == "choice":
         return Choice(d["options"])
     cls = Float if dist == "float" else Int
-    return cls(d["low"], d["high"], log=d.get("log", False))
+    return cls(d["low"], d["high"], log=d.get("log", False), num=d.get("num"))
 
 
 def check_space(space: Any) -> None:
