@@ -39,7 +39,6 @@ the original would.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import numbers
 from collections.abc import Mapping
@@ -52,25 +51,12 @@ from searchers import gaussian_process as gp_lib
 from searchers.base import Searcher, decode_loss, encode_loss
 from searchers.space import Choice, Float, Int, Space, space_from_unit, space_to_unit
 
-try:  # shipped with scikit-learn; without it L-BFGS-B is just slower
-    from threadpoolctl import threadpool_limits
-except ImportError:  # pragma: no cover
-    threadpool_limits = None
-
 __all__ = ["GP", "log_expected_improvement"]
 
 _LOCAL_SIGMA = 0.1  # unit-cube std of the perturbations around the best points
 _LOCAL_CENTRES = 5  # best told points perturbed
 _C1 = 0.5 * math.log(2 * math.pi)
 _C2 = 0.5 * math.log(math.pi / 2)
-
-
-def _one_blas_thread() -> contextlib.AbstractContextManager:
-    # scipy >= 1.15's L-BFGS-B calls LAPACK on tiny matrices; threaded OpenBLAS makes it 10-20x
-    # slower (scipy issue 22438; BoTorch and Optuna limit BLAS to one thread the same way).
-    if threadpool_limits is None:  # pragma: no cover
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
 
 
 def _log_h(z: np.ndarray) -> np.ndarray:
@@ -246,7 +232,7 @@ class GP(Searcher):
     def _ask(self) -> list[dict[str, Any]]:
         if np.isfinite(np.array(self.losses, dtype=float)).sum() < self.n_initial:
             return self._ask_design()
-        with _one_blas_thread():
+        with gp_lib.one_blas_thread():
             return self._ask_model()
 
     def _ask_design(self) -> list[dict[str, Any]]:
