@@ -21,7 +21,9 @@ rules, in the space's unit cube (``space_to_unit``: log scales are already log):
   zero far from the data). It is maximised over ``n_candidates`` uniform points plus Gaussian
   perturbations (standard deviation 0.1) of the best told points, and the best ``n_refine`` of
   them are refined by L-BFGS-B along the ``Float`` coordinates (integers and choices stay at the
-  candidate's value: the acquisition is flat along them between snaps).
+  candidate's value: the acquisition is flat along them between snaps). The best candidate whose
+  config was not told or asked already wins: EI can peak on a config already tried (at a face of
+  the cube, or on integers and choices), which would waste a trial.
 * Batches and pending configs: Kriging believer (D. Ginsbourger, R. Le Riche and L. Carraro,
   "Kriging is well-suited to parallelize optimization", 2010): configs asked but not yet told
   (the ``max_pending`` most recent), and those already proposed in the same ``ask``, join the GP
@@ -55,6 +57,7 @@ __all__ = ["GP", "log_expected_improvement"]
 
 _LOCAL_SIGMA = 0.1  # unit-cube std of the perturbations around the best points
 _LOCAL_CENTRES = 5  # best told points perturbed
+_MAX_SKIPPED = 64  # ranked candidates looked at for one whose config is new
 _C1 = 0.5 * math.log(2 * math.pi)
 _C2 = 0.5 * math.log(math.pi / 2)
 
@@ -301,15 +304,25 @@ class GP(Searcher):
         mean, var = posterior.predict(self.features(units))
         scores = log_expected_improvement(mean, var, best, self.xi)
 
-        best_u = units[int(np.argmax(scores))]
         if self._floats.size and self.n_refine:
             starts = units[np.argsort(-scores, kind="stable")[:self.n_refine]]
             refined = self._refine(posterior, starts, best)
             mean, var = posterior.predict(self.features(refined))
-            refined_scores = log_expected_improvement(mean, var, best, self.xi)
-            if refined_scores.max() > scores.max():
-                best_u = refined[int(np.argmax(refined_scores))]
-        return space_from_unit(self.space, best_u)
+            units = np.concatenate([refined, units])
+            scores = np.concatenate([log_expected_improvement(mean, var, best, self.xi), scores])
+        return self._first_new(units[np.argsort(-scores, kind="stable")])
+
+    def _first_new(self, ranked: np.ndarray) -> dict[str, Any]:
+        """The best-ranked unit point whose config was neither told nor is pending (else the
+        best): at a face of the cube or on integers and choices, EI may peak at a config already
+        tried, and a sweep would spend a trial repeating it."""
+        seen = {tuple(point) for point in self.points}
+        seen |= {tuple(space_to_unit(self.space, c)) for c in self.pending}
+        for u in ranked[:_MAX_SKIPPED]:
+            config = space_from_unit(self.space, u)
+            if tuple(space_to_unit(self.space, config)) not in seen:
+                return config
+        return space_from_unit(self.space, ranked[0])
 
     def _refine(self, posterior: gp_lib.Posterior, starts: np.ndarray,
                 best: float) -> np.ndarray:
