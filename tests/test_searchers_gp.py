@@ -2,6 +2,9 @@
 
 import json
 import math
+import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -258,3 +261,25 @@ def test_bad_settings_are_refused(kwargs, match):
         GP(BRANIN, **kwargs)
     with pytest.raises(ValueError, match="at least one dimension"):
         GP({})
+
+
+def test_bench_script_prints_well_formed_json_lines():
+    root = pathlib.Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, str(root / "bench" / "searchers_gp.py"), "--problems", "branin",
+         "--methods", "gp,random,optuna-tpe,sklearn-gp", "--evaluations", "12", "--seeds", "0,1",
+         "--batch", "3"],
+        cwd=root, capture_output=True, text=True, timeout=300, check=True)
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    runs = [r for r in rows if not r.get("summary")]
+    summaries = [r for r in rows if r.get("summary")]
+    assert [(r["method"], r["seed"]) for r in runs] == [
+        (m, s) for m in ("gp", "random", "optuna-tpe", "sklearn-gp") for s in (0, 1)]
+    for r in runs:
+        assert r["gap"] == pytest.approx(r["best"] - 0.397887) and r["gap"] > 0
+        assert r["evaluations"] == 12 and r["seconds"] >= 0
+    random_gaps = [r["gap"] for r in runs if r["method"] == "random"]
+    for s in summaries:
+        gaps = [r["gap"] for r in runs if r["method"] == s["method"]]
+        assert s["median_gap"] == pytest.approx(float(np.median(gaps)))
+        assert s["beats_random"] == sum(a < b for a, b in zip(gaps, random_gaps, strict=True))
