@@ -265,7 +265,8 @@ class GP(Searcher):
         keep = np.arange(len(losses))
         if len(keep) > self.max_points:
             best = np.argsort(losses, kind="stable")[:self.max_points // 2]
-            recent = [i for i in reversed(keep) if i not in set(best)]
+            chosen = set(best.tolist())
+            recent = [i for i in reversed(keep) if i not in chosen]
             keep = np.sort(np.concatenate([best, recent[:self.max_points - len(best)]]))
         finite = losses[np.isfinite(losses)]
         y = np.where(np.isfinite(losses), losses, finite.max())[keep]
