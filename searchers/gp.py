@@ -30,7 +30,12 @@ rules, in the space's unit cube (``space_to_unit``: log scales are already log):
   data with the posterior mean as their loss. The mean is unchanged but the variance collapses
   around them, so a batch, or asks while other trials run, spread out instead of repeating.
   A multi-fidelity scheduler, which tells only one budget's losses, replaces the pending list with
-  the configs actually in flight (``set_pending``; ``searchers.scheduler`` gives the rule).
+  the configs actually in flight (``set_pending``; ``searchers.scheduler`` gives the rule). Configs
+  asked before whose loss the model does not have (under a multi-fidelity scheduler: stopped below
+  the model's budget) are believed the same way, the most recent first, up to ``max_pending``
+  believers in all; and no config asked before is proposed again. Without them the model, which
+  sees only the survivors of the lower rungs, finds its variance highest where the pruned trials
+  were, and measured under ASHA it proposed the same two configs in turn for half of the trials.
 
 Config k draws only from ``np.random.default_rng([seed, k])`` (and the seed's Sobol sequence); the
 hyperparameters are refitted (starting from the last fit) when the told data grew by an eighth
@@ -176,6 +181,7 @@ class GP(Searcher):
         self.points: list[list[float]] = []  # unit-cube point of each told config, in tell order
         self.losses: list[float] = []  # their losses (failures: inf)
         self.pending: list[dict[str, Any]] = []  # asked, not yet told: believed at the mean
+        self.asked: list[list[float]] = []  # unit-cube point of every config asked, in order
         self.theta: list[float] | None = None  # last fitted log hyperparameters (warm start)
         self.theta_told = 0  # len(losses) when theta was fitted
         dims = list(self.space.values())
@@ -186,10 +192,11 @@ class GP(Searcher):
         return self.n_initial
 
     def fresh(self) -> GP:
-        """Told nothing; keeps the seed's position and the configs still in flight."""
+        """Told nothing; keeps the seed's position, the configs still in flight and those asked."""
         twin = GP(self.space, self.batch_size, self.seed, self.n_initial, self.n_candidates,
                   self.n_refine, self.xi, self.max_points, self.max_pending, self.restarts)
         twin.num_asked, twin.pending = self.num_asked, list(self.pending)
+        twin.asked = list(self.asked)
         return twin
 
     def set_pending(self, configs: list[dict[str, Any]]) -> None:
@@ -256,6 +263,7 @@ class GP(Searcher):
 
     def _asked(self, config: dict[str, Any]) -> None:
         self.num_asked += 1
+        self.asked.append(space_to_unit(self.space, config).tolist())
         self.pending = (self.pending + [config])[-self.max_pending:] if self.max_pending else []
 
     def _model(self) -> tuple[np.ndarray, np.ndarray, gp_lib.GPParams]:
@@ -287,11 +295,12 @@ class GP(Searcher):
         """The config maximising log EI given the data and the believed pending configs."""
         X, y, params = model
         best = float(y.min())
-        if self.pending:
-            Xp = self.features(np.array([space_to_unit(self.space, c) for c in self.pending]))
-            believed, _ = gp_lib.Posterior(X, y, params).predict(Xp)
-            X, y = np.concatenate([X, Xp]), np.concatenate([y, believed])
-            best = min(best, float(believed.min()))
+        believed = self._believed()
+        if len(believed):
+            Xb = self.features(believed)
+            at_mean, _ = gp_lib.Posterior(X, y, params).predict(Xb)
+            X, y = np.concatenate([X, Xb]), np.concatenate([y, at_mean])
+            best = min(best, float(at_mean.min()))
         posterior = gp_lib.Posterior(X, y, params)
 
         d = len(self.space)
@@ -313,11 +322,24 @@ class GP(Searcher):
             scores = np.concatenate([log_expected_improvement(mean, var, best, self.xi), scores])
         return self._first_new(units[np.argsort(-scores, kind="stable")])
 
+    def _believed(self) -> np.ndarray:
+        """Unit points ``[b, dims]`` believed at the posterior mean: the pending configs, then
+        the other asked configs the model has no loss for, most recent first, ``max_pending`` in
+        all (module docstring)."""
+        told = {tuple(point) for point in self.points}
+        believed: dict[tuple[float, ...], None] = {}
+        for config in self.pending:
+            believed.setdefault(tuple(space_to_unit(self.space, config)), None)
+        for point in reversed(self.asked):
+            if tuple(point) not in told:
+                believed.setdefault(tuple(point), None)
+        return np.array(list(believed)[:self.max_pending], dtype=float).reshape(-1, len(self.space))
+
     def _first_new(self, ranked: np.ndarray) -> dict[str, Any]:
-        """The best-ranked unit point whose config was neither told nor is pending (else the
+        """The best-ranked unit point whose config was neither asked nor told before (else the
         best): at a face of the cube or on integers and choices, EI may peak at a config already
         tried, and a sweep would spend a trial repeating it."""
-        seen = {tuple(point) for point in self.points}
+        seen = {tuple(point) for point in self.points} | {tuple(point) for point in self.asked}
         seen |= {tuple(space_to_unit(self.space, c)) for c in self.pending}
         for u in ranked[:_MAX_SKIPPED]:
             config = space_from_unit(self.space, u)
@@ -377,6 +399,7 @@ class GP(Searcher):
             "points": self.points,
             "losses": [encode_loss(loss) for loss in self.losses],
             "pending": self.pending,
+            "asked": self.asked,
             "theta": self.theta,
             "theta_told": self.theta_told,
         }
@@ -392,6 +415,7 @@ class GP(Searcher):
         searcher.points = [[float(x) for x in point] for point in state["points"]]
         searcher.losses = [decode_loss(loss) for loss in state["losses"]]
         searcher.pending = [dict(config) for config in state["pending"]]
+        searcher.asked = [[float(x) for x in point] for point in state["asked"]]
         theta = state["theta"]
         searcher.theta = None if theta is None else [float(x) for x in theta]
         searcher.theta_told = int(state["theta_told"])

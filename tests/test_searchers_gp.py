@@ -243,9 +243,15 @@ def test_as_the_sampler_of_asha_it_learns_per_budget():
     outstanding = []
     while not scheduler.finished:
         outstanding += scheduler.ask(3 - len(outstanding))
+        # The scheduler keeps the believed configs to the trials in flight (set_pending).
+        running = [j.config for j in outstanding]
+        assert all(c in running for c in scheduler.sampler.pending)
         job = outstanding.pop(0)
         scheduler.tell(job.trial_id, job.budget, (job.config["x"] - 0.3) ** 2 + 1 / job.budget)
-    assert scheduler.num_trials == 30
+    assert scheduler.num_trials == 30 and scheduler.sampler.pending == []
+    # Trials stopped below the model's budget are believed, never proposed again (before that
+    # rule, the model at budget 3 proposed x = 1.0 and 0.81 in turn for 10 trials).
+    assert len({t.config["x"] for t in scheduler.trials}) == 30
     assert isinstance(scheduler.sampler, GP) and scheduler.sampler.theta is not None
     late = [scheduler.trials[t].config["x"] for t in range(20, 30)]
     assert np.median(np.abs(np.array(late) - 0.3)) < 0.05  # measured 0.002
