@@ -62,7 +62,6 @@ __all__ = ["GP", "log_expected_improvement"]
 
 _LOCAL_SIGMA = 0.1  # unit-cube std of the perturbations around the best points
 _LOCAL_CENTRES = 5  # best told points perturbed
-_MAX_SKIPPED = 64  # ranked candidates looked at for one whose config is new
 _C1 = 0.5 * math.log(2 * math.pi)
 _C2 = 0.5 * math.log(math.pi / 2)
 
@@ -338,13 +337,15 @@ class GP(Searcher):
     def _first_new(self, ranked: np.ndarray) -> dict[str, Any]:
         """The best-ranked unit point whose config was neither asked nor told before (else the
         best): at a face of the cube or on integers and choices, EI may peak at a config already
-        tried, and a sweep would spend a trial repeating it."""
-        seen = {tuple(point) for point in self.points} | {tuple(point) for point in self.asked}
-        seen |= {tuple(space_to_unit(self.space, c)) for c in self.pending}
-        for u in ranked[:_MAX_SKIPPED]:
-            config = space_from_unit(self.space, u)
-            if tuple(space_to_unit(self.space, config)) not in seen:
-                return config
+        tried, and a sweep would spend a trial repeating it. Two points are the same config when
+        their GP inputs are equal (integers and choices are snapped there; a float coordinate
+        repeats exactly only at a face, where the mapping round-trips exactly)."""
+        pending = [space_to_unit(self.space, c).tolist() for c in self.pending]
+        before = np.array(self.points + self.asked + pending, dtype=float)
+        seen = {tuple(row) for row in self.features(before.reshape(-1, len(self.space)))}
+        for u, key in zip(ranked, self.features(ranked), strict=True):
+            if tuple(key) not in seen:
+                return space_from_unit(self.space, u)
         return space_from_unit(self.space, ranked[0])
 
     def _refine(self, posterior: gp_lib.Posterior, starts: np.ndarray,

@@ -289,3 +289,15 @@ def test_bench_script_prints_well_formed_json_lines():
         gaps = [r["gap"] for r in runs if r["method"] == s["method"]]
         assert s["median_gap"] == pytest.approx(float(np.median(gaps)))
         assert s["beats_random"] == sum(a < b for a, b in zip(gaps, random_gaps, strict=True))
+
+
+def test_a_discrete_space_is_covered_before_any_config_repeats():
+    space = {"depth": Int(1, 4), "act": Choice(["relu", "tanh"])}  # 8 configs
+    searcher = GP(space, batch_size=3, seed=0, n_initial=3)
+    asked = []
+    for _ in range(3):
+        configs = searcher.ask()
+        searcher.tell(configs, [c["depth"] + (c["act"] == "tanh") for c in configs])
+        asked += configs
+    assert len({json.dumps(c, sort_keys=True) for c in asked[:8]}) == 8
+    assert asked[8] == {"depth": 1, "act": "relu"}  # then the best, as nothing new is left
