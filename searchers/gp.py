@@ -33,9 +33,10 @@ rules, in the space's unit cube (``space_to_unit``: log scales are already log):
   the configs actually in flight (``set_pending``; ``searchers.scheduler`` gives the rule). Configs
   asked before whose loss the model does not have (under a multi-fidelity scheduler: stopped below
   the model's budget) are believed the same way, the most recent first, up to ``max_pending``
-  believers in all; and no config asked before is proposed again. Without them the model, which
-  sees only the survivors of the lower rungs, finds its variance highest where the pruned trials
-  were, and measured under ASHA it proposed the same two configs in turn for half of the trials.
+  believers in all; and a config asked before is proposed again only when no candidate is new.
+  Without them the model, which sees only the survivors of the lower rungs, finds its variance
+  highest where the pruned trials were: under ASHA (``tests/test_searchers_gp.py``) it proposed
+  the same two configs in turn for 8 of 30 trials.
 
 Config k draws only from ``np.random.default_rng([seed, k])`` (and the seed's Sobol sequence); the
 hyperparameters are refitted (starting from the last fit) when the told data grew by an eighth
