@@ -67,13 +67,17 @@ class SweepConfig:
 
 
 # What the sweep searches when [space] is absent: the settings that matter most for each kind
-# (learning rate first), plus code size and activation, which every autoencoder study varies.
+# (learning rate first), plus code size and activation, which every autoencoder study varies, and
+# the learning-rate schedule and dropout, which cost no extra program (per-slot arrays; norm and
+# further activations would each multiply the compiled programs, so they stay opt-in).
 _COMMON_SPACE = {
     "learning_rate": {"dist": "float", "low": 1e-4, "high": 3e-2, "log": True},
     "weight_decay": {"dist": "float", "low": 1e-6, "high": 1e-2, "log": True},
     "latent_dim": {"dist": "int", "low": 4, "high": 32, "log": True},
     "hidden": {"dist": "int", "low": 32, "high": 128, "log": True},
     "activation": {"dist": "choice", "options": ["relu", "tanh"]},
+    "schedule": {"dist": "choice", "options": ["constant", "cosine", "exponential"]},
+    "dropout": {"dist": "float", "low": 0.0, "high": 0.2},
 }
 _MODEL_SPACE = {
     "ae": {},
@@ -175,9 +179,15 @@ def build(settings: Mapping[str, Any], origins: Mapping[str, str] | None = None
             space = check_space(config.model, raw_space)
         except UserError as e:
             raise _at(origins, "space", str(e)) from None
+        config = dataclasses.replace(config, space=space)
+        for norm in value_range(config, "norm"):
+            try:
+                hparams.check_combination(config.model, norm)
+            except UserError as e:
+                raise _at(origins, "space", str(e)) from None
     except _LocatedError as e:
         raise UserError(str(e)) from None
-    return dataclasses.replace(config, space=space)
+    return config
 
 
 class _LocatedError(UserError):

@@ -55,6 +55,8 @@ def train_spec(config: SweepConfig, features: int, bucket: tuple) -> pop_lib.Tra
         activation=b["activation"],
         loss=b["loss"],
         precision=config.precision,
+        norm=b["norm"],
+        dropout=max(value_range(config, "dropout")) > 0,
     )
     return pop_lib.TrainSpec(model, b["optimizer"], b["batch_size"])
 
@@ -215,7 +217,8 @@ class Driver:
             bucket.pop = pop_lib.set_targets(bucket.pop, slots, [job.budget] * len(slots))
         else:
             members = [pop_lib.Member(job.trial_id, config, job.budget,
-                                      member_keys(self.config, job.trial_id, r))
+                                      member_keys(self.config, job.trial_id, r),
+                                      horizon=self.config.steps)
                        for r in range(self.repeats)]
             bucket.pop = pop_lib.assign(bucket.spec, bucket.pop, slots, members)
         for r, slot in enumerate(slots):

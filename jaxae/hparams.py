@@ -8,7 +8,10 @@ A hyperparameter reaches the trainer in one of three ways:
 * ``masked`` -- a per-slot size inside a padded maximum shape (``latent_dim``, ``hidden``): exact
   masking, no recompile as long as the value fits the padded maximum.
 * ``bucket`` -- it changes the program (``depth``, ``activation``, ``optimizer``, ``batch_size``,
-  ``loss``): slots are grouped by the distinct values, one compiled program per group.
+  ``loss``, ``norm``): slots are grouped by the distinct values, one compiled program per group.
+
+A categorical ``array`` hyperparameter (``noise_kind``, ``schedule``) rides as the float index of
+its option.
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ from typing import Any
 from jaxae.errors import UserError
 
 MODELS = ("ae", "sparse", "denoising", "contractive", "vae")
-ACTIVATIONS = ("relu", "tanh", "gelu", "elu", "sigmoid")
+ACTIVATIONS = ("relu", "tanh", "gelu", "elu", "sigmoid", "leaky_relu")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 LOSSES = ("mse", "bce")
 NOISE_KINDS = ("gaussian", "mask")
+SCHEDULES = ("constant", "cosine", "exponential")
+NORMS = ("none", "batch", "layer")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +79,14 @@ HPARAMS: dict[str, HParam] = {
     "noise_kind": HParam("gaussian", "array", ("denoising",), options=NOISE_KINDS),
     "contractive": HParam(1e-2, "array", ("contractive",), low=0.0),
     "beta": HParam(1.0, "array", ("vae",), low=0.0),
+    # The learning-rate schedule (jaxae/schedules.py): its shape is relative to the sweep's
+    # maximum budget, so it never depends on the rung a trial is at.
+    "schedule": HParam("constant", "array", options=SCHEDULES),
+    "warmup": HParam(0, "array", low=0, high=10**9, integer=True),
+    "final_lr_ratio": HParam(0.1, "array", low=0.0, high=1.0),
+    # Inverted dropout on every hidden layer while training; the high bound keeps 1/(1-p) sane.
+    "dropout": HParam(0.0, "array", low=0.0, high=0.9),
+    "norm": HParam("none", "bucket", options=NORMS),
 }
 
 # The per-slot float32 arrays every population carries, in a fixed order. Sizes ride along as
@@ -97,6 +110,14 @@ def defaults(model: str) -> dict[str, Any]:
     values = {name: HPARAMS[name].default for name in names_for(model)}
     values.update(MODEL_DEFAULTS.get(model, {}))
     return values
+
+
+def check_combination(model: str, norm: Any) -> None:
+    """Refuses batch norm for the contractive autoencoder: its penalty is the Jacobian of each
+    example's code by that example alone, which batch statistics (shared by the batch) break."""
+    if model == "contractive" and norm == "batch":
+        raise UserError("norm = 'batch' does not apply to model 'contractive' (its penalty needs "
+                        "per-example codes; use norm = 'layer')")
 
 
 def check_name(name: str, model: str) -> None:
@@ -142,13 +163,14 @@ def resolve(model: str, values: Mapping[str, Any]) -> dict[str, Any]:
     for name, value in values.items():
         check_name(name, model)
         config[name] = check_value(name, value)
+    check_combination(model, config["norm"])
     return config
 
 
 def array_value(name: str, value: Any) -> float:
     """The float32-able number a per-slot array holds for ``name``."""
-    if name == "noise_kind":
-        return float(NOISE_KINDS.index(value))
+    if HPARAMS[name].options:
+        return float(HPARAMS[name].options.index(value))
     if name == "grad_clip" and value == 0:
         return math.inf
     return float(value)

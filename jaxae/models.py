@@ -4,6 +4,11 @@ The padded model has ``hidden`` units per hidden layer and ``latent_dim`` code u
 wants fewer passes masks that zero the unused units. A zeroed unit contributes exact zeros
 downstream and receives zero gradient, so a masked slot computes what the smaller model would
 (up to the summation order of the wider matmul).
+
+Each hidden layer is ``Dense -> norm -> activation -> mask -> dropout``: normalisation (``norm``)
+acts on the dense layer's output before the non-linearity, as Ioffe & Szegedy (2015) and Ba et al.
+(2016) place it; dropout (inverted: kept units are scaled by ``1 / (1 - p)``) acts on the hidden
+layer's output while training. Neither touches the code layer or the output layer.
 """
 
 from __future__ import annotations
@@ -50,7 +55,19 @@ ACTIVATION_FNS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "gelu": nn.gelu,
     "elu": nn.elu,
     "sigmoid": nn.sigmoid,
+    "leaky_relu": nn.leaky_relu,  # negative slope 0.01, flax's default
 }
+
+# Batch norm's running statistics: new = MOMENTUM * old + (1 - MOMENTUM) * batch, as
+# flax.linen.BatchNorm(momentum=0.9) (flax's own default is 0.99: too slow for sweeps of a few
+# hundred steps). The epsilons are flax's defaults.
+BATCH_NORM_MOMENTUM = 0.9
+BATCH_NORM_EPS = 1e-5
+LAYER_NORM_EPS = 1e-6
+
+# Dropout masks come from the step's noise key folded with this constant, so the denoising and VAE
+# noise (which use the key itself and its split halves) keep their streams.
+DROPOUT_STREAM = 0x64726F70  # "drop"
 
 
 def stores_transposed(n_in: int, n_out: int) -> bool:
@@ -99,6 +116,9 @@ class ModelSpec:
         loss: reconstruction loss, ``"mse"`` or ``"bce"``.
         precision: matmul precision, a key of ``PRECISIONS`` or ``"auto"``
             (``resolve_precision``, decided when the program is traced).
+        norm: normalisation of each hidden layer, one of ``hparams.NORMS``.
+        dropout: whether the training pass draws dropout masks at all (the rate is per slot; a
+            sweep whose dropout is 0 everywhere skips the masks' random bits).
     """
 
     kind: str
@@ -109,6 +129,8 @@ class ModelSpec:
     activation: str = "relu"
     loss: str = "mse"
     precision: str = "auto"
+    norm: str = "none"
+    dropout: bool = False
 
     @property
     def variational(self) -> bool:
@@ -126,6 +148,73 @@ class Masks:
 
     hidden: jax.Array  # shape=[hidden], float32
     latent: jax.Array  # shape=[latent_dim], float32
+
+
+@struct.dataclass
+class Train:
+    """What makes a forward pass a training pass: dropout and batch statistics on."""
+
+    dropout: jax.Array  # shape=[], float32: the slot's dropout rate
+    key: jax.Array  # shape=[2], uint32: this step's dropout key
+
+
+def dropout(h: jax.Array, rate: jax.Array, key: jax.Array) -> jax.Array:
+    """Inverted dropout of ``h`` [..., batch, units] (``flax.linen.Dropout``'s rule).
+
+    The keep mask is drawn as [units, batch] and transposed: with JAX's partitionable threefry a
+    draw's values follow its row-major index, so unit ``j``'s mask does not depend on how many
+    units the padded layer has, and a masked slot drops what the unpadded model drops.
+    """
+    keep = jax.random.bernoulli(key, 1.0 - rate, h.shape[::-1]).T
+    return jnp.where(keep, h / (1.0 - rate).astype(h.dtype), jnp.zeros((), h.dtype))
+
+
+class Norm(nn.Module):
+    """Batch or layer normalisation over a slot's used units, with learnable scale and offset.
+
+    Layer norm averages over the units where ``mask`` is 1 only, so a padded slot normalises as the
+    unpadded model does. Batch norm normalises each unit over the batch while training and keeps
+    running statistics (collection ``batch_stats``: ``mean``, ``var`` [units]) for evaluation;
+    masked units keep their initial statistics. Statistics are computed in float32.
+    """
+
+    kind: str  # "batch" or "layer"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array, training: bool) -> jax.Array:
+        n = x.shape[-1]
+        # init_params draws the real initial values (scale 1 on used units, 0 elsewhere).
+        scale = self.param("scale", nn.initializers.zeros_init(), (n,), jnp.float32)
+        offset = self.param("bias", nn.initializers.zeros_init(), (n,), jnp.float32)
+        dtype, x = x.dtype, x.astype(jnp.float32)
+        if self.kind == "layer":
+            count = jnp.sum(mask)
+            mean = jnp.sum(x * mask, axis=-1, keepdims=True) / count
+            var = jnp.sum(jnp.square((x - mean) * mask), axis=-1, keepdims=True) / count
+            eps = LAYER_NORM_EPS
+        else:
+            stats = init_stats_of_units(n)
+            ra_mean = self.variable("batch_stats", "mean", lambda: stats["mean"])
+            ra_var = self.variable("batch_stats", "var", lambda: stats["var"])
+            if training:
+                axes = tuple(range(x.ndim - 1))
+                mean = jnp.mean(x, axis=axes)
+                var = jnp.mean(jnp.square(x - mean), axis=axes)
+                if not self.is_initializing():
+                    m = BATCH_NORM_MOMENTUM
+                    blend = lambda old, new: old + mask * ((m - 1.0) * old + (1.0 - m) * new)  # noqa: E731
+                    ra_mean.value = blend(ra_mean.value, mean)
+                    ra_var.value = blend(ra_var.value, var)
+            else:
+                mean, var = ra_mean.value, ra_var.value
+            eps = BATCH_NORM_EPS
+        y = (x - mean) * jax.lax.rsqrt(var + eps)
+        return ((y * scale + offset) * mask).astype(dtype)
+
+
+def init_stats_of_units(n: int) -> dict[str, jax.Array]:
+    """A batch-norm layer's initial running statistics: mean 0, variance 1 ([n] each)."""
+    return {"mean": jnp.zeros((n,), jnp.float32), "var": jnp.ones((n,), jnp.float32)}
 
 
 def make_masks(spec: ModelSpec, hidden: jax.Array, latent_dim: jax.Array) -> Masks:
@@ -155,15 +244,30 @@ class MLPAutoencoder(nn.Module):
             self.code_logvar = dense(s.latent_dim, name="code_logvar")
         self.decoder_layers = [dense(s.hidden, name=f"dec_{i}") for i in range(s.depth)]
         self.output = dense(s.features, name="output")
+        if s.norm != "none":
+            self.encoder_norms = [Norm(s.norm, name=f"enc_{i}_norm") for i in range(s.depth)]
+            self.decoder_norms = [Norm(s.norm, name=f"dec_{i}_norm") for i in range(s.depth)]
 
-    def _hidden(self, x: jax.Array, layer: nn.Dense, mask: jax.Array) -> jax.Array:
-        return ACTIVATION_FNS[self.spec.activation](layer(x)) * mask
+    def _hidden(self, x: jax.Array, part: str, i: int, mask: jax.Array, train: Train | None
+                ) -> jax.Array:
+        s = self.spec
+        h = getattr(self, f"{part}coder_layers")[i](x)
+        if s.norm != "none":
+            h = getattr(self, f"{part}coder_norms")[i](h, mask, train is not None)
+        h = ACTIVATION_FNS[s.activation](h) * mask
+        if train is not None and s.dropout:
+            # One stream per hidden layer: encoder layers 0 .. depth-1, decoder depth .. 2 depth-1.
+            index = i if part == "en" else s.depth + i
+            h = dropout(h, train.dropout, jax.random.fold_in(train.key, index))
+        return h
 
-    def encode(self, x: jax.Array, masks: Masks) -> jax.Array | tuple[jax.Array, jax.Array]:
-        """Codes of ``x`` [..., features]: z [..., latent_dim], or (mu, logvar) for a VAE."""
+    def encode(self, x: jax.Array, masks: Masks, train: Train | None = None
+               ) -> jax.Array | tuple[jax.Array, jax.Array]:
+        """Codes of ``x`` [..., features]: z [..., latent_dim], or (mu, logvar) for a VAE.
+        ``train``: a training pass (dropout, batch statistics); None evaluates."""
         h = x
-        for layer in self.encoder_layers:
-            h = self._hidden(h, layer, masks.hidden)
+        for i in range(self.spec.depth):
+            h = self._hidden(h, "en", i, masks.hidden, train)
         # Codes and logits leave the model in float32: losses and penalties are computed there.
         pre = self.code(h).astype(jnp.float32)
         if self.spec.variational:
@@ -173,16 +277,16 @@ class MLPAutoencoder(nn.Module):
             pre = nn.sigmoid(pre)
         return pre * masks.latent
 
-    def decode(self, z: jax.Array, masks: Masks) -> jax.Array:
+    def decode(self, z: jax.Array, masks: Masks, train: Train | None = None) -> jax.Array:
         """Logits [..., features] of the reconstruction of codes ``z`` [..., latent_dim]."""
         h = z * masks.latent
-        for layer in self.decoder_layers:
-            h = self._hidden(h, layer, masks.hidden)
+        for i in range(self.spec.depth):
+            h = self._hidden(h, "de", i, masks.hidden, train)
         return self.output(h).astype(jnp.float32)
 
-    def __call__(self, x: jax.Array, masks: Masks) -> jax.Array:
-        code = self.encode(x, masks)
-        return self.decode(code[0] if self.spec.variational else code, masks)
+    def __call__(self, x: jax.Array, masks: Masks, train: Train | None = None) -> jax.Array:
+        code = self.encode(x, masks, train)
+        return self.decode(code[0] if self.spec.variational else code, masks, train)
 
 
 # LeCun normal as flax draws it: a normal truncated at +-2 std, rescaled to unit variance.
@@ -248,6 +352,7 @@ def init_params(spec: ModelSpec, key: jax.Array, masks: Masks) -> dict:
             "kernel": kernel.T if stores_transposed(sizes[reads], sizes[writes]) else kernel,
             "bias": jnp.zeros((sizes[writes],), jnp.float32),
         }
+    params.update(_norm_params(spec, masks))
     return params
 
 
@@ -260,11 +365,53 @@ def _stable_hash(name: str) -> np.uint32:
     return np.uint32(zlib.crc32(name.encode()))
 
 
+def norm_layers(spec: ModelSpec) -> tuple[str, ...]:
+    """The names of the normalisation layers (one after each hidden dense layer, if any)."""
+    if spec.norm == "none":
+        return ()
+    return tuple(f"{part}_{i}_norm" for part in ("enc", "dec") for i in range(spec.depth))
+
+
+def _norm_params(spec: ModelSpec, masks: Masks) -> dict:
+    # Scale 1 and offset 0 on used units (flax's initialisers); 0 on unused ones, like every
+    # other weight of an unused unit.
+    return {name: {"scale": masks.hidden, "bias": jnp.zeros((spec.hidden,), jnp.float32)}
+            for name in norm_layers(spec)}
+
+
+def init_stats(spec: ModelSpec) -> dict:
+    """One slot's initial batch-norm running statistics (empty unless ``spec.norm == "batch"``):
+    ``{layer: {"mean": [hidden], "var": [hidden]}}``."""
+    if spec.norm != "batch":
+        return {}
+    return {name: init_stats_of_units(spec.hidden) for name in norm_layers(spec)}
+
+
 def apply_fn(spec: ModelSpec, method: str = "__call__") -> Callable:
-    """``fn(params, x, masks)`` calling ``MLPAutoencoder(spec).<method>``, for use inside jit."""
+    """``fn(params, x, masks, stats=None)`` calling ``MLPAutoencoder(spec).<method>`` in
+    evaluation form (no dropout; batch norm reads the running ``stats`` of ``init_stats``' layout),
+    for use inside jit."""
     model = MLPAutoencoder(spec)
 
-    def fn(params: dict, x: jax.Array, masks: Masks):
-        return model.apply({"params": params}, x, masks, method=getattr(model, method))
+    def fn(params: dict, x: jax.Array, masks: Masks, stats: dict | None = None):
+        variables = {"params": params, **({"batch_stats": stats} if stats else {})}
+        return model.apply(variables, x, masks, method=getattr(model, method))
+
+    return fn
+
+
+def train_fn(spec: ModelSpec, method: str = "__call__") -> Callable:
+    """``fn(params, x, masks, stats, train) -> (out, new_stats)``: ``MLPAutoencoder(spec).<method>``
+    as a training pass (dropout; batch norm normalises by the batch and returns ``stats`` moved
+    toward the batch's statistics; ``{}`` in and out without batch norm)."""
+    model = MLPAutoencoder(spec)
+
+    def fn(params: dict, x: jax.Array, masks: Masks, stats: dict, train: Train):
+        if spec.norm != "batch":
+            return model.apply({"params": params}, x, masks, train,
+                               method=getattr(model, method)), stats
+        out, updated = model.apply({"params": params, "batch_stats": stats}, x, masks, train,
+                                   method=getattr(model, method), mutable=["batch_stats"])
+        return out, updated["batch_stats"]
 
     return fn

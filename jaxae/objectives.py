@@ -1,8 +1,10 @@
 """Training objectives, one per autoencoder kind, and the validation metrics.
 
-Every objective is a pure function ``loss_fn(params, x, key, hp) -> (loss, aux)`` of one member:
-``x`` is a batch [batch, features] in [0, 1], ``key`` a PRNG key for the step's noise, ``hp`` a dict
-of scalar hyperparameters (``hparams.ARRAY_NAMES``). The population trainer vmaps it over slots.
+Every objective is a pure function ``loss_fn(params, x, key, hp, stats) -> (loss, aux)`` of one
+member: ``x`` is a batch [batch, features] in [0, 1], ``key`` a PRNG key for the step's noise
+(denoising, VAE sampling, dropout), ``hp`` a dict of scalar hyperparameters
+(``hparams.ARRAY_NAMES``), ``stats`` the batch-norm running statistics (``models.init_stats``;
+``aux["stats"]`` holds them after this batch). The population trainer vmaps it over slots.
 
 Conventions (the textbook ones: Ng's sparse-autoencoder notes, Rifai et al. 2011, Kingma & Welling
 2014): the reconstruction term is a per-example *sum* over features, averaged over the batch, so
@@ -17,9 +19,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxae.models import Masks, ModelSpec, apply_fn, make_masks
+from jaxae.models import DROPOUT_STREAM, Masks, ModelSpec, Train, apply_fn, make_masks, train_fn
 
-Objective = Callable[[dict, jax.Array, jax.Array, dict], tuple[jax.Array, dict]]
+Objective = Callable[..., tuple[jax.Array, dict]]
 
 
 def reconstruction(logits: jax.Array, x: jax.Array, loss: str) -> jax.Array:
@@ -85,38 +87,48 @@ def _masks(spec: ModelSpec, hp: dict) -> Masks:
 
 
 def make_objective(spec: ModelSpec) -> Objective:
-    """The training loss of ``spec.kind``: ``loss_fn(params, x, key, hp) -> (loss, aux)``."""
-    encode, decode = apply_fn(spec, "encode"), apply_fn(spec, "decode")
+    """The training loss of ``spec.kind``: ``loss_fn(params, x, key, hp, stats=None) -> (loss,
+    aux)``, computed by a training pass (dropout at the slot's rate, batch norm on the batch's
+    statistics). The contractive penalty is the Jacobian of the encoder without dropout."""
+    encode, decode = train_fn(spec, "encode"), train_fn(spec, "decode")
+    clean_encode = apply_fn(spec, "encode")
 
-    def loss_fn(params: dict, x: jax.Array, key: jax.Array, hp: dict) -> tuple[jax.Array, dict]:
+    def loss_fn(params: dict, x: jax.Array, key: jax.Array, hp: dict, stats: dict | None = None
+                ) -> tuple[jax.Array, dict]:
         masks = _masks(spec, hp)
         kind = spec.kind
+        train = Train(hp["dropout"], jax.random.fold_in(key, DROPOUT_STREAM))
+        stats = {} if stats is None else stats
         if kind == "vae":
-            mu, logvar = encode(params, x, masks)
+            (mu, logvar), stats = encode(params, x, masks, stats, train)
             eps = jax.random.normal(key, mu.shape, mu.dtype)
             z = mu + jnp.exp(0.5 * logvar) * eps * masks.latent
-            recon = reconstruction(decode(params, z, masks), x, spec.loss)
+            logits, stats = decode(params, z, masks, stats, train)
+            recon = reconstruction(logits, x, spec.loss)
             kl = gaussian_kl(mu, logvar)
             loss = jnp.mean(recon + hp["beta"] * kl)
-            return loss, {"recon": jnp.mean(recon), "kl": jnp.mean(kl)}
+            return loss, {"recon": jnp.mean(recon), "kl": jnp.mean(kl), "stats": stats}
         x_in = corrupt(x, key, hp["noise"], hp["noise_kind"]) if kind == "denoising" else x
-        z = encode(params, x_in, masks)
-        recon = jnp.mean(reconstruction(decode(params, z, masks), x, spec.loss))
+        z, stats = encode(params, x_in, masks, stats, train)
+        logits, stats = decode(params, z, masks, stats, train)
+        recon = jnp.mean(reconstruction(logits, x, spec.loss))
         penalty = jnp.zeros(())
         if kind == "sparse":
             penalty = hp["l1"] * jnp.mean(l1_activity(z)) + hp["sparsity_weight"] * kl_sparsity(
                 z, hp["rho"], masks.latent
             )
         elif kind == "contractive":
-            jac_norm = contractive_penalty(lambda xi: encode(params, xi, masks), x)
+            # hparams.check_combination keeps batch norm out: no statistics to pass here.
+            jac_norm = contractive_penalty(lambda xi: clean_encode(params, xi, masks), x)
             penalty = hp["contractive"] * jnp.mean(jac_norm)
-        return recon + penalty, {"recon": recon, "penalty": penalty}
+        return recon + penalty, {"recon": recon, "penalty": penalty, "stats": stats}
 
     return loss_fn
 
 
 def make_metrics(spec: ModelSpec) -> Callable[[dict, jax.Array, jax.Array, dict], dict]:
-    """Validation metrics of one member: ``fn(params, x, key, hp) -> {name: [batch]}``.
+    """Validation metrics of one member: ``fn(params, x, key, hp, stats=None) -> {name: [batch]}``
+    (an evaluation pass: no dropout, batch norm from the running ``stats``).
 
     ``recon`` is the reconstruction error of the clean input (for a VAE, through the mean code);
     ``val_loss`` is what searchers minimise: ``recon`` for deterministic kinds, and for a VAE the
@@ -124,16 +136,19 @@ def make_metrics(spec: ModelSpec) -> Callable[[dict, jax.Array, jax.Array, dict]
     """
     encode, decode = apply_fn(spec, "encode"), apply_fn(spec, "decode")
 
-    def metrics(params: dict, x: jax.Array, key: jax.Array, hp: dict) -> dict:
+    def metrics(params: dict, x: jax.Array, key: jax.Array, hp: dict, stats: dict | None = None
+                ) -> dict:
         masks = _masks(spec, hp)
         if spec.kind != "vae":
-            recon = reconstruction(decode(params, encode(params, x, masks), masks), x, spec.loss)
+            z = encode(params, x, masks, stats)
+            recon = reconstruction(decode(params, z, masks, stats), x, spec.loss)
             return {"recon": recon, "val_loss": recon}
-        mu, logvar = encode(params, x, masks)
-        recon_mean = reconstruction(decode(params, mu, masks), x, spec.loss)
+        mu, logvar = encode(params, x, masks, stats)
+        recon_mean = reconstruction(decode(params, mu, masks, stats), x, spec.loss)
         eps = jax.random.normal(key, mu.shape, mu.dtype)
         z = mu + jnp.exp(0.5 * logvar) * eps * masks.latent
-        neg_elbo = reconstruction(decode(params, z, masks), x, spec.loss) + gaussian_kl(mu, logvar)
+        neg_elbo = (reconstruction(decode(params, z, masks, stats), x, spec.loss)
+                    + gaussian_kl(mu, logvar))
         return {"recon": recon_mean, "val_loss": neg_elbo}
 
     return metrics

@@ -31,8 +31,9 @@ from jax.sharding import Mesh, PartitionSpec
 
 from jaxae import hparams as hparams_lib
 from jaxae import optimizers
-from jaxae.models import ModelSpec, init_params, make_masks
+from jaxae.models import ModelSpec, init_params, init_stats, make_masks
 from jaxae.objectives import make_metrics, make_objective
+from jaxae.schedules import learning_rate_at
 from jaxae.sharding import AXIS, to_host
 
 # How many times each jitted program was traced (a trace precedes every compilation), by name and
@@ -68,7 +69,11 @@ class Population:
 
     params: dict  # leaves [slots, ...]
     opt_state: Any  # leaves [slots, ...]
-    hparams: dict  # name -> [slots] float32, for every name in hparams.ARRAY_NAMES
+    # Batch-norm running statistics (models.init_stats), leaves [slots, hidden]; {} without.
+    stats: dict
+    # name -> [slots] float32, for every name in hparams.ARRAY_NAMES, and "horizon": the sweep's
+    # maximum budget, which the learning-rate schedule is relative to.
+    hparams: dict
     init_key: jax.Array  # [slots, 2] uint32
     data_key: jax.Array  # [slots, 2] uint32: batch order and step noise
     eval_key: jax.Array  # [slots, 2] uint32: VAE posterior samples in evaluation
@@ -139,8 +144,8 @@ def member_step(spec: TrainSpec, train_x: jax.Array, m: Population,
     objective = make_objective(spec.model)
     active = (m.step < m.target) & ~m.diverged & (m.trial >= 0)
     idx, k_noise = draw_batch(spec, train_x.shape[0], m.data_key, m.step) if draw is None else draw
-    (loss, _), grads = jax.value_and_grad(objective, has_aux=True)(
-        m.params, train_x[idx], k_noise, m.hparams
+    (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(
+        m.params, train_x[idx], k_noise, m.hparams, m.stats
     )
     if spec.clip_gradients:
         # One reduction serves both the divergence check and global-norm clipping: finite loss
@@ -159,12 +164,13 @@ def member_step(spec: TrainSpec, train_x: jax.Array, m: Population,
     ok = active & finite
     # Zero where the slot does not train: the optimizer blends old and new state arithmetically.
     grads = jax.tree.map(lambda g: jnp.where(ok, g * scale, 0.0), grads)
-    params, opt_state = optimizers.update(
-        spec.optimizer, grads, m.opt_state, m.params, m.hparams, ok
-    )
+    hp = {**m.hparams,
+          "learning_rate": learning_rate_at(m.hparams, m.step, m.hparams["horizon"])}
+    params, opt_state = optimizers.update(spec.optimizer, grads, m.opt_state, m.params, hp, ok)
     m = m.replace(
         params=params,
         opt_state=opt_state,
+        stats=jax.tree.map(lambda new, old: jnp.where(ok, new, old), aux["stats"], m.stats),
         step=m.step + ok.astype(jnp.int32),
         diverged=m.diverged | (active & ~finite),
     )
@@ -313,7 +319,7 @@ def evaluate(spec: TrainSpec, pop: Population, x: jax.Array) -> dict[str, jax.Ar
     def member(m: Population) -> dict[str, jax.Array]:
         def one_block(args):
             i, xi, wi = args
-            out = metrics_fn(m.params, xi, jax.random.fold_in(m.eval_key, i), m.hparams)
+            out = metrics_fn(m.params, xi, jax.random.fold_in(m.eval_key, i), m.hparams, m.stats)
             return {k: jnp.sum(v * wi) for k, v in out.items()}
 
         sums = jax.lax.map(one_block, (jnp.arange(num_blocks), xb, weight))
@@ -333,6 +339,7 @@ def _reset(spec: TrainSpec, pop: Population, new: jax.Array, fresh: dict) -> Pop
     replaced = pop.replace(
         params=params,
         opt_state=opt_state,
+        stats=_fresh_stats(spec, pop.size),
         hparams=fresh["hparams"],
         init_key=fresh["init_key"],
         data_key=fresh["data_key"],
@@ -351,6 +358,7 @@ def create(spec: TrainSpec, num_slots: int) -> Population:
     hp = {k: jnp.asarray(v) for k, v in hparam_arrays([default] * num_slots).items()}
     hp["hidden"] = jnp.full((num_slots,), spec.model.hidden, jnp.float32)
     hp["latent_dim"] = jnp.full((num_slots,), spec.model.latent_dim, jnp.float32)
+    hp["horizon"] = jnp.ones((num_slots,), jnp.float32)
     keys = jnp.zeros((num_slots, 2), jnp.uint32)
     # Empty slots never train, so zeros of the right shapes do; eval_shape compiles nothing.
     shapes = jax.eval_shape(jax.vmap(functools.partial(_init_member, spec)), keys, hp)
@@ -358,6 +366,7 @@ def create(spec: TrainSpec, num_slots: int) -> Population:
     return Population(
         params=params,
         opt_state=opt_state,
+        stats=_fresh_stats(spec, num_slots),
         hparams=hp,
         # Distinct buffers: the population is donated leaf by leaf.
         init_key=keys,
@@ -370,6 +379,11 @@ def create(spec: TrainSpec, num_slots: int) -> Population:
     )
 
 
+def _fresh_stats(spec: TrainSpec, num_slots: int) -> dict:
+    return jax.tree.map(lambda a: jnp.broadcast_to(a, (num_slots, *a.shape)),
+                        init_stats(spec.model))
+
+
 @dataclasses.dataclass(frozen=True)
 class Member:
     """What ``assign`` needs to start one trial in a slot."""
@@ -378,6 +392,8 @@ class Member:
     config: Mapping[str, Any]  # a resolved configuration (hparams.resolve)
     target: int  # train until this many steps
     keys: Mapping[str, np.ndarray]  # trial_keys(...), possibly with a shared data_key
+    # The sweep's maximum budget, the learning-rate schedule's horizon (None: ``target``).
+    horizon: int | None = None
 
 
 def assign(spec: TrainSpec, pop: Population, slots: Sequence[int], members: Sequence[Member]
@@ -409,6 +425,7 @@ def assign(spec: TrainSpec, pop: Population, slots: Sequence[int], members: Sequ
         for name in ("init_key", "data_key", "eval_key"):
             fresh[name][slot] = m.keys[name]
         fresh["target"][slot] = m.target
+        fresh["hparams"]["horizon"][slot] = m.target if m.horizon is None else m.horizon
         fresh["trial"][slot] = m.trial
     _check_fits(spec, fresh["hparams"], slots)
     # Placed like the population's own slot arrays: a differently placed argument is a jit cache
@@ -422,6 +439,8 @@ def _check_fits(spec: TrainSpec, hp: dict, slots: Sequence[int]) -> None:
     for name, cap in (("hidden", spec.model.hidden), ("latent_dim", spec.model.latent_dim)):
         if np.any(hp[name][list(slots)] > cap):
             raise ValueError(f"{name} exceeds the padded maximum {cap} of this population")
+    if not spec.model.dropout and np.any(hp["dropout"][list(slots)] > 0):
+        raise ValueError("dropout > 0 in a program built without dropout (ModelSpec.dropout)")
 
 
 def set_targets(pop: Population, slots: Sequence[int], targets: Sequence[int]) -> Population:

@@ -233,7 +233,8 @@ def downstream(sweep: Sweep, *, top_k: int = 3, anomaly_class: int = 0,
     for key, trials in groups.items():
         spec = driver_lib.train_spec(sweep.config, dataset.features, key)
         members = [pop_lib.Member(t["trial_id"], t["params"], t["steps"],
-                                  driver_lib.member_keys(sweep.config, t["trial_id"], 0))
+                                  driver_lib.member_keys(sweep.config, t["trial_id"], 0),
+                                  horizon=sweep.config.steps)
                    for t in trials]
         # The sweep's own layout (slots per bucket, devices), so the members reproduce their
         # trials exactly; scoring then uses only the members' slots.
@@ -374,7 +375,7 @@ def _programs() -> tuple[Any, Any]:
 
         def member(m):
             z = encode(m.params, x, make_masks(spec.model, m.hparams["hidden"],
-                                               m.hparams["latent_dim"]))
+                                               m.hparams["latent_dim"]), m.stats)
             return z[0] if spec.model.variational else z
 
         return jax.vmap(member)(pop)
@@ -382,6 +383,7 @@ def _programs() -> tuple[Any, Any]:
     @functools.partial(jax.jit, static_argnums=(0,))
     def recon_fn(spec, pop, x):
         metrics = make_metrics(spec.model)
-        return jax.vmap(lambda m: metrics(m.params, x, m.eval_key, m.hparams)["recon"])(pop)
+        return jax.vmap(lambda m: metrics(m.params, x, m.eval_key, m.hparams, m.stats)["recon"])(
+            pop)
 
     return codes_fn, recon_fn
