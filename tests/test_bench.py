@@ -104,3 +104,19 @@ def test_masking_and_crn_benches_print_json_lines():
     rows = _json_lines(["--configs", "3", "--replicates", "2", "--budgets", "10", "--seeds", "0",
                         "--hidden", "8"], "crn.py")
     assert {r["crn"] for r in rows} == {False, True}
+
+
+def test_hparams_cost_prints_one_json_line_per_case():
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "hparams_cost.py"), "--population", "2",
+         "--steps", "3", "--hidden", "8", "--latent", "4", "--batch", "8", "--repeats", "1",
+         "--cases", "plain,no-schedule,batch-norm"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=True,
+    )
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [r["case"] for r in rows] == ["plain", "no-schedule", "batch-norm"]
+    for r in rows:
+        assert r["population"] == 2 and r["steps"] == 3 and r["device"]
+        assert math.isfinite(r["member_steps_per_s"]) and r["member_steps_per_s"] > 0
+        assert math.isclose(r["us_per_member_step"], 1e6 / r["member_steps_per_s"])
+    assert rows[0]["ratio_vs_plain"] == 1.0

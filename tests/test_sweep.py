@@ -197,6 +197,8 @@ BAD_CONFIGS = {
     "unknown_setting": ('[sweep]\npopulaton = 4\n', "populaton"),
     "bad_model": ('[sweep]\nmodel = "gan"\n', "gan"),
     "negative_trials": ('[sweep]\ntrials = -3\n', "trials"),
+    "contractive_batch_norm": ('[sweep]\nmodel = "contractive"\n[space]\n'
+                               'norm = {dist = "choice", options = ["none", "batch"]}\n', "norm"),
 }
 
 
@@ -349,3 +351,23 @@ def test_common_random_numbers_share_data_order_per_replicate(tmp_path):
         by_replicate.setdefault(r, set()).add(data_key)
     assert all(len(keys) == 1 for keys in by_replicate.values()) and len(by_replicate) == 2
     assert len({k for *_, k in reps}) == 6  # initialisations stay distinct
+
+
+REGULARISED = SMALL.replace('activation = "tanh"', """activation = "leaky_relu"
+norm = {{dist = "choice", options = ["layer", "batch"]}}
+dropout = {{dist = "float", low = 0.0, high = 0.3}}
+schedule = {{dist = "choice", options = ["constant", "cosine", "exponential"]}}
+warmup = {{dist = "int", low = 0, high = 5}}""")
+
+
+def test_schedule_dropout_norm_and_leaky_relu_sweep_end_to_end(tmp_path):
+    config = tmp_path / "r.toml"
+    config.write_text(REGULARISED.format(searcher="asha", population=4, trials=6, steps=30))
+    assert main(["--config", str(config), "--out", str(tmp_path / "o"), "--no-report",
+                 "--no-progress"]) == 0
+    result = rows(tmp_path / "o")
+    assert any(s == "completed" for _, s, _, _, _ in result)
+    params = [json.loads(p) for _, _, p, _, _ in result]
+    assert {p["norm"] for p in params} <= {"layer", "batch"}
+    assert all(p["activation"] == "leaky_relu" and 0 <= p["dropout"] <= 0.3 for p in params)
+    assert all(np.isfinite(v) for _, _, _, v, _ in result)
