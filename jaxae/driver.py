@@ -164,6 +164,9 @@ class Driver:
         self.queue: list[Job] = []
         self.chunk = 0
         self.member_steps = 0
+        # Measurement only (bench/sweep.py): slot-steps computed, busy or not, and program calls.
+        self.slot_steps = 0
+        self.bucket_calls = 0
         self._started: list[Event] = []
 
     # -- configuration --------------------------------------------------------------------------
@@ -256,6 +259,8 @@ class Driver:
             if bucket.first_chunk_s is None:
                 bucket.first_chunk_s = time.perf_counter() - t0
             self.member_steps += int((host["step"] - before).sum())
+            self.slot_steps += bucket.pop.size * self.config.chunk
+            self.bucket_calls += 1
             for slot, owner in enumerate(bucket.owner):
                 if owner is None:
                     continue
