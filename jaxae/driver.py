@@ -58,7 +58,9 @@ def train_spec(config: SweepConfig, features: int, bucket: tuple) -> pop_lib.Tra
         norm=b["norm"],
         dropout=max(value_range(config, "dropout")) > 0,
     )
-    return pop_lib.TrainSpec(model, b["optimizer"], b["batch_size"])
+    # The gradient-norm pass only where some trial of the space can clip (grad_clip > 0).
+    clips = max(value_range(config, "grad_clip")) > 0
+    return pop_lib.TrainSpec(model, b["optimizer"], b["batch_size"], clip_gradients=clips)
 
 
 def member_keys(config: SweepConfig, trial: int, replicate: int) -> dict[str, np.ndarray]:
