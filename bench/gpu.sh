@@ -14,11 +14,13 @@ export PYTHONPATH=$PWD TF_CPP_MIN_LOG_LEVEL=2 JAXAE_COMPILATION_CACHE=$OUT/xla-c
 PY=${PYTHON:-python3}
 PHASE=${1:-all}
 
-run() {  # run NAME SECONDS CMD...: JSON lines to $OUT/NAME.jsonl, everything else to NAME.log
+run() {  # run NAME SECONDS CMD...: JSON lines to $OUT/NAME.jsonl, the log to NAME.log
   local name=$1 limit=$2; shift 2
   local t0=$SECONDS
   timeout "$limit" "$@" > "$OUT/$name.jsonl" 2> "$OUT/$name.log"
-  echo "$name: exit $? in $((SECONDS - t0)) s, $(wc -l < "$OUT/$name.jsonl") lines"
+  echo "== $name: exit $? in $((SECONDS - t0)) s"
+  # At once, so that a lease that ends early still shows what was measured.
+  $PY bench/summarise.py < "$OUT/$name.jsonl"
 }
 
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv > "$OUT/gpu.txt" 2>&1
@@ -26,39 +28,33 @@ $PY -c "import jax; print(jax.__version__, jax.devices())" >> "$OUT/gpu.txt" 2>&
 cat "$OUT/gpu.txt"
 
 MNIST="--data mnist-shape --hidden 512 --latent 32 --batch 128"
+# Issue 13's case: a VAE / ASHA sweep of the default space on digits, population 64.
+SWEEP="--model vae --searchers asha --population 64 --trials 256 --steps 2000 --hidden 128 --latent 32"
+# In order of what matters most, each with a time limit, so that a short lease still measures the
+# first ones: the trainer against a plain optax loop (issue 14), the sweep against the trainer with
+# a cold then a warm compilation cache (issue 13), and an alternative driver carried in .speed/.
 if [[ $PHASE == trainer || $PHASE == all ]]; then
-  # Issue 14: the trainer against a plain optax loop, per precision, with and without the moment
-  # barrier; sequential and per-step loop at P = 64.
-  run tput-tf32-p64 150 $PY bench/throughput.py $MNIST --steps 200 --population 64 \
-      --precision tf32 --cases vmap,reference,sequential,loop
-  run tput-tf32-settle 90 env JAXAE_SETTLE_MOMENTS=on $PY bench/throughput.py $MNIST --steps 200 \
-      --population 64 --precision tf32 --cases vmap
-  run tput-tf32-p256 90 $PY bench/throughput.py $MNIST --steps 100 --population 256 \
+  run tput-tf32 60 $PY bench/throughput.py $MNIST --steps 200 --population 64 \
       --precision tf32 --cases vmap,reference
-  run tput-f32 90 $PY bench/throughput.py $MNIST --steps 200 --population 64 \
-      --precision float32 --cases vmap,reference
-  run tput-bf16 90 $PY bench/throughput.py $MNIST --steps 200 --population 64 \
-      --precision bfloat16 --cases vmap,reference
-  run tput-digits 90 $PY bench/throughput.py --data digits --hidden 64 --latent 16 --batch 128 \
-      --steps 300 --population 64 --cases vmap,reference,sequential
-  run profile-tf32 90 $PY bench/profile_step.py $MNIST --population 64 --steps 50 \
-      --precision tf32 --out "$OUT/trace"
-  run profile-tf32-settle 90 env JAXAE_SETTLE_MOMENTS=on $PY bench/profile_step.py $MNIST \
-      --population 64 --steps 50 --precision tf32 --out "$OUT/trace-settle"
-  run precision-mnist 120 $PY bench/precision.py $MNIST --population 16 --steps 2000
-  run precision-digits-vae 90 $PY bench/precision.py --data digits --model vae --hidden 128 \
-      --latent 16 --population 16 --steps 2000
 fi
 if [[ $PHASE == sweep || $PHASE == all ]]; then
-  # Issue 13: the sweep path against the trainer at the same shape, cold then warm cache.
-  if [[ -f bench/sweep.py ]]; then
-    run sweep-cold 240 $PY bench/sweep.py --gpu-case
-    run sweep-warm 240 $PY bench/sweep.py --gpu-case
+  rm -rf "$JAXAE_COMPILATION_CACHE"
+  run sweep-cold 75 $PY bench/sweep.py $SWEEP
+  run sweep-warm 45 $PY bench/sweep.py $SWEEP
+  if [[ -d .speed ]]; then
+    rm -rf "$JAXAE_COMPILATION_CACHE"
+    run speed-cold 75 env PYTHONPATH=$PWD/.speed $PY .speed/bench/sweep.py $SWEEP
   fi
+fi
+if [[ $PHASE == trainer || $PHASE == all ]]; then
+  run tput-bf16 45 $PY bench/throughput.py $MNIST --steps 200 --population 64 \
+      --precision bfloat16 --cases vmap,reference
+fi
+if [[ ($PHASE == sweep || $PHASE == all) && -d .speed ]]; then
+  run speed-warm 45 env PYTHONPATH=$PWD/.speed $PY .speed/bench/sweep.py $SWEEP
 fi
 # The device tool brings back at most 8 files: everything goes home as one archive, and a short
 # summary of every JSON line goes to stdout as well.
 rm -rf "$OUT/xla-cache"
 find "$OUT" -name '*.xplane.pb' -delete
 (cd "$OUT" && tar czf ../gpu-results.tgz . && rm -rf ./* && mv ../gpu-results.tgz .)
-tar xzf "$OUT/gpu-results.tgz" -O --wildcards '*.jsonl' | $PY bench/summarise.py
