@@ -530,30 +530,50 @@ def _now() -> str:
 
 class _Progress:
     """A tqdm bar over trials that have reported at least once (multi-fidelity trials report at
-    their first rung long before they settle), with the best completed loss and member-steps/s."""
+    their first rung long before they settle). It says when the first programs are compiling,
+    shows the best completed loss (before any trial completes, the best loss at the highest
+    budget reached, with that budget), the trials still training once all have reported, and
+    member-steps per second. On ``--resume`` it starts from the trials already reported."""
 
     def __init__(self, config: config_lib.SweepConfig, driver: Any, enabled: bool) -> None:
         self.bar = None
+        self.label = f"{config.model}/{config.searcher}"
         self.best = math.inf
-        self.reported: set[int] = set()
+        self.best_at: dict[int, float] = {}  # budget -> best loss told at it
+        self.reported: set[int] = {t for t, trial in enumerate(driver.scheduler.trials)
+                                   if trial.losses}
         self.t0 = time.perf_counter()
         self.steps0 = driver.member_steps
         if enabled:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=config.trials, desc=f"{config.model}/{config.searcher}",
+            self.bar = tqdm(total=config.trials, initial=len(self.reported), desc=self.label,
                             unit="trial", file=sys.stderr, dynamic_ncols=True)
+            self.bar.set_postfix_str("compiling the first programs (a warm cache skips this)")
+
+    def best_text(self) -> str:
+        if math.isfinite(self.best) or not self.best_at:
+            return f"{self.best:.4g}"
+        budget = max(self.best_at)
+        return f"{self.best_at[budget]:.4g}@{budget}steps"
 
     def update(self, driver: Any, events: list) -> None:
         new = {e.trial for e in events if e.told or e.status != "running"} - self.reported
         self.reported |= new
         for e in events:
-            if e.status == "completed" and math.isfinite(e.val_loss):
+            if not math.isfinite(e.val_loss):
+                continue
+            if e.status == "completed":
                 self.best = min(self.best, e.val_loss)
+            if e.told:
+                self.best_at[e.budget] = min(self.best_at.get(e.budget, math.inf), e.val_loss)
         if self.bar is not None:
             rate = (driver.member_steps - self.steps0) / max(time.perf_counter() - self.t0, 1e-9)
-            self.bar.set_postfix(best=f"{self.best:.4g}", running=len(driver.running),
-                                 steps_per_s=f"{rate:,.0f}", refresh=False)
+            finishing = len(self.reported) >= (self.bar.total or 0) and driver.running
+            self.bar.set_description(f"{self.label} (finishing)" if finishing else self.label,
+                                     refresh=False)
+            self.bar.set_postfix({"best": self.best_text(), "training": len(driver.running),
+                                  "member-steps/s": f"{rate:,.0f}"}, refresh=False)
             self.bar.update(len(new))
 
     def close(self) -> None:

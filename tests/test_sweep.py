@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -371,3 +372,21 @@ def test_schedule_dropout_norm_and_leaky_relu_sweep_end_to_end(tmp_path):
     assert {p["norm"] for p in params} <= {"layer", "batch"}
     assert all(p["activation"] == "leaky_relu" and 0 <= p["dropout"] <= 0.3 for p in params)
     assert all(np.isfinite(v) for _, _, _, v, _ in result)
+
+
+def test_progress_bar_says_what_it_waits_for_and_resumes_where_it_was(tmp_path, capsys):
+    """The bar names compilation before the first chunk, the best loss with its budget before
+    any trial completes, member-steps/s by that name, and on --resume starts from the trials
+    already reported instead of 0."""
+    config = write_config(tmp_path, searcher="asha", trials=9, steps=90)
+    out = tmp_path / "p"
+    args = ["--config", str(config), "--out", str(out), "--no-report"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "compiling the first programs" in err
+    assert "member-steps/s" in err and "steps_per_s" not in err
+    assert re.search(r"best=[0-9.]+@[0-9]+steps", err)  # a rung result with its budget
+    before = rows(out, "SELECT COUNT(*) FROM trials")[0][0]
+    assert main([*args, "--resume"]) == 0  # nothing left to do: the bar starts full
+    err = capsys.readouterr().err
+    assert f"{before}/9" in err and "0/9" not in err
