@@ -24,11 +24,14 @@ holds the command line.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from jaxae import analysis as analysis_lib
 from jaxae import pages
@@ -71,24 +74,45 @@ class Report:
     summary: str
 
 
+class _Steps:
+    """Says on stderr what the report is doing and how long each part took (retraining the top
+    configurations can take minutes), when ``enabled``."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+
+    @contextlib.contextmanager
+    def __call__(self, what: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        if self.enabled:
+            print(f"report: {what} ...", file=sys.stderr, flush=True)
+        yield
+        if self.enabled:
+            print(f"report: {what}: {time.perf_counter() - t0:.1f} s", file=sys.stderr,
+                  flush=True)
+
+
 def build(sweep_dir: str | os.PathLike[str], *, top_k: int = 3, anomaly_class: int = 0,
-          with_downstream: bool = True) -> Report:
-    """Reads the sweep in ``sweep_dir`` and writes ``sweep_dir/report/``.
+          with_downstream: bool = True, progress: bool = False) -> Report:
+    """Reads the sweep in ``sweep_dir`` and writes ``sweep_dir/report/``; with ``progress``, says
+    on stderr what it is doing and how long each part took.
 
     Raises:
         UserError: ``sweep_dir`` is not a readable sweep, or the report directory is not writable.
     """
-    from jaxae import figures, trial_views
     from jaxae.store import atomic_write_bytes
 
+    step = _Steps(progress)
     sweep = results_lib.load_sweep(sweep_dir)
-    analysis = analysis_lib.analyse(sweep)
-    noise_ = analysis_lib.noise(sweep)
+    with step("importances (random-forest surrogate, fANOVA)"):
+        analysis = analysis_lib.analyse(sweep)
+        noise_ = analysis_lib.noise(sweep)
     notes: list[str] = []
     down = None
     if with_downstream and top_k > 0:
         try:
-            down = retrain_lib.downstream(sweep, top_k=top_k, anomaly_class=anomaly_class)
+            with step(f"retraining the top {top_k} configurations for the downstream scores"):
+                down = retrain_lib.downstream(sweep, top_k=top_k, anomaly_class=anomaly_class)
         except UserError as e:
             notes.append(f"downstream skipped: {e}")
         if down is not None:
@@ -98,6 +122,23 @@ def build(sweep_dir: str | os.PathLike[str], *, top_k: int = 3, anomaly_class: i
         out.mkdir(exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create {str(out)!r}: {e.strerror or e}") from None
+
+    with step("figures"):
+        made, pairs = _draw(sweep, analysis, noise_, down, out)
+    summary = pages.text_summary(sweep, analysis, noise_, down, out / "index.html", notes)
+    page = pages.index_html(sweep, analysis, noise_, down, made, notes, pairs)
+    atomic_write_bytes(out / "index.html", page.encode())
+    return Report(out, out / "index.html", made, pairs, analysis, noise_, down, summary)
+
+
+def _draw(sweep: Any, analysis: Analysis | None, noise_: Noise | None,
+          down: Downstream | None, out: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """Writes every figure that has something to show into ``out`` (removing stale ones).
+
+    Returns the figures' and the pair contours' file names with their captions.
+    """
+    from jaxae import figures, trial_views
+    from jaxae.store import atomic_write_bytes
 
     made: dict[str, str] = {}
     for name, draw in (
@@ -127,10 +168,7 @@ def build(sweep_dir: str | os.PathLike[str], *, top_k: int = 3, anomaly_class: i
     for stale in out.glob(f"{PAIR_PREFIX}*.png"):
         if stale.name not in pairs:
             stale.unlink()
-    summary = pages.text_summary(sweep, analysis, noise_, down, out / "index.html", notes)
-    page = pages.index_html(sweep, analysis, noise_, down, made, notes, pairs)
-    atomic_write_bytes(out / "index.html", page.encode())
-    return Report(out, out / "index.html", made, pairs, analysis, noise_, down, summary)
+    return made, pairs
 
 
 # -- command line ---------------------------------------------------------------------------------
@@ -150,6 +188,8 @@ def parser() -> argparse.ArgumentParser:
                    help="the label held out as the anomaly in anomaly detection")
     p.add_argument("--no-downstream", action="store_true",
                    help="skip retraining the top configurations (anomaly AUC, linear probe)")
+    p.add_argument("--quiet", action="store_true",
+                   help="do not say on stderr what the report is doing")
     return p
 
 
@@ -162,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         runtime.enable_compilation_cache()
         report = build(args.dir, top_k=args.top_k, anomaly_class=args.anomaly_class,
-                       with_downstream=not args.no_downstream)
+                       with_downstream=not args.no_downstream, progress=not args.quiet)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -18,17 +18,25 @@ def built(sweep_dir):
     import contextlib
     import io
 
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
+    buf, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(err):
         # Four members fill a population as large as the sweep's (4 slots), so the retraining
         # reuses the programs the sweep compiled in this process.
         code = report.main([str(sweep_dir), "--top-k", "4"])
     assert code == 0
-    return sweep_dir / "report", buf.getvalue()
+    return sweep_dir / "report", buf.getvalue(), err.getvalue()
+
+
+def test_the_report_says_what_it_is_doing_and_how_long_it_took(built) -> None:
+    _, _, err = built
+    for part in ("importances", "retraining the top 4 configurations", "figures"):
+        assert f"report: {part}" in err
+        assert any(line.startswith(f"report: {part}") and line.endswith(" s")
+                   for line in err.splitlines()), (part, err)
 
 
 def test_report_writes_every_figure_and_the_page_shows_them(built) -> None:
-    out, summary = built
+    out, summary, _ = built
     figures = sorted(p.name for p in out.glob("*.png") if not p.name.startswith("pair-"))
     # ASHA with replicates and labels: every figure the report knows has something to show.
     assert figures == sorted(report.FIGURES)
@@ -47,7 +55,7 @@ def test_report_writes_every_figure_and_the_page_shows_them(built) -> None:
 
 
 def test_every_pair_of_the_top_hyperparameters_can_be_picked(built) -> None:
-    out, _ = built
+    out, _, _ = built
     page = (out / "index.html").read_text()
     pairs = sorted(p.name for p in out.glob("pair-*.png"))
     # Three varying hyperparameters: all three pairs.
@@ -59,7 +67,7 @@ def test_every_pair_of_the_top_hyperparameters_can_be_picked(built) -> None:
 
 
 def test_the_page_lists_every_trial_in_a_sortable_table(built, sweep_dir) -> None:
-    out, _ = built
+    out, _, _ = built
     page = (out / "index.html").read_text()
     table = page[page.index('<table id="trials">'):]
     table = table[:table.index("</table>")]
