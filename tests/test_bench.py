@@ -7,6 +7,10 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow  # subprocesses running bench scripts end to end
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 REQUIRED = ("case", "population", "steps", "member_steps_per_s", "model_gflops_per_s", "device",
             "compile_s", "ratio_vs_sequential", "ratio_vs_loop")

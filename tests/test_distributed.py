@@ -9,8 +9,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from jaxae.sweep import main
+
+pytestmark = pytest.mark.slow  # two JAX processes joined by gloo
 
 ROOT = Path(__file__).parents[1]
 ARGS = ["--searcher", "random", "--trials", "6", "--population", "4", "--steps", "20",

@@ -126,6 +126,7 @@ print(json.dumps([down.val_loss.tolist(), down.stored_val_loss.tolist()]))
 """
 
 
+@pytest.mark.slow
 def test_retraining_reproduces_a_sweep_sharded_over_two_devices(tmp_path) -> None:
     import json
     import os

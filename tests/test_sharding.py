@@ -57,6 +57,7 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_sharded_population_equals_one_device():
     out = subprocess.run([sys.executable, "-c", SCRIPT], env=FOUR_DEVICES, capture_output=True,
                          text=True, timeout=300)
@@ -95,6 +96,7 @@ def test_cpu_cores_become_devices_unless_xla_flags_choose(monkeypatch):
         runtime.use_cpu_cores()
 
 
+@pytest.mark.slow
 def test_sweep_on_four_devices_matches_one_device(tmp_path):
     args = ["--searcher", "random", "--trials", "5", "--population", "3", "--steps", "20",
             "--chunk", "10", "--no-report", "--no-progress"]
