@@ -670,11 +670,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         for population in populations:
             rows = run_point(args, x, population, hidden)
             if not args.child:
-                rows += child_rows(args, child_argv, population, hidden)
+                rows += same_peaks(rows[0], child_rows(args, child_argv, population, hidden))
             add_ratios(rows)
             for row in rows:
                 print(json.dumps(row), flush=True)
     return 0
+
+
+def same_peaks(parent: dict, children: list[dict]) -> list[dict]:
+    """Child rows judged against this process's peaks and roofline (a pinned child measures one
+    core's), so that every row's ``roofline_ratio`` and ``fraction_of_matmul_peak`` compare."""
+    keys = ("peak_flops", "bandwidth_bytes_per_s", "peak_source", "measured_matmul_flops_per_s",
+            "measured_bandwidth_bytes_per_s", "roofline_us_per_member_step",
+            "roofline_compute_us", "roofline_memory_us", "roofline_limit")
+    out = []
+    for row in children:
+        row = {**row, **{k: parent[k] for k in keys}}
+        row["roofline_ratio"] = row["measured_us_per_member_step"] / row[
+            "roofline_us_per_member_step"]
+        row["fraction_of_matmul_peak"] = (row["member_steps_per_s"] * row["flops_per_member_step"]
+                                          / row["peak_flops"])
+        out.append(row)
+    return out
 
 
 def strip_options(argv: Sequence[str], names: Sequence[str]) -> list[str]:
