@@ -2,12 +2,13 @@
 hyperparameters.
 
 Modules, one idea each: ``data`` (data sets), ``models`` (masked MLP autoencoders),
-``objectives`` (a loss per autoencoder kind), ``optimizers``, ``hparams`` (the hyperparameter
-names), ``population`` (the vmapped trainer), ``sharding`` (devices), ``config`` / ``driver`` /
-``store`` / ``sweep`` (the sweep and its CLI), ``results`` / ``analysis`` / ``importance`` /
-``retrain`` / ``downstream`` / ``plotting`` / ``figures`` / ``trial_views`` / ``pages`` /
-``report`` (the report), ``export`` (to Optuna), ``runtime`` (process set-up). The search side
-is the separate package ``searchers``.
+``objectives`` (a loss per autoencoder kind), ``optimizers``, ``schedules`` (learning-rate
+schedules), ``hparams`` (the hyperparameter names), ``population`` (the vmapped trainer),
+``sharding`` (devices), ``config`` / ``driver`` / ``store`` / ``checkpoint`` / ``lock`` /
+``memory`` / ``sweep`` (the sweep, its durable outputs and its CLI), ``results`` /
+``analysis`` / ``importance`` / ``retrain`` / ``downstream`` / ``plotting`` / ``figures`` /
+``trial_views`` / ``pages`` / ``report`` (the report), ``export`` (to Optuna), ``runtime``
+(process set-up). The search side is the separate package ``searchers``.
 
 Importing the package is cheap: submodules are imported where they are used.
 """
