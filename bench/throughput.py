@@ -224,6 +224,20 @@ def bandwidth_timer(megabytes: float) -> tuple[Callable[[], float], float]:
     return timer, 2.0 * 4 * n  # every element read once and written once
 
 
+def call_timer(compiled: Callable, fresh_state: Callable[[], object], x: jax.Array
+               ) -> Callable[[], float]:
+    """A timer of one call ``compiled(state, x)`` from a fresh copy of the initial state (the call
+    donates it), the copy made and placed before the clock starts."""
+
+    def timer() -> float:
+        state = jax.block_until_ready(fresh_state())
+        t0 = time.perf_counter()
+        jax.block_until_ready(compiled(state, x))
+        return time.perf_counter() - t0
+
+    return timer
+
+
 def make_members(args: argparse.Namespace, hidden: int, population: int) -> list[P.Member]:
     """The benchmarked members: learning rates log-spaced over [1e-4, 1e-2], keys from the seed."""
     lrs = np.geomspace(1e-4, 1e-2, population) if population > 1 else np.array([1e-3])
@@ -290,14 +304,7 @@ def run_point(args: argparse.Namespace, x: jax.Array, population: int, hidden: i
             "vmap", lambda: P.train_chunk.lower(spec, place(host), xv, steps, mesh=mesh)
         )
         timed_members["vmap"] = population
-
-        def time_vmap() -> float:
-            p = jax.block_until_ready(place(host))
-            t0 = time.perf_counter()
-            jax.block_until_ready(chunk(p, xv))
-            return time.perf_counter() - t0
-
-        timers["vmap"] = time_vmap
+        timers["vmap"] = call_timer(chunk, lambda: place(host), xv)
 
     if "sequential" in args.cases:
         solos = [jax.tree.map(lambda a, i=i: a[i : i + 1], host) for i in range(population)]
@@ -347,14 +354,7 @@ def run_point(args: argparse.Namespace, x: jax.Array, population: int, hidden: i
         compiled_ref = compile_timed("reference",
                                      lambda: ref_train.lower(place(ref_host), xv))
         timed_members["reference"] = population
-
-        def time_reference() -> float:
-            state = jax.block_until_ready(place(ref_host))
-            t0 = time.perf_counter()
-            jax.block_until_ready(compiled_ref(state, xv))
-            return time.perf_counter() - t0
-
-        timers["reference"] = time_reference
+        timers["reference"] = call_timer(compiled_ref, lambda: place(ref_host), xv)
 
     # The hardware's own limits, measured inside the same rounds as the cases so that load from
     # other processes hits them alike (skipped when given by flags).
