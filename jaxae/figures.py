@@ -31,6 +31,7 @@ from jaxae.plotting import (
     finite_groups,
     log_ticks,
     loss_label,
+    mark_trials,
     png,
     position,
     style_axis,
@@ -304,17 +305,8 @@ def interactions(sweep: Sweep, analysis: Analysis | None) -> tuple[bytes, str] |
         ea = display(da, _edges(da, ua))
         eb = display(db, _edges(db, ub))
         mesh = ax.pcolormesh(ea, eb, z.T, norm=norm, cmap="viridis_r", shading="flat")
-        rng = np.random.default_rng(1)
-        xs = [position(da, params[t][a], rng) for t in fit.trial_ids]
-        ys = [position(db, params[t][b], rng) for t in fit.trial_ids]
-        ax.scatter(xs, ys, s=14, c="white", edgecolors="black", linewidths=0.6,
-                   label=f"trials fitted ({len(xs)}, at {fit.budget} steps)")
-        if best is not None:
-            ax.scatter([position(da, best["params"][a], rng)],
-                       [position(db, best["params"][b], rng)], marker="*", s=200, color=BEST,
-                       edgecolors="black", linewidths=0.7,
-                       label=f"sweep's best: trial {best['trial_id']}\n({best['val_loss']:.4g} "
-                             f"at {best['steps']} steps)")
+        mark_trials(ax, (da, db), (a, b), params, fit.trial_ids, fit.budget, best, star=200,
+                    wrap=True)
         style_axis(ax, da, a, "x")
         style_axis(ax, db, b, "y")
         share = main[a] + main[b] + imp.pairs.get((a, b), imp.pairs.get((b, a), 0.0))

@@ -75,6 +75,25 @@ def display(dim: Dimension, u: np.ndarray) -> np.ndarray:
     return dim.low + u * (dim.high - dim.low)
 
 
+def mark_trials(ax: Any, dims: tuple[Dimension, Dimension], names: tuple[str, str],
+                params: dict[int, dict[str, Any]], trial_ids: Any, budget: int,
+                best: dict[str, Any] | None, *, star: float, wrap: bool) -> None:
+    """Draws a pair plot's fitted trials (white dots) and the sweep's best trial (a star) over a
+    surrogate surface, jittered like ``position``; ``wrap`` breaks the star's label in two."""
+    (da, db), (a, b) = dims, names
+    rng = np.random.default_rng(1)
+    ax.scatter([position(da, params[t][a], rng) for t in trial_ids],
+               [position(db, params[t][b], rng) for t in trial_ids], s=14, c="white",
+               edgecolors="black", linewidths=0.6,
+               label=f"trials fitted ({len(trial_ids)}, at {budget} steps)")
+    if best is not None:
+        sep = "\n" if wrap else " "
+        ax.scatter([position(da, best["params"][a], rng)], [position(db, best["params"][b], rng)],
+                   marker="*", s=star, color=BEST, edgecolors="black", linewidths=0.7,
+                   label=f"sweep's best: trial {best['trial_id']}{sep}({best['val_loss']:.4g} "
+                         f"at {best['steps']} steps)")
+
+
 def style_axis(ax: Any, dim: Dimension, name: str, which: str = "x") -> None:
     """Log scale where the space is log, option names for a choice, the space's bounds as limits."""
     set_label = ax.set_xlabel if which == "x" else ax.set_ylabel

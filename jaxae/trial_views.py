@@ -25,8 +25,8 @@ from jaxae.plotting import (
     figure,
     log_ticks,
     loss_label,
+    mark_trials,
     png,
-    position,
     style_axis,
 )
 from jaxae.results import Sweep, ranked
@@ -208,17 +208,8 @@ def pair_contours(sweep: Sweep, analysis: Analysis | None
             lines = ax.contour(xa, xb, z.T, levels=_levels(norm, lo, hi)[1:-1:2],
                                colors="white", linewidths=0.6, alpha=0.8)
             ax.clabel(lines, fontsize=7, fmt=lambda v: f"{v:.3g}")
-        rng = np.random.default_rng(1)
-        ax.scatter([position(da, params[t][a], rng) for t in fit.trial_ids],
-                   [position(db, params[t][b], rng) for t in fit.trial_ids], s=14, c="white",
-                   edgecolors="black", linewidths=0.6,
-                   label=f"trials fitted ({len(fit.trial_ids)}, at {fit.budget} steps)")
-        if best is not None:
-            ax.scatter([position(da, best["params"][a], rng)],
-                       [position(db, best["params"][b], rng)], marker="*", s=220, color=BEST,
-                       edgecolors="black", linewidths=0.7,
-                       label=f"sweep's best: trial {best['trial_id']} ({best['val_loss']:.4g} "
-                             f"at {best['steps']} steps)")
+        mark_trials(ax, (da, db), (a, b), params, fit.trial_ids, fit.budget, best, star=220,
+                    wrap=False)
         style_axis(ax, da, a, "x")
         style_axis(ax, db, b, "y")
         bar = fig.colorbar(mesh, ax=ax, label="surrogate val loss; lighter is better")
