@@ -18,6 +18,7 @@ Example:
 from searchers.asha import ASHA
 from searchers.base import SEARCHERS, Searcher, searcher_from_state_dict
 from searchers.cma_es import CMAES, CMAESCore
+from searchers.full_budget import FullBudget
 from searchers.gp import GP
 from searchers.grid import GridSearch, grid_values
 from searchers.hyperband import Hyperband
@@ -29,7 +30,7 @@ from searchers.registry import (
     make_scheduler,
     restore_scheduler,
 )
-from searchers.scheduler import FullBudget, Job, Scheduler
+from searchers.scheduler import Job, Scheduler
 from searchers.space import (
     Choice,
     Float,

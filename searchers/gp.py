@@ -30,7 +30,7 @@ rules, in the space's unit cube (``space_to_unit``: log scales are already log):
   data with the posterior mean as their loss. The mean is unchanged but the variance collapses
   around them, so a batch, or asks while other trials run, spread out instead of repeating.
   A multi-fidelity scheduler, which tells only one budget's losses, replaces the pending list with
-  the configs actually in flight (``set_pending``; ``searchers.scheduler`` gives the rule). Configs
+  the configs actually in flight (``set_pending``; ``searchers.feed`` gives the rule). Configs
   asked before whose loss the model does not have (under a multi-fidelity scheduler: stopped below
   the model's budget) are believed the same way, the most recent first, up to ``max_pending``
   believers in all; and a config asked before is proposed again only when no candidate is new.

@@ -20,11 +20,12 @@ from typing import Any
 from searchers.asha import ASHA
 from searchers.base import SEARCHERS, Searcher
 from searchers.cma_es import CMAES
+from searchers.full_budget import FullBudget
 from searchers.gp import GP
 from searchers.grid import GridSearch
 from searchers.hyperband import Hyperband
 from searchers.random_search import RandomSearch
-from searchers.scheduler import FullBudget, Scheduler, check_positive_int
+from searchers.scheduler import Scheduler, check_positive_int
 from searchers.space import Space
 from searchers.successive_halving import SuccessiveHalving
 from searchers.tpe import TPE

@@ -20,7 +20,7 @@ The rules, all in unit-cube coordinates (``space_to_unit``: log scales are alrea
   does with running trials), so that configs asked while others are being evaluated, including
   those of one batch, are pushed away from each other instead of piling onto the same spot.
   A multi-fidelity scheduler, which tells only one budget's losses, replaces this list with the
-  configs actually in flight (``set_pending``; ``searchers.scheduler`` gives the rule).
+  configs actually in flight (``set_pending``; ``searchers.feed`` gives the rule).
 * Float and Int dimensions: each set's density is a mixture of normal kernels truncated to
   [0, 1], one per observation plus a prior kernel centred at 0.5 with width 1, all of weight 1
   (Optuna's ``prior_weight``; its down-weighting of old observations beyond 25 is left out).
