@@ -61,7 +61,7 @@ from throughput import (  # the sibling bench script: python puts bench/ on sys.
     load_data,
 )
 
-from jaxae import hparams
+from jaxae import grouping, hparams
 from jaxae import population as P
 from jaxae.models import ModelSpec
 
@@ -193,7 +193,7 @@ def run(args: argparse.Namespace) -> list[dict]:
             "batch": args.batch,
             "data": args.data,
             "features": features,
-            "group_size": P.group_size(c["spec"], args.population),
+            "group_size": grouping.group_size(c["spec"], args.population),
             "jax": jax.__version__,
             "xla_flags": os.environ.get("XLA_FLAGS", ""),
         })

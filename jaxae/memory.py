@@ -2,7 +2,7 @@
 
 A configuration that cannot fit should be refused with its numbers in one line, not die minutes
 later in the allocator (or be killed by the kernel) after its output directory was created. The
-per-member figures come from ``population.state_bytes`` / ``activation_bytes``; this module only
+per-member figures come from ``grouping.state_bytes`` / ``activation_bytes``; this module only
 multiplies them by the sweep's shape and compares.
 """
 
@@ -72,8 +72,7 @@ class Estimate(NamedTuple):
 def estimate(config, features: int, n_train: int, n_val: int, slots: int) -> Estimate:
     """The peak device memory of a sweep of ``config`` (a ``SweepConfig``) whose buckets hold
     ``slots`` slots each; the largest program bounds every bucket."""
-    from jaxae import hparams
-    from jaxae import population as pop_lib
+    from jaxae import grouping, hparams
     from jaxae.config import count_buckets, value_range
     from jaxae.driver import train_spec
 
@@ -85,8 +84,8 @@ def estimate(config, features: int, n_train: int, n_val: int, slots: int) -> Est
     else:
         keys = [tuple(max(r) if all(isinstance(v, int) for v in r) else r[0] for r in ranges)]
     specs = [train_spec(config, features, key) for key in keys]
-    member = max(pop_lib.state_bytes(s) for s in specs) + _MEMBER_OVERHEAD
-    activations = max(pop_lib.group_size(s, slots) * pop_lib.activation_bytes(s) for s in specs)
+    member = max(grouping.state_bytes(s) for s in specs) + _MEMBER_OVERHEAD
+    activations = max(grouping.group_size(s, slots) * grouping.activation_bytes(s) for s in specs)
     # Buckets are created lazily, at most one per trial, and never freed.
     buckets = min(count_buckets(config), config.trials)
     data = 4 * features * (n_train + n_val) + 4 * slots * buckets * config.chunk

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxae import hparams
+from jaxae import grouping, hparams
 from jaxae import population as P
 from jaxae.models import ModelSpec, kernel_matrix
 
@@ -197,14 +197,14 @@ def test_population_larger_than_the_memory_budget_is_trained_in_groups(digits, m
     spec = P.TrainSpec(ModelSpec("ae", 64, hidden=32, latent_dim=8), "adam", 24)  # own program
     members = [member(t, spec=spec, learning_rate=1e-3 * (t + 1)) for t in range(6)]
     _, whole = run(spec, members, list(range(6)), 6, digits, 20)
-    assert P.group_size(spec, 6) == 6
-    monkeypatch.setenv("JAXAE_MEMORY_BUDGET", str(2 * P.activation_bytes(spec)))
-    assert P.group_size(spec, 6) == 2
+    assert grouping.group_size(spec, 6) == 6
+    monkeypatch.setenv("JAXAE_MEMORY_BUDGET", str(2 * grouping.activation_bytes(spec)))
+    assert grouping.group_size(spec, 6) == 2
     jax.clear_caches()  # the group size is fixed when the program is traced
     _, grouped = run(spec, members, list(range(6)), 6, digits, 20)
     np.testing.assert_allclose(grouped, whole, rtol=1e-5)
     monkeypatch.setenv("JAXAE_MEMORY_BUDGET", "1")  # nothing fits: one member at a time
-    assert P.group_size(spec, 6) == 1
+    assert grouping.group_size(spec, 6) == 1
 
 
 def test_a_population_that_never_clips_skips_the_norm_and_changes_no_number(digits):

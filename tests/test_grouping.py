@@ -1,0 +1,56 @@
+"""Tests for jaxae.grouping: the per-member byte estimates and the group a CPU trains at once."""
+
+import jax
+import pytest
+
+from jaxae import grouping
+from jaxae.models import ModelSpec, init_params, make_masks
+from jaxae.population import TrainSpec
+
+
+def spec_of(kind="ae", hidden=32, latent_dim=8, depth=1, batch_size=64):
+    return TrainSpec(ModelSpec(kind, 64, hidden=hidden, latent_dim=latent_dim, depth=depth),
+                     "adam", batch_size)
+
+
+@pytest.fixture(autouse=True)
+def no_budget_override(monkeypatch):
+    monkeypatch.delenv("JAXAE_MEMORY_BUDGET", raising=False)
+
+
+@pytest.mark.parametrize("kind,depth", [("ae", 1), ("ae", 3), ("vae", 2)])
+def test_state_bytes_is_twelve_bytes_per_parameter_of_the_encoder_and_its_mirror(kind, depth):
+    # Counted from the parameters models.init_params really creates: the estimate counts the
+    # encoder (with a VAE's mean and log-variance codes) twice, for the decoder that mirrors it.
+    spec = spec_of(kind, depth=depth)
+    params = init_params(spec.model, jax.random.key(0), make_masks(spec.model, 32, 8))
+    encoder = sum(leaf.size for name, layer in params.items()
+                  if name.startswith(("enc_", "code")) for leaf in layer.values())
+    assert grouping.state_bytes(spec) == 4 * 3 * 2 * encoder
+
+
+def test_activation_bytes_grow_with_the_batch_and_the_width():
+    small, wide, big_batch = spec_of(), spec_of(hidden=256), spec_of(batch_size=128)
+    assert grouping.activation_bytes(wide) > grouping.activation_bytes(small)
+    per_batch = grouping.activation_bytes(big_batch) - grouping.activation_bytes(small)
+    assert per_batch == 64 * 4 * 4 * (64 + 32 + 8 + 32 + 64)  # 64 more examples' floats
+
+
+@pytest.mark.parametrize("hidden,slots,expected", [(16, 12, 6), (16, 7, 7), (256, 12, 3),
+                                                   (2048, 6, 1)])
+def test_cpu_group_is_the_largest_divisor_within_the_cache_budget(hidden, slots, expected):
+    assert jax.devices()[0].platform == "cpu" and len(jax.devices()) == 1
+    spec = spec_of(hidden=hidden)
+    per_member = grouping.activation_bytes(spec)
+    fits = [d for d in range(1, slots + 1) if slots % d == 0 and d <= grouping.CPU_GROUP
+            and (d == 1 or d * per_member <= grouping.CPU_GROUP_BYTES)]
+    assert grouping.group_size(spec, slots) == max(fits) == expected
+
+
+def test_memory_budget_comes_from_the_environment_and_bounds_the_group(monkeypatch):
+    assert grouping.memory_budget() is None  # a CPU device reports no memory limit
+    spec = spec_of(hidden=16)
+    monkeypatch.setenv("JAXAE_MEMORY_BUDGET", str(float(2 * grouping.activation_bytes(spec))))
+    assert grouping.memory_budget() == 2 * grouping.activation_bytes(spec)
+    assert grouping.group_size(spec, 12) == 2
+    assert grouping.group_size(spec, 9) == 1  # 9 has no divisor 2: one slot at a time
