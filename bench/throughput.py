@@ -90,7 +90,13 @@ import numpy as np
 from jaxae import hparams, optimizers, runtime, sharding
 from jaxae import population as P
 from jaxae.data import load_digits
-from jaxae.models import PRECISION_NAMES, PRECISIONS, ModelSpec, resolve_precision
+from jaxae.models import (
+    PRECISION_NAMES,
+    PRECISIONS,
+    ModelSpec,
+    layer_widths,
+    resolve_precision,
+)
 
 CASES = ("vmap", "sequential", "loop", "reference", "sequential-xla", "procs")
 # Cases that run in child processes (CPU only): fair baselines for a CPU of several cores.
@@ -107,10 +113,7 @@ def load_data(name: str, seed: int) -> np.ndarray:
 
 def dense_layers(spec: ModelSpec) -> list[tuple[int, int]]:
     """(in, out) of every dense layer of the autoencoder, encoder first."""
-    enc = [(spec.features, spec.hidden)] + [(spec.hidden, spec.hidden)] * (spec.depth - 1)
-    code = [(spec.hidden, spec.latent_dim)] * (2 if spec.variational else 1)
-    dec = [(spec.latent_dim, spec.hidden)] + [(spec.hidden, spec.hidden)] * (spec.depth - 1)
-    return enc + code + dec + [(spec.hidden, spec.features)]
+    return list(layer_widths(spec).values())
 
 
 def model_flops_per_step(spec: P.TrainSpec) -> float:
@@ -119,7 +122,7 @@ def model_flops_per_step(spec: P.TrainSpec) -> float:
     forward = sum(2 * b * i * o for i, o in dense_layers(spec.model))
     flops = 3 * forward
     if spec.model.kind == "contractive":
-        enc = dense_layers(spec.model)[: spec.model.depth + 1]
+        enc = layer_widths(spec.model, "encoder").values()
         flops += 3 * spec.model.latent_dim * sum(2 * b * i * o for i, o in enc)
     return float(flops)
 

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 import jax
 
+from jaxae.models import layer_widths
+
 if TYPE_CHECKING:
     from jaxae.population import TrainSpec
 
@@ -30,9 +32,10 @@ ACTIVATION_MEMORY_SHARE = 0.5
 
 def state_bytes(spec: TrainSpec) -> int:
     """Bytes one member keeps between steps: parameters and two optimizer moments (float32)."""
-    m = spec.model
-    widths = [m.features] + [m.hidden] * m.depth + [m.latent_dim * (2 if m.variational else 1)]
-    n_params = 2 * sum(a * b + b for a, b in zip(widths[:-1], widths[1:], strict=True))
+    # The decoder is counted as a mirror of the encoder (a VAE's doubled code included): an
+    # estimate within a few biases of the exact count for the other kinds.
+    encoder = layer_widths(spec.model, "encoder").values()
+    n_params = 2 * sum(n_in * n_out + n_out for n_in, n_out in encoder)
     return 12 * n_params
 
 
@@ -41,10 +44,13 @@ def activation_bytes(spec: TrainSpec) -> int:
     their gradients and the gradient of every parameter (the contractive penalty also holds the
     encoder Jacobian of the batch)."""
     m = spec.model
-    widths = [m.features] + [m.hidden] * m.depth + [m.latent_dim] + [m.hidden] * m.depth
-    per_example = 4 * 4 * (sum(widths) + m.features)
+    widths = layer_widths(m)
+    # The input and every layer's output; a VAE's code is counted once, as it always was here.
+    values = m.features + sum(n_out for name, (_, n_out) in widths.items() if name != "code_logvar")
+    per_example = 4 * 4 * values
     if m.kind == "contractive":
-        per_example += 4 * 2 * m.latent_dim * (m.features + m.hidden * m.depth)
+        encoder_inputs = sum(n_in for n_in, _ in layer_widths(m, "encoder").values())
+        per_example += 4 * 2 * m.latent_dim * encoder_inputs
     return spec.batch_size * per_example + state_bytes(spec) // 3
 
 

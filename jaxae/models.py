@@ -328,11 +328,36 @@ def _sizes(spec: ModelSpec) -> dict[str, int]:
     return {"features": spec.features, "hidden": spec.hidden, "latent": spec.latent_dim}
 
 
+def layer_widths(spec: ModelSpec, part: str = "all") -> dict[str, tuple[int, int]]:
+    """Every dense layer's (inputs, outputs) at the padded widths, in the order data flows.
+
+    The one place a model's layer sizes are computed (the trainer's memory estimates and the
+    benchmarks' FLOP and byte counts read them here).
+
+    Args:
+        spec: the model.
+        part: ``"encoder"`` (``enc_*`` then ``code``, and a VAE's ``code_logvar``: its code is
+            doubled, a mean and a log-variance), ``"decoder"`` (``dec_*`` then ``output``) or
+            ``"all"`` (both, encoder first).
+
+    Returns:
+        ``{layer name: (inputs, outputs)}``.
+    """
+    if part not in ("all", "encoder", "decoder"):
+        raise ValueError(f"part must be 'all', 'encoder' or 'decoder', got {part!r}")
+    sizes = _sizes(spec)
+    widths = {name: (sizes[a], sizes[b]) for name, (a, b) in layers(spec).items()}
+    if part == "all":
+        return widths
+    decoder = part == "decoder"
+    return {name: w for name, w in widths.items() if name.startswith(("dec_", "output")) == decoder}
+
+
 def kernel_matrix(spec: ModelSpec, params: dict, name: str) -> jax.Array:
     """Layer ``name``'s kernel as [..., in, out], whatever its stored layout (leading axes, such
     as the population's slot axis, are kept)."""
     kernel = params[name]["kernel"]
-    n_in, n_out = (_sizes(spec)[kind] for kind in layers(spec)[name])
+    n_in, n_out = layer_widths(spec)[name]
     return jnp.swapaxes(kernel, -1, -2) if stores_transposed(n_in, n_out) else kernel
 
 

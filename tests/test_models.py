@@ -18,6 +18,7 @@ from jaxae.models import (
     apply_fn,
     init_params,
     kernel_matrix,
+    layer_widths,
     layers,
     make_masks,
     resolve_precision,
@@ -161,3 +162,22 @@ def test_auto_precision_computes_what_its_resolution_computes():
         params = init_params(spec, jax.random.PRNGKey(1), masks)
         outs.append(np.asarray(apply_fn(spec)(params, x, masks)))
     np.testing.assert_array_equal(outs[0], outs[1])
+
+
+def test_layer_widths_are_the_shapes_of_the_parameters_init_creates():
+    spec = spec_of("vae", 2)
+    widths = layer_widths(spec)
+    assert widths == {"enc_0": (48, 64), "enc_1": (64, 64), "code": (64, 32),
+                      "code_logvar": (64, 32), "dec_0": (32, 64), "dec_1": (64, 64),
+                      "output": (64, 48)}
+    params = init(spec, seed=0)
+    for name, (n_in, n_out) in widths.items():
+        kernel = params[name]["kernel"]
+        assert kernel.shape == ((n_out, n_in) if stores_transposed(n_in, n_out) else (n_in, n_out))
+        assert params[name]["bias"].shape == (n_out,)
+    encoder, decoder = layer_widths(spec, "encoder"), layer_widths(spec, "decoder")
+    assert list(encoder) == ["enc_0", "enc_1", "code", "code_logvar"]  # the doubled code
+    assert {**encoder, **decoder} == widths and list(decoder) == ["dec_0", "dec_1", "output"]
+    assert list(layer_widths(spec_of("ae", 1), "encoder")) == ["enc_0", "code"]
+    with pytest.raises(ValueError, match="part must be"):
+        layer_widths(spec, "middle")
