@@ -61,7 +61,6 @@ import argparse
 import itertools
 import json
 import math
-import os
 import time
 from collections.abc import Sequence
 
@@ -73,7 +72,7 @@ from throughput import int_list  # the sibling bench script: python puts bench/ 
 from jaxae import config as config_lib
 from jaxae import data as data_lib
 from jaxae import driver as driver_lib
-from jaxae import hparams
+from jaxae import hparams, runtime
 from jaxae import population as P
 from searchers import RandomSearch
 
@@ -83,12 +82,6 @@ SPACE = {
 }
 METRICS = ("kendall_tau", "rank_std", "flip_prob", "var_diff", "var_loss", "corr",
            "tau_vs_reference", "best_agrees", "signal_std", "mean_val_loss")
-
-
-def device_name() -> str:
-    d = jax.devices()[0]
-    name = f"{d.platform}:{d.device_kind}"
-    return f"{name} ({os.cpu_count()} cores)" if d.platform == "cpu" else name
 
 
 def sweep_config(args: argparse.Namespace, seed: int, crn: bool) -> config_lib.SweepConfig:
@@ -187,7 +180,7 @@ def run_seed(args: argparse.Namespace, seed: int) -> list[dict]:
                 "seed": seed, "crn": crn, "steps": budget,
                 **ranking_metrics(arms[crn][budget], reference),
                 "configs": args.configs, "replicates": args.replicates, "hidden": args.hidden,
-                "wall_s": wall[crn], "device": device_name(), "jax": jax.__version__,
+                "wall_s": wall[crn], "device": runtime.device_name(), "jax": jax.__version__,
                 "learning_rates": [c["learning_rate"] for c in configs] if crn else None,
                 "latent_dims": [c["latent_dim"] for c in configs] if crn else None,
             })
@@ -202,7 +195,7 @@ def run_seed(args: argparse.Namespace, seed: int) -> list[dict]:
             rows.append({"case": "decompose", "seed": seed, "steps": budget, **var,
                          "var_both": both, "data_share": var["var_data_only"] / both,
                          "configs": args.configs, "replicates": args.replicates,
-                         "device": device_name()})
+                         "device": runtime.device_name()})
     return rows
 
 
@@ -253,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                              **{f"{m}_sd": float(np.std([r[m] for r in mine], ddof=1))
                                 for m in ("kendall_tau", "flip_prob", "var_diff")},
                              "configs": args.configs, "replicates": args.replicates,
-                             "device": device_name()})
+                             "device": runtime.device_name()})
             add_ratios(*pair)
             crn_rows = [r for r in rows if r["steps"] == budget and r.get("crn")]
             pair[1]["var_diff_ratio_per_seed"] = [r["var_diff_ratio"] for r in crn_rows]

@@ -61,7 +61,7 @@ from throughput import (  # the sibling bench script: python puts bench/ on sys.
     load_data,
 )
 
-from jaxae import grouping, hparams
+from jaxae import grouping, hparams, runtime
 from jaxae import population as P
 from jaxae.models import ModelSpec
 
@@ -72,12 +72,6 @@ def step_flops(features: int, hidden: int, latent: int, batch: int) -> float:
     """Analytic FLOPs of one training step of a depth-1 ``ae`` of this size."""
     layers = [(features, hidden), (hidden, latent), (latent, hidden), (hidden, features)]
     return 3.0 * sum(2 * batch * i * o for i, o in layers)
-
-
-def device_name() -> str:
-    d = jax.devices()[0]
-    name = f"{d.platform}:{d.device_kind}"
-    return f"{name} ({os.cpu_count()} cores)" if d.platform == "cpu" else name
 
 
 def log_uniform_ints(rng: np.random.Generator, low: int, high: int, n: int) -> np.ndarray:
@@ -180,7 +174,7 @@ def run(args: argparse.Namespace) -> list[dict]:
             "padded_gflops_per_s": rate * padded / 1e9,
             "useful_fraction": useful / padded,
             "ratio_vs_fixed": rate / fixed_rate,
-            "device": device_name(),
+            "device": runtime.device_name(),
             "compile_s": c["compile_s"],
             "time_s": best,
             "time_s_median": statistics.median(c["times"]),

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 
 import jax
 import numpy as np
-from throughput import device_name, load_data  # the sibling bench script
+from throughput import load_data  # the sibling bench script
 
 from jaxae import hparams, runtime
 from jaxae import population as P
@@ -85,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         losses, rate = train(args, x, val, precision, args.seed)
         rel = np.abs(losses - reference) / np.abs(reference)
         print(json.dumps({
-            "bench": "precision", "precision": precision, "device": device_name(),
+            "bench": "precision", "precision": precision, "device": runtime.device_name(),
             "data": args.data, "model": args.model, "hidden": args.hidden, "latent": args.latent,
             "population": args.population, "steps": args.steps, "batch": args.batch,
             "member_steps_per_s": rate,

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 import jax
 import numpy as np
-from throughput import device_name, load_data, make_members  # the sibling bench script
+from throughput import load_data, make_members  # the sibling bench script
 
 from jaxae import population as P
 from jaxae import runtime
@@ -85,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                           "share": sum(durations) / total if total else None,
                           "us_per_member_step": sum(durations) / member_steps}), flush=True)
     calls = sum(len(v) for v in times.values())
-    print(json.dumps({"bench": "profile_step", "device": device_name(),
+    print(json.dumps({"bench": "profile_step", "device": runtime.device_name(),
                       "population": args.population, "steps": args.steps, "hidden": args.hidden,
                       "latent": args.latent, "batch": args.batch, "precision": args.precision,
                       "kernels_per_step": calls / args.steps, "device_us_total": total,

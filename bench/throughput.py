@@ -257,12 +257,6 @@ def make_members(args: argparse.Namespace, hidden: int, population: int) -> list
     ]
 
 
-def device_name() -> str:
-    d = jax.devices()[0]
-    name = f"{d.platform}:{d.device_kind}"
-    return f"{name} ({os.cpu_count()} cores)" if d.platform == "cpu" else name
-
-
 def run_point(args: argparse.Namespace, x: jax.Array, population: int, hidden: int) -> list[dict]:
     """Compiles and times every requested case for one (population, hidden); one dict per case."""
     loss = args.loss or hparams.defaults(args.model)["loss"]
@@ -393,7 +387,7 @@ def run_point(args: argparse.Namespace, x: jax.Array, population: int, hidden: i
                 "steps": steps,
                 "member_steps_per_s": rate,
                 "model_gflops_per_s": rate * flops / 1e9,
-                "device": device_name(),
+                "device": runtime.device_name(),
                 "compile_s": compile_s[case],
                 "time_s": best,
                 "time_s_median": statistics.median(times[case]),

@@ -21,7 +21,6 @@ from searchers import SAMPLERS, SCHEDULERS, Choice, Float, Int
 from searchers import space_from_dict as _space_from_dict
 from searchers import space_to_dict as _space_to_dict
 
-SEARCHERS = tuple(SCHEDULERS)
 AGGREGATES = ("mean", "median")
 
 # Upper bounds, checked before anything is written. JAX folds the seed into a uint32 key; step
@@ -140,7 +139,7 @@ _FIELDS = {f.name: f for f in dataclasses.fields(SweepConfig)}
 
 
 _SETTINGS = tuple(name for name in _FIELDS if name != "space")  # the [sweep] keys
-_CHOICES = {"model": hparams.MODELS, "searcher": SEARCHERS, "aggregate": AGGREGATES,
+_CHOICES = {"model": hparams.MODELS, "searcher": SCHEDULERS, "aggregate": AGGREGATES,
             "sampler": tuple(SAMPLERS), "precision": PRECISION_NAMES}
 _LOWS = {"population": 1, "trials": 1, "steps": 1, "seed": 0, "repeats": 1, "chunk": 1, "eta": 2,
          "min_steps": 1}

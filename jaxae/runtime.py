@@ -55,6 +55,13 @@ def use_cpu_cores() -> int | None:
     return count
 
 
+def device_name() -> str:
+    """The first device as benchmarks record it: ``platform:kind``, and a CPU's core count."""
+    d = jax.devices()[0]
+    name = f"{d.platform}:{d.device_kind}"
+    return f"{name} ({os.cpu_count()} cores)" if d.platform == "cpu" else name
+
+
 def compilation_cache_dir() -> Path | None:
     setting = os.environ.get("JAXAE_COMPILATION_CACHE")
     if setting is not None:

@@ -30,6 +30,8 @@ from jaxae import config as config_lib
 from jaxae import store as store_lib
 from jaxae.errors import UserError, one_line
 from jaxae.lock import LOCK, DirectoryLock
+from jaxae.models import PRECISION_NAMES
+from searchers import SCHEDULERS
 
 RESULT_FILES = ("trials.db", "sweep.json", "best.json")
 CHECKPOINT_EVERY = 30.0
@@ -48,7 +50,7 @@ def parser() -> argparse.ArgumentParser:
     add = p.add_argument
     add("--model", choices=config_lib.hparams.MODELS, default=None,
         help=f"autoencoder kind [default: {d.model}]")
-    add("--searcher", choices=config_lib.SEARCHERS, default=None,
+    add("--searcher", choices=SCHEDULERS, default=None,
         help=f"how configurations are chosen; sha / hyperband / asha stop poor trials early "
         f"[default: {d.searcher}]")
     add("--population", type=int, default=None, metavar="P",
@@ -85,7 +87,7 @@ def parser() -> argparse.ArgumentParser:
         help="lowest budget of sha / hyperband / asha [default: steps // eta**3]")
     add("--sampler", choices=config_lib.SAMPLERS, default=None,
         help=f"where sha / hyperband / asha get new configurations [default: {d.sampler}]")
-    add("--precision", choices=config_lib.PRECISION_NAMES, default=None,
+    add("--precision", choices=PRECISION_NAMES, default=None,
         help=f"matmul precision; parameters stay float32; auto: tf32 on accelerators, float32 "
         f"on CPUs [default: {d.precision}]")
     add("--chunk", type=int, default=None,
