@@ -76,3 +76,33 @@ def test_space_is_not_a_sweep_key(tmp_path):
     path.write_text('[swep]\nmodel = "ae"\n')
     with pytest.raises(UserError, match="did you mean 'sweep'"):
         config_lib.read_toml(path)
+
+
+@pytest.mark.parametrize("name, dimension, fragment", [
+    ("dropout", {"dist": "float", "low": 0.1, "high": 0.95}, "dropout = 0.95 is outside [0, 0.9]"),
+    ("dropout", {"dist": "float", "low": -0.1, "high": 0.5}, "dropout = -0.1 is outside [0, 0.9]"),
+    ("dropout", {"dist": "int", "low": 0, "high": 1}, "dropout = 1 is outside [0, 0.9]"),
+    ("dropout", {"dist": "float", "low": 0.5, "high": 0.1}, "dropout: Float needs low < high"),
+    ("latent_dim", {"dist": "float", "low": 2, "high": 8}, "latent_dim is an integer"),
+])
+def test_an_impossible_range_is_refused_in_one_line(name, dimension, fragment):
+    # A range reaching outside what the hyperparameter allows (hparams.HPARAMS) is refused
+    # whole, before any trial could draw the bad end of it.
+    message = refused({"space": {name: dimension}})
+    assert fragment in message, message
+
+
+def test_value_ranges_and_bucket_counts_of_a_space():
+    config = config_lib.build({"model": "vae", "space": {
+        "depth": {"dist": "int", "low": 1, "high": 3},
+        "activation": {"dist": "choice", "options": ["relu", "tanh"]},
+        "hidden": 48,
+        "beta": {"dist": "float", "low": 0.5, "high": 2.0},
+    }})
+    assert config_lib.value_range(config, "depth") == [1, 2, 3]
+    assert config_lib.value_range(config, "hidden") == [48]
+    assert config_lib.value_range(config, "beta") == [0.5, 2.0]
+    assert config_lib.value_range(config, "loss") == ["bce"]  # the VAE's default
+    assert config_lib.count_buckets(config) == 3 * 2  # depth x activation; the rest fixed
+    assert set(config_lib.searched(config)) == {"depth", "activation", "beta"}
+    assert config_lib.fixed(config) == {"hidden": 48}

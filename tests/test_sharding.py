@@ -10,11 +10,14 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import types
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
+from jaxae import sharding
 from jaxae.errors import UserError
 from jaxae.sweep import main
 
@@ -118,3 +121,24 @@ def test_sweep_on_four_devices_matches_one_device(tmp_path):
     # Each device runs its own share of the slots, so matmuls of a different batch size may sum
     # in another order: equal up to float reassociation.
     np.testing.assert_allclose([r[3] for r in four], [r[3] for r in one], rtol=1e-4)
+
+
+def test_round_up_pads_slots_to_a_multiple_of_the_mesh():
+    four = types.SimpleNamespace(size=4)  # round_up reads only the mesh's size
+    assert [sharding.round_up(n, four) for n in (1, 4, 5, 6, 8, 9)] == [4, 4, 8, 8, 8, 12]
+    one = sharding.slot_mesh()
+    assert one.size == 1 and one.axis_names == (sharding.AXIS,)
+    assert sharding.round_up(7, one) == 7
+
+
+def test_shard_and_to_host_round_trip_on_one_device():
+    mesh = sharding.slot_mesh()
+    tree = {"w": np.arange(12.0, dtype=np.float32).reshape(3, 4), "step": np.arange(3)}
+    placed = sharding.shard(tree, sharding.slot_sharding(mesh))
+    assert placed["w"].sharding.spec == jax.sharding.PartitionSpec(sharding.AXIS)
+    back = sharding.to_host(placed)
+    assert all(isinstance(leaf, np.ndarray) for leaf in back.values())
+    np.testing.assert_array_equal(back["w"], tree["w"])
+    np.testing.assert_array_equal(back["step"], tree["step"])
+    replicated = sharding.shard(tree, sharding.replicated(mesh))
+    assert replicated["w"].sharding.is_fully_replicated
