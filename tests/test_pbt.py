@@ -12,7 +12,8 @@ import pytest
 
 from jaxae import config as config_lib
 from jaxae import driver as driver_lib
-from jaxae import hparams
+from jaxae import hparams, report
+from jaxae import lineage as lineage_lib
 from jaxae import pbt as pbt_lib
 from jaxae import population as P
 from jaxae import sweep as sweep_lib
@@ -257,6 +258,28 @@ def test_same_seed_gives_an_identical_store_and_a_stop_then_resume_matches(tmp_p
     assert sweep_lib.main(["--resume", "--out", str(c), "--no-report", "--no-progress"]) == 0
     for sql in ALL_TABLES:
         assert rows(c, sql) == rows(a, sql), sql
+    # The report draws the schedule PBT found (and skips retraining, which cannot reproduce it).
+    built = report.build(a, with_downstream=True)
+    assert "schedule.png" in built.figures
+    assert (built.dir / "schedule.png").read_bytes()[:4] == b"\x89PNG"
+    assert built.downstream is None and "population-based" in built.summary
+
+
+def test_ancestry_follows_the_weights_back_through_their_parents():
+    def row(trial, step, parent, lr):
+        return {"trial_id": trial, "step": step, "parent": parent,
+                "params_after": {"learning_rate": lr}}
+
+    # Member 1 copies member 0 at step 10; member 0 copies member 1 back at step 20.
+    rows_ = [row(0, 0, None, 1.0), row(1, 0, None, 2.0), row(1, 10, 0, 3.0), row(0, 20, 1, 4.0)]
+    S = lineage_lib.Segment
+    assert lineage_lib.ancestry(rows_, 0, 30) == [
+        S(0, 10, 0, {"learning_rate": 1.0}), S(10, 20, 1, {"learning_rate": 3.0}),
+        S(20, 30, 0, {"learning_rate": 4.0})]
+    assert lineage_lib.own_schedule(rows_, 0, 30) == [
+        S(0, 20, 0, {"learning_rate": 1.0}), S(20, 30, 0, {"learning_rate": 4.0})]
+    assert lineage_lib.ancestry(rows_, 1, 30) == [
+        S(0, 10, 0, {"learning_rate": 1.0}), S(10, 30, 1, {"learning_rate": 3.0})]
 
 
 def test_a_kill_after_a_checkpoint_replays_to_the_same_store(tmp_path):
