@@ -19,9 +19,11 @@ inherits its parent's value: sizes that the copied weights were trained with), a
 differ in a ``group_by`` dimension never exploit each other (the trainer cannot move weights
 between programs of different shapes); both are ordinary space dimensions to this class.
 
-Determinism: member ``k``'s first configuration is drawn with ``np.random.default_rng([seed, 0,
-k])`` and round ``r``'s decisions with ``np.random.default_rng([seed, 1, r])``, so a seed and the
-sequence of losses fix every decision, and ``state_dict`` restores the searcher exactly.
+Determinism: member ``k``'s first configuration is ``RandomSearch``'s ``k``-th for the same seed
+(drawn with ``np.random.default_rng([seed, k])``), so PBT starts from the population random
+search would train, and round ``r``'s decisions are drawn with ``np.random.default_rng([seed, 1,
+r])``: a seed and the sequence of losses fix every decision, and ``state_dict`` restores the
+searcher exactly.
 """
 
 from __future__ import annotations
@@ -122,9 +124,9 @@ class PBT(Searcher):
                 raise ValueError(f"{what} names {', '.join(map(repr, unknown))}, not in the space")
         self.keep = list(keep)
         self.group_by = list(group_by)
-        self.round = 0  # tells so far: round r's decisions come from default_rng([seed, 1, r])
+        self.round = 0  # tells so far
         self.configs: list[dict[str, Any]] = [
-            space_sample(self.space, np.random.default_rng([self.seed, 0, k]))
+            space_sample(self.space, np.random.default_rng([self.seed, k]))
             for k in range(population_size)
         ]
         self.decisions: list[Decision] = []  # the last tell's

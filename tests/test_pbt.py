@@ -120,6 +120,12 @@ def test_resampling_draws_from_the_prior_and_keep_and_group_by_never_change():
     assert len(pbt.decisions) == sum(quantile_size(n, 0.25) for n in sizes.values())
 
 
+def test_the_first_population_is_the_one_random_search_draws():
+    from searchers import RandomSearch
+
+    assert PBT(SPACE, population_size=5, seed=7).ask() == RandomSearch(SPACE, 5, seed=7).ask()
+
+
 def test_failed_members_rank_last_and_a_wrong_tell_is_refused():
     pbt = PBT(SPACE, population_size=4, seed=0)
     configs = pbt.ask()
