@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from searchers.base import Searcher
-from searchers.space import Choice, Float, Int, Space, space_sample
+from searchers.space import Float, Int, Space, space_sample
 
 __all__ = ["PBT", "Decision", "quantile_size"]
 
@@ -179,8 +179,7 @@ class PBT(Searcher):
             elif isinstance(dim, Int):
                 factor = self.factors[int(rng.integers(len(self.factors)))]
                 out[name] = int(min(max(round(config[name] * factor), dim.low), dim.high))
-            else:
-                assert isinstance(dim, Choice)
+            # A choice not resampled is kept: options have no order to step along.
         return out
 
     def _state(self) -> dict[str, Any]:

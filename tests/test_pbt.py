@@ -5,6 +5,7 @@ import json
 import math
 import signal
 import sqlite3
+import tomllib
 
 import jax
 import numpy as np
@@ -47,8 +48,6 @@ batch_size = 32
 
 
 def settings(extra="pbt_ready = 10"):
-    import tomllib
-
     doc = tomllib.loads(SMALL.format(extra=extra))
     return {**doc["sweep"], "space": doc["space"]}
 
@@ -269,6 +268,8 @@ def test_same_seed_gives_an_identical_store_and_a_stop_then_resume_matches(tmp_p
     assert "schedule.png" in built.figures
     assert (built.dir / "schedule.png").read_bytes()[:4] == b"\x89PNG"
     assert built.downstream is None and "population-based" in built.summary
+    page = built.index.read_text()
+    assert '<td>pbt: weights copied</td><td class="num">6</td>' in page
 
 
 def test_ancestry_follows_the_weights_back_through_their_parents():
