@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -185,12 +186,15 @@ class PBTDriver:
         for bucket in self.buckets.values():
             bucket.pop = sharding_lib.shard(bucket.pop, self.slots)
             before = sharding_lib.to_host(bucket.pop.step)
+            t0 = time.perf_counter()
             bucket.pop, losses = pop_lib.train_chunk(
                 bucket.spec, bucket.pop, self.train_x, self.config.chunk, mesh=self.local_mesh)
             metrics = pop_lib.evaluate(bucket.spec, bucket.pop, self.val_x)
             host = sharding_lib.to_host({"losses": losses, "val": metrics["val_loss"],
                                          "step": bucket.pop.step,
                                          "diverged": bucket.pop.diverged})
+            if bucket.first_chunk_s is None:  # mostly compilation (sweep.json reports it)
+                bucket.first_chunk_s = time.perf_counter() - t0
             self.member_steps += int((host["step"] - before).sum())
             self.slot_steps += bucket.pop.size * self.config.chunk
             self.bucket_calls += 1

@@ -244,6 +244,8 @@ def test_same_seed_gives_an_identical_store_and_a_stop_then_resume_matches(tmp_p
         assert rows(a, sql) == rows(b, sql), sql
     # 6 members: 2 exploit at each of steps 10, 20, 30.
     assert rows(a, "SELECT count(*) FROM lineage WHERE step > 0")[0][0] == 3 * 2
+    info = json.loads((a / "sweep.json").read_text())
+    assert info["config"]["pbt_ready"] == 10 and all(v > 0 for v in info["first_chunk_s"].values())
     best = json.loads((a / "best.json").read_text())
     assert best["val_loss"] == min(v for (v,) in rows(a, "SELECT val_loss FROM trials"))
     # Stopped after its second chunk (as SIGTERM would), then resumed from the checkpoint.
@@ -324,6 +326,16 @@ def test_bad_settings_exit_2_with_one_line(tmp_path, capsys, extra, flags, needl
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and needle in err, err
     assert not (out / "trials.db").exists()
+
+
+def test_members_exploit_only_their_bucket_and_inherit_masked_sizes():
+    space = {"learning_rate": {"dist": "float", "low": 1e-3, "high": 1e-1, "log": True},
+             "hidden": {"dist": "int", "low": 8, "high": 32},
+             "activation": {"dist": "choice", "options": ["relu", "tanh"]},
+             "depth": {"dist": "choice", "options": [1, 2]}}
+    policy = pbt_lib.make_policy(config_lib.build({"searcher": "pbt", "trials": 8,
+                                                   "population": 8, "space": space}))
+    assert policy.group_by == ["activation", "depth"] and policy.keep == ["hidden"]
 
 
 def test_default_ready_is_a_tenth_of_the_steps_in_whole_chunks():
