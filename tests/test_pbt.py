@@ -3,9 +3,14 @@
 
 import json
 import math
+import os
 import signal
 import sqlite3
+import subprocess
+import sys
+import time
 import tomllib
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -346,3 +351,34 @@ def test_default_ready_is_a_tenth_of_the_steps_in_whole_chunks():
     assert pbt_lib.ready_steps(build(steps=1000, chunk=10, pbt_ready=30)) == 30
     # Unset pbt settings leave a sweep's stored configuration (and fingerprint) as it was.
     assert "pbt_ready" not in config_lib.build({}).to_dict()
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
+    longer = "pbt_ready = 20\n" + "steps = 200"
+    toml = SMALL.format(extra=longer).replace("steps = 40\n", "")
+    (tmp_path / "s.toml").write_text(toml)
+    args = ["--config", str(tmp_path / "s.toml"), "--no-report", "--no-progress"]
+    assert sweep_lib.main([*args, "--out", str(tmp_path / "straight")]) == 0
+    total = rows(tmp_path / "straight", "SELECT count(*) FROM curves")[0][0]
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jaxae.sweep", *args, "--out", str(out), "--checkpoint-every",
+         "0"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]),
+             "JAXAE_CPU_DEVICES": "1"})  # one device, as in this process: identical numbers
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if rows(out, "SELECT count(*) FROM curves")[0][0] >= total // 3:
+                break
+        except sqlite3.OperationalError:
+            pass
+        time.sleep(0.05)
+    assert proc.poll() is None, "the sweep ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert rows(out, "SELECT count(*) FROM curves")[0][0] < total, "killed too late"
+    assert sweep_lib.main(["--resume", "--out", str(out), "--no-report", "--no-progress"]) == 0
+    for sql in ALL_TABLES:
+        assert rows(out, sql) == rows(tmp_path / "straight", sql), sql
