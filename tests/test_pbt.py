@@ -18,10 +18,10 @@ import pytest
 
 from jaxae import config as config_lib
 from jaxae import driver as driver_lib
-from jaxae import hparams, report
 from jaxae import lineage as lineage_lib
 from jaxae import pbt as pbt_lib
 from jaxae import population as P
+from jaxae import report
 from jaxae import sweep as sweep_lib
 from jaxae.data import load
 from jaxae.models import ModelSpec
@@ -150,15 +150,19 @@ def test_bad_policy_settings_are_refused(kwargs, needle):
 
 # -- the on-device exploit ----------------------------------------------------------------------
 
-def test_exploit_equals_a_numpy_copy_of_the_source_members(digits):
+def test_exploit_equals_a_numpy_copy_of_the_source_members():
     spec = P.TrainSpec(ModelSpec("ae", features=64, hidden=16, latent_dim=4, norm="batch"),
                        "adam", 16)
-    members = [P.Member(t, hparams.resolve("ae", {"learning_rate": 1e-3 * (t + 1), "hidden": 16,
-                                                  "latent_dim": 4, "norm": "batch"}),
-                        30, P.trial_keys(0, t)) for t in range(4)]
-    pop = P.assign(spec, P.create(spec, 4), [0, 1, 2, 3], members)
-    pop, _ = P.train_chunk(spec, pop, digits, 7)
-    before = jax.tree.map(np.asarray, pop)
+    # Every slot's state distinct (random values stand in for trained ones; no training needed).
+    rng = np.random.default_rng(0)
+    pop = P.create(spec, 4)
+    fill = lambda a: jax.numpy.asarray(rng.normal(size=a.shape).astype(a.dtype))  # noqa: E731
+    pop = pop.replace(params=jax.tree.map(fill, pop.params),
+                      opt_state=jax.tree.map(fill, pop.opt_state),
+                      stats=jax.tree.map(fill, pop.stats),
+                      step=jax.numpy.asarray([3, 5, 7, 9], jax.numpy.int32),
+                      diverged=jax.numpy.asarray([False, True, False, False]))
+    before = jax.tree.map(np.array, pop)  # copies: exploit donates the population's buffers
     src = np.array([2, 1, 2, 0], np.int32)
     after = jax.tree.map(np.asarray, pbt_lib.exploit(pop, jax.numpy.asarray(src)))
     for field in ("params", "opt_state", "stats", "step", "diverged"):
