@@ -21,6 +21,9 @@ from searchers import SAMPLERS, SCHEDULERS, Choice, Float, Int
 from searchers import space_from_dict as _space_from_dict
 from searchers import space_to_dict as _space_to_dict
 
+# What --searcher accepts: every scheduler of searchers.registry, and pbt, which trains its own
+# loop (jaxae/pbt.py) rather than handing out jobs.
+SEARCHER_NAMES = (*SCHEDULERS, "pbt")
 AGGREGATES = ("mean", "median")
 
 # Upper bounds, checked before anything is written. JAX folds the seed into a uint32 key; step
@@ -36,6 +39,7 @@ LIMITS = {
     "trials": 2**30,
     "repeats": 2**10,
     "eta": 2**10,
+    "pbt_ready": 2**30,
 }
 
 
@@ -60,9 +64,22 @@ class SweepConfig:
     sampler: str = "random"
     precision: str = "auto"  # tf32 on accelerators, float32 on CPUs (models.resolve_precision)
     space: dict[str, Any] | None = None
+    # Population-based training (searcher "pbt", jaxae/pbt.py); None: the default there.
+    pbt_ready: int | None = None  # steps between exploits (default: about steps / 10)
+    pbt_fraction: float | None = None  # bottom / top share of the population (default 0.25)
+    pbt_resample: float | None = None  # chance an explored value is redrawn (default 0.25)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        # Left out while unset, so a sweep stored before they existed keeps its fingerprint
+        # (and resumes).
+        for name in PBT_SETTINGS:
+            if d[name] is None:
+                del d[name]
+        return d
+
+
+PBT_SETTINGS = ("pbt_ready", "pbt_fraction", "pbt_resample")
 
 
 # What the sweep searches when [space] is absent: the settings that matter most for each kind
@@ -139,10 +156,12 @@ _FIELDS = {f.name: f for f in dataclasses.fields(SweepConfig)}
 
 
 _SETTINGS = tuple(name for name in _FIELDS if name != "space")  # the [sweep] keys
-_CHOICES = {"model": hparams.MODELS, "searcher": SCHEDULERS, "aggregate": AGGREGATES,
+_CHOICES = {"model": hparams.MODELS, "searcher": SEARCHER_NAMES, "aggregate": AGGREGATES,
             "sampler": tuple(SAMPLERS), "precision": PRECISION_NAMES}
 _LOWS = {"population": 1, "trials": 1, "steps": 1, "seed": 0, "repeats": 1, "chunk": 1, "eta": 2,
-         "min_steps": 1}
+         "min_steps": 1, "pbt_ready": 1}
+# Real-valued settings: (low, high, whether low itself is allowed).
+_REALS = {"pbt_fraction": (0.0, 0.5, False), "pbt_resample": (0.0, 1.0, True)}
 
 
 def build(settings: Mapping[str, Any], origins: Mapping[str, str] | None = None
@@ -173,6 +192,7 @@ def build(settings: Mapping[str, Any], origins: Mapping[str, str] | None = None
         if config.min_steps is not None and config.min_steps > config.steps:
             raise _at(origins, "min_steps", f"min_steps = {config.min_steps} exceeds steps = "
                                             f"{config.steps}")
+        _check_pbt(config, origins)
         raw_space = default_space(config.model) if config.space is None else config.space
         try:
             space = check_space(config.model, raw_space)
@@ -187,6 +207,30 @@ def build(settings: Mapping[str, Any], origins: Mapping[str, str] | None = None
     except _LocatedError as e:
         raise UserError(str(e)) from None
     return config
+
+
+def _check_pbt(config: SweepConfig, origins: Mapping[str, str]) -> None:
+    """PBT trains every member at once, one replicate each, and exploits at chunk ends."""
+    if config.searcher != "pbt":
+        for name in PBT_SETTINGS:
+            if getattr(config, name) is not None:
+                raise _at(origins, name, f"{name} applies only to searcher = 'pbt' (searcher is "
+                                         f"{config.searcher!r})")
+        return
+    if config.trials > config.population:
+        raise _at(origins, "trials", f"searcher 'pbt' trains all its trials at once as one "
+                                     f"population: trials = {config.trials} exceeds population = "
+                                     f"{config.population}")
+    if config.repeats != 1:
+        raise _at(origins, "repeats", f"repeats = {config.repeats} does not apply to searcher "
+                                      "'pbt' (its members copy each other's weights)")
+    ready = config.pbt_ready
+    if ready is not None and ready % config.chunk:
+        raise _at(origins, "pbt_ready", f"pbt_ready = {ready} must be a multiple of chunk = "
+                                        f"{config.chunk} (members are evaluated between chunks)")
+    if ready is not None and ready >= config.steps:
+        raise _at(origins, "pbt_ready", f"pbt_ready = {ready} must be less than steps = "
+                                        f"{config.steps} (no member would ever exploit)")
 
 
 class _LocatedError(UserError):
@@ -213,6 +257,13 @@ def _check_setting(name: str, value: Any) -> None:
         low, high = _LOWS[name], LIMITS[name]
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             raise UserError(f"{name} = {value!r} must be an integer in [{low}, {high}]")
+    elif name in _REALS and value is not None:
+        low, high, closed = _REALS[name]
+        if (isinstance(value, bool) or not isinstance(value, int | float)
+                or not math.isfinite(value) or not (low <= value if closed else low < value)
+                or value > high):
+            raise UserError(f"{name} = {value!r} must be a number in {'[' if closed else '('}"
+                            f"{low:g}, {high:g}]")
     elif name == "crn" and not isinstance(value, bool):
         raise UserError(f"crn = {value!r} must be true or false")
     elif name == "data" and not isinstance(value, str):

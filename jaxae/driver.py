@@ -193,6 +193,14 @@ class Driver:
     def done(self) -> bool:
         return self.scheduler.finished and not self.running and not self.queue
 
+    def reported(self) -> set[int]:
+        """The trials that have reported a loss at least once (for the progress display)."""
+        return {t for t, trial in enumerate(self.scheduler.trials) if trial.losses}
+
+    def record(self, store: TrialStore, events: list[Event], curves: list[tuple]) -> None:
+        """Writes one chunk's results (``step()``'s) in one transaction."""
+        record(store, self.config, events, curves)
+
     def _fill(self) -> None:
         """Asks the scheduler for as many jobs as free member slots allow, then places what fits."""
         busy = self.repeats * (len(self.running) + len(self.queue))
@@ -404,19 +412,25 @@ def record(store: TrialStore, config: SweepConfig, events: list[Event], curves: 
            ) -> None:
     """Writes one chunk's results in one transaction."""
     with store.transaction():
-        store.put_curve(curves)
-        for e in events:
-            bucket = json.dumps(dict(zip(hparams.BUCKET_NAMES, e.bucket, strict=True)),
-                                sort_keys=True)
-            store.put_trial(e.trial, status=e.status, params=e.config, val_loss=e.val_loss,
-                            steps=e.steps, seed=config.seed, budget=e.budget, bucket=bucket)
-            for r, v in enumerate(e.replicate_losses):
-                status = "diverged" if not math.isfinite(v) else e.status
-                init_key, data_key = e.keys[r] if r < len(e.keys) else (None, None)
-                store.put_replicate(e.trial, r, status=status, val_loss=v, steps=e.steps,
-                                    init_key=init_key, data_key=data_key)
-            if e.told:
-                store.put_rung(e.trial, e.budget, e.val_loss)
+        write(store, config, events, curves)
+
+
+def write(store: TrialStore, config: SweepConfig, events: list[Event], curves: list[tuple]
+          ) -> None:
+    """Writes one chunk's results inside the caller's transaction."""
+    store.put_curve(curves)
+    for e in events:
+        bucket = json.dumps(dict(zip(hparams.BUCKET_NAMES, e.bucket, strict=True)),
+                            sort_keys=True)
+        store.put_trial(e.trial, status=e.status, params=e.config, val_loss=e.val_loss,
+                        steps=e.steps, seed=config.seed, budget=e.budget, bucket=bucket)
+        for r, v in enumerate(e.replicate_losses):
+            status = "diverged" if not math.isfinite(v) else e.status
+            init_key, data_key = e.keys[r] if r < len(e.keys) else (None, None)
+            store.put_replicate(e.trial, r, status=status, val_loss=v, steps=e.steps,
+                                init_key=init_key, data_key=data_key)
+        if e.told:
+            store.put_rung(e.trial, e.budget, e.val_loss)
 
 
 # With several processes a checkpoint gathers every process's slots, so all processes must take it
@@ -445,7 +459,7 @@ def run(driver: Driver, store: TrialStore, out: Path | None, *, checkpoint_every
 
     while not driver.done:
         events, curves = driver.step()
-        record(store, driver.config, events, curves)
+        driver.record(store, events, curves)
         if on_chunk is not None:
             on_chunk(driver, events)
         if multiprocess:

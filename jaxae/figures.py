@@ -18,6 +18,8 @@ from matplotlib.colors import LogNorm, Normalize
 from matplotlib.lines import Line2D
 from matplotlib.ticker import NullFormatter
 
+from jaxae import hparams
+from jaxae import lineage as lineage_lib
 from jaxae.analysis import Analysis, Noise, pair_surface
 from jaxae.plotting import (
     BEST,
@@ -584,4 +586,59 @@ def downstream(sweep: Sweep, down: Downstream | None) -> tuple[bytes, str] | Non
                f"split, accuracy on the test split. Baselines: PCA with each trial's code size "
                f"(anomaly score: its reconstruction error), and the raw pixels (anomaly score: "
                f"squared distance to the mean normal training example). Dashed lines: chance.")
+    return png(fig), caption
+
+
+# -- 7. the schedule population-based training found ---------------------------------------------
+
+
+def _schedule_line(segments: list[lineage_lib.Segment], name: str) -> tuple[list, list]:
+    xs = [s.start for s in segments] + [segments[-1].end]
+    ys = [s.params[name] for s in segments] + [segments[-1].params[name]]
+    return xs, ys
+
+
+def schedule(sweep: Sweep) -> tuple[bytes, str] | None:
+    """Population-based training: each perturbed hyperparameter against the training step, for
+    every member (faint) and along the final best trial's ancestry (bold)."""
+    best = ranked(sweep)
+    if sweep.config.searcher != "pbt" or not sweep.lineage or not best:
+        return None
+    names = [n for n, d in sweep.space.items()
+             if not isinstance(d, Choice) and hparams.HPARAMS[n].kind == "array"][:4]
+    if not names:
+        return None
+    end = sweep.config.steps
+    trial = best[0]["trial_id"]
+    path = lineage_lib.ancestry(sweep.lineage, trial, end)
+    members = sorted({r["trial_id"] for r in sweep.lineage})
+    fig = figure(max(5.0 * len(names), 8.0), 4.6)
+    axes = fig.subplots(1, len(names), squeeze=False)[0]
+    for ax, name in zip(axes, names, strict=True):
+        for member in members:
+            xs, ys = _schedule_line(lineage_lib.own_schedule(sweep.lineage, member, end), name)
+            ax.plot(xs, ys, color="#9a9a9a", lw=0.7, alpha=0.5, drawstyle="steps-post")
+        xs, ys = _schedule_line(path, name)
+        ax.plot(xs, ys, color=BEST, lw=2.2, drawstyle="steps-post", zorder=3)
+        copied = [s for s in path if s.start > 0]
+        ax.scatter([s.start for s in copied], [s.params[name] for s in copied], color=BEST,
+                   edgecolor="black", s=28, zorder=4)
+        if getattr(sweep.space[name], "log", False):
+            ax.set_yscale("log")
+        ax.set_xlabel("training step")
+        ax.set_ylabel(name)
+        ax.grid(True, alpha=0.25)
+    axes[-1].legend(handles=[
+        Line2D([], [], color=BEST, lw=2.2, marker="o", markeredgecolor="black",
+               label=f"best trial {trial}'s weights"),
+        Line2D([], [], color="#9a9a9a", lw=0.7, label="each member's own values")],
+        fontsize=8, loc="best")
+    hops = " -> ".join(str(s.trial) for s in path)
+    fig.suptitle(f"Schedule found by population-based training (members {hops})\n{sweep.title}",
+                 fontsize=11)
+    caption = ("Population-based training: each panel is one perturbed hyperparameter against "
+               "the training step. Grey: every member's own values over time. Orange: the "
+               "schedule the best trial's final weights were trained under, following them back "
+               "through the members they were copied from (dots: where they were copied and "
+               "the copy's values perturbed).")
     return png(fig), caption

@@ -250,6 +250,16 @@ def index_html(sweep: Sweep, analysis: Analysis | None, noise_: Noise | None,
                 ("steps (max budget)", c.steps), ("population", c.population),
                 ("replicates per configuration", c.repeats), ("seed", c.seed),
                 ("varying hyperparameters", ", ".join(sweep.space) or "none")]
+    if c.searcher == "pbt":
+        from jaxae.pbt import DEFAULT_FRACTION, DEFAULT_RESAMPLE, ready_steps
+
+        copies = sum(r["parent"] is not None for r in sweep.lineage)
+        settings += [("pbt: steps between exploits", ready_steps(c)),
+                     ("pbt: bottom / top fraction",
+                      DEFAULT_FRACTION if c.pbt_fraction is None else c.pbt_fraction),
+                     ("pbt: resample probability",
+                      DEFAULT_RESAMPLE if c.pbt_resample is None else c.pbt_resample),
+                     ("pbt: weights copied", copies)]
     parts.append(_table(["setting", "value"], settings))
     best = ranked(sweep)
     if best:

@@ -9,7 +9,8 @@ them under a summary table, then prints a plain-text summary. The analysis:
 * functional ANOVA importances (Hutter et al. 2014) on a random-forest surrogate of the log loss,
   with its out-of-bag R^2, a cross-check on a synthetic objective of known importances at the same
   configurations, and heat maps of the surrogate over the most important pairs;
-* learning curves of the top trials and, for multi-fidelity searchers, the rungs;
+* learning curves of the top trials and, for multi-fidelity searchers, the rungs; for
+  population-based training, the hyperparameter schedule the best trial's weights followed;
 * seed noise against the spread across configurations when the sweep has replicates;
 * downstream quality of the top-k configurations, retrained exactly as the sweep trained them:
   anomaly-detection ROC AUC with one class held out, and linear-probe accuracy of the codes.
@@ -45,7 +46,8 @@ REPORT_DIR = "report"
 # Every figure name the report may write; a figure not produced this time is removed so the
 # directory never shows a stale picture next to a new index.html.
 FIGURES = ("hyperparameters.png", "importance.png", "interactions.png", "history.png",
-           "parallel.png", "curves.png", "rungs.png", "noise.png", "downstream.png")
+           "parallel.png", "curves.png", "rungs.png", "schedule.png", "noise.png",
+           "downstream.png")
 PAIR_PREFIX = "pair-"  # one contour image per pair: pair-<a>--<b>.png
 
 
@@ -109,7 +111,11 @@ def build(sweep_dir: str | os.PathLike[str], *, top_k: int = 3, anomaly_class: i
         noise_ = analysis_lib.noise(sweep)
     notes: list[str] = []
     down = None
-    if with_downstream and top_k > 0:
+    if with_downstream and top_k > 0 and sweep.config.searcher == "pbt":
+        notes.append("downstream skipped: a population-based-training trial's weights were "
+                     "trained under its ancestors' changing hyperparameters, which retraining one "
+                     "configuration from scratch does not reproduce")
+    elif with_downstream and top_k > 0:
         try:
             with step(f"retraining the top {top_k} configurations for the downstream scores"):
                 down = retrain_lib.downstream(sweep, top_k=top_k, anomaly_class=anomaly_class)
@@ -149,6 +155,7 @@ def _draw(sweep: Any, analysis: Analysis | None, noise_: Noise | None,
         ("parallel.png", lambda: trial_views.parallel_coordinates(sweep, analysis)),
         ("curves.png", lambda: figures.curves(sweep)),
         ("rungs.png", lambda: figures.rungs(sweep)),
+        ("schedule.png", lambda: figures.schedule(sweep)),
         ("noise.png", lambda: figures.noise(sweep, noise_)),
         ("downstream.png", lambda: figures.downstream(sweep, down)),
     ):

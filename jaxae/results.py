@@ -40,6 +40,8 @@ class Sweep:
         train_curves: trial -> ``(steps [m], train_loss [m])`` likewise, the mean training loss
             of the chunk that ended at each step.
         rungs: trial -> ``[(budget, val_loss or None)]`` by budget: what a scheduler was told.
+        lineage: population-based training's lineage rows (``TrialStore.lineage``'s form), by
+            step then trial; empty for other searchers.
     """
 
     dir: Path
@@ -51,6 +53,7 @@ class Sweep:
     curves: dict[int, tuple[np.ndarray, np.ndarray]]
     train_curves: dict[int, tuple[np.ndarray, np.ndarray]]
     rungs: dict[int, list[tuple[int, float | None]]]
+    lineage: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     @property
     def multi_fidelity(self) -> bool:
@@ -105,7 +108,7 @@ def load_sweep(path: str | os.PathLike[str]) -> Sweep:
         tables = _read_db(db_path)
     except (sqlite3.Error, ValueError, TypeError) as e:
         raise UserError(f"{str(db_path)!r} is not a sweep's trial store: {one_line(e)}") from None
-    trials, replicates, curve_rows, rung_rows = tables
+    trials, replicates, curve_rows, rung_rows, lineage = tables
     if not trials:
         raise UserError(f"{str(db_path)!r} holds no trials yet")
 
@@ -117,7 +120,7 @@ def load_sweep(path: str | os.PathLike[str]) -> Sweep:
     reps: dict[int, list[tuple[int, str, float | None, int]]] = {}
     for trial, replicate, status, val, steps in replicates:
         reps.setdefault(trial, []).append((replicate, status, val, steps))
-    return Sweep(root, info, config, space, trials, reps, curves, train_curves, rungs)
+    return Sweep(root, info, config, space, trials, reps, curves, train_curves, rungs, lineage)
 
 
 def _mean_curves(rows: Sequence[tuple[int, int, float | None]]
@@ -137,7 +140,7 @@ def _mean_curves(rows: Sequence[tuple[int, int, float | None]]
     return curves
 
 
-def _read_db(path: Path) -> tuple[list[dict], list[tuple], list[tuple], list[tuple]]:
+def _read_db(path: Path) -> tuple[list[dict], list[tuple], list[tuple], list[tuple], list[dict]]:
     # Read-only by URI, so a report can never modify (or create) a sweep's store.
     db = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
     try:
@@ -151,9 +154,21 @@ def _read_db(path: Path) -> tuple[list[dict], list[tuple], list[tuple], list[tup
                             "ORDER BY trial_id, step, replicate").fetchall()
         rungs = db.execute("SELECT trial_id, budget, val_loss FROM rungs "
                            "ORDER BY trial_id, budget").fetchall()
+        lineage = []
+        # A store written before population-based training existed has no lineage table.
+        if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'lineage'"
+                      ).fetchone():
+            cur = db.execute("SELECT trial_id, step, parent, params_before, params_after, "
+                             "parent_loss, val_loss FROM lineage ORDER BY step, trial_id")
+            names = [d[0] for d in cur.description]
+            for row in cur.fetchall():
+                r = dict(zip(names, row, strict=True))
+                for key in ("params_before", "params_after"):
+                    r[key] = None if r[key] is None else json.loads(r[key])
+                lineage.append(r)
     finally:
         db.close()
-    return trials, replicates, curves, rungs
+    return trials, replicates, curves, rungs, lineage
 
 
 

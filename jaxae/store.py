@@ -57,6 +57,16 @@ CREATE TABLE IF NOT EXISTS rungs (
     val_loss REAL,
     PRIMARY KEY (trial_id, budget)
 );
+CREATE TABLE IF NOT EXISTS lineage (
+    trial_id INTEGER NOT NULL,     -- population-based training: the member that exploited
+    step INTEGER NOT NULL,         -- when (0: the member's first configuration)
+    parent INTEGER,                -- whose weights it took (NULL at step 0)
+    params_before TEXT,            -- JSON: its hyperparameters until then (NULL at step 0)
+    params_after TEXT NOT NULL,    -- JSON: its hyperparameters from then on
+    parent_loss REAL,              -- the validation losses that ranked them
+    val_loss REAL,
+    PRIMARY KEY (trial_id, step)
+);
 """
 
 
@@ -168,6 +178,29 @@ class TrialStore:
             "INSERT OR REPLACE INTO rungs VALUES (?, ?, ?)",
             (trial_id, budget, finite_or_none(val_loss)),
         )
+
+    def put_lineage(self, trial_id: int, step: int, *, parent: int | None,
+                    params_before: Mapping[str, Any] | None, params_after: Mapping[str, Any],
+                    parent_loss: float | None = None, val_loss: float | None = None) -> None:
+        """One population-based-training decision (or, with ``parent`` None at step 0, a
+        member's first configuration)."""
+        before = None if params_before is None else json.dumps(dict(params_before),
+                                                                sort_keys=True)
+        self._db.execute(
+            "INSERT OR REPLACE INTO lineage VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (trial_id, step, parent, before, json.dumps(dict(params_after), sort_keys=True),
+             finite_or_none(parent_loss), finite_or_none(val_loss)),
+        )
+
+    def lineage(self) -> list[dict[str, Any]]:
+        """Every lineage row as a dict (params decoded), ordered by step, then trial."""
+        cur = self._db.execute("SELECT * FROM lineage ORDER BY step, trial_id")
+        names = [d[0] for d in cur.description]
+        rows = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+        for row in rows:
+            for key in ("params_before", "params_after"):
+                row[key] = None if row[key] is None else json.loads(row[key])
+        return rows
 
     def trials(self) -> list[dict[str, Any]]:
         """Every trial row as a dict (``params`` decoded), ordered by trial id."""

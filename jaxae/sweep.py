@@ -31,7 +31,6 @@ from jaxae import store as store_lib
 from jaxae.errors import UserError, one_line
 from jaxae.lock import LOCK, DirectoryLock
 from jaxae.models import PRECISION_NAMES
-from searchers import SCHEDULERS
 
 RESULT_FILES = ("trials.db", "sweep.json", "best.json")
 CHECKPOINT_EVERY = 30.0
@@ -50,8 +49,9 @@ def parser() -> argparse.ArgumentParser:
     add = p.add_argument
     add("--model", choices=config_lib.hparams.MODELS, default=None,
         help=f"autoencoder kind [default: {d.model}]")
-    add("--searcher", choices=SCHEDULERS, default=None,
-        help=f"how configurations are chosen; sha / hyperband / asha stop poor trials early "
+    add("--searcher", choices=config_lib.SEARCHER_NAMES, default=None,
+        help=f"how configurations are chosen; sha / hyperband / asha stop poor trials early; "
+        f"pbt trains --trials members at once, the worst copying the best "
         f"[default: {d.searcher}]")
     add("--population", type=int, default=None, metavar="P",
         help=f"members trained at once by one program [default: {d.population}]")
@@ -87,6 +87,14 @@ def parser() -> argparse.ArgumentParser:
         help="lowest budget of sha / hyperband / asha [default: steps // eta**3]")
     add("--sampler", choices=config_lib.SAMPLERS, default=None,
         help=f"where sha / hyperband / asha get new configurations [default: {d.sampler}]")
+    add("--pbt-ready", type=int, default=None, metavar="STEPS", dest="pbt_ready",
+        help="pbt: steps between exploits, a multiple of --chunk [default: steps / 10 rounded "
+        "to whole chunks]")
+    add("--pbt-fraction", type=float, default=None, metavar="Q", dest="pbt_fraction",
+        help="pbt: the bottom share of members that copy one of the top share [default: 0.25]")
+    add("--pbt-resample", type=float, default=None, metavar="P", dest="pbt_resample",
+        help="pbt: chance that an explored hyperparameter is redrawn from the prior instead of "
+        "scaled by 0.8 or 1.2 [default: 0.25]")
     add("--precision", choices=PRECISION_NAMES, default=None,
         help=f"matmul precision; parameters stay float32; auto: tf32 on accelerators, float32 "
         f"on CPUs [default: {d.precision}]")
@@ -122,7 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 _FLAG_SETTINGS = ("model", "searcher", "population", "trials", "steps", "seed", "data", "repeats",
-                  "aggregate", "crn", "eta", "min_steps", "sampler", "chunk", "precision")
+                  "aggregate", "crn", "eta", "min_steps", "sampler", "chunk", "precision",
+                  "pbt_ready", "pbt_fraction", "pbt_resample")
 
 
 def _settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str]]:
@@ -329,7 +338,12 @@ def _run(args: argparse.Namespace, stop: _StopOnSignal) -> int:
     fingerprint = checkpoint_lib.fingerprint(config.to_dict(), arrays)
     if info is not None:
         _check_data(out, info, fingerprint)
-    driver = driver_lib.Driver(config, dataset)
+    if config.searcher == "pbt":
+        from jaxae import pbt
+
+        driver = pbt.PBTDriver(config, dataset)
+    else:
+        driver = driver_lib.Driver(config, dataset)
     memory.check(config, dataset.features, len(dataset.train), len(dataset.val), driver.capacity,
                  host_data=sum(a.nbytes for a in arrays.values() if a is not None))
     if not primary:
@@ -542,8 +556,7 @@ class _Progress:
         self.label = f"{config.model}/{config.searcher}"
         self.best = math.inf
         self.best_at: dict[int, float] = {}  # budget -> best loss told at it
-        self.reported: set[int] = {t for t, trial in enumerate(driver.scheduler.trials)
-                                   if trial.losses}
+        self.reported: set[int] = driver.reported()
         self.t0 = time.perf_counter()
         self.steps0 = driver.member_steps
         if enabled:

@@ -1,8 +1,9 @@
 """searchers: generic black-box and multi-fidelity hyperparameter search over a search space.
 
 Knows nothing about autoencoders (or JAX): a space of named dimensions, searchers that ``ask`` for
-configs and are ``tell``-ed losses, and schedulers that turn any of them into jobs (config, budget)
-for a driver that trains trials in slots.
+configs and are ``tell``-ed losses, schedulers that turn any of them into jobs (config, budget)
+for a driver that trains trials in slots, and the population-based training policy (``PBT``),
+which decides which member of a population copies which.
 
 Example:
     >>> from searchers import Float, Int, Choice, make_scheduler
@@ -22,6 +23,7 @@ from searchers.full_budget import FullBudget
 from searchers.gp import GP
 from searchers.grid import GridSearch, grid_values
 from searchers.hyperband import Hyperband
+from searchers.pbt import PBT, Decision
 from searchers.random_search import RandomSearch
 from searchers.registry import (
     SAMPLERS,
@@ -49,12 +51,14 @@ __all__ = [
     "ASHA",
     "CMAES",
     "GP",
+    "PBT",
     "SAMPLERS",
     "SCHEDULERS",
     "SEARCHERS",
     "TPE",
     "CMAESCore",
     "Choice",
+    "Decision",
     "Float",
     "FullBudget",
     "GridSearch",

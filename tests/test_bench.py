@@ -124,3 +124,15 @@ def test_hparams_cost_prints_one_json_line_per_case():
         assert math.isfinite(r["member_steps_per_s"]) and r["member_steps_per_s"] > 0
         assert math.isclose(r["us_per_member_step"], 1e6 / r["member_steps_per_s"])
     assert rows[0]["ratio_vs_plain"] == 1.0
+
+
+def test_pbt_bench_compares_searchers_at_equal_member_steps():
+    rows = _json_lines(["--kinds", "ae", "--seeds", "0", "--population", "4", "--steps", "20",
+                        "--ready", "10", "--chunk", "10"], "pbt.py")
+    runs = {r["searcher"]: r for r in rows if not r.get("summary")}
+    assert set(runs) == {"pbt", "random", "asha"}
+    assert runs["pbt"]["member_steps"] == runs["random"]["member_steps"] == 4 * 20
+    assert math.isfinite(runs["pbt"]["best_val_loss"])
+    assert math.isfinite(runs["random"]["best_val_loss"])
+    summary = {r["searcher"]: r for r in rows if r.get("summary")}
+    assert summary["random"]["vs_random"] == 0.0

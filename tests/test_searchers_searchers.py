@@ -25,7 +25,7 @@ def loss_fn(config: dict) -> float:
 
 
 def make(name: str, seed: int = 0):
-    kwargs = {"population_size": 6} if name == "cmaes" else {"batch_size": 5}
+    kwargs = {"population_size": 6} if name in ("cmaes", "pbt") else {"batch_size": 5}
     if name == "grid":
         # Capped below the grid's 250 points, so the seed picks the subset (uncapped, a grid
         # ignores its seed: tests/test_searchers_grid.py).
@@ -43,7 +43,7 @@ def run(searcher, generations: int) -> list[list[dict]]:
 
 
 def test_registry_holds_the_builtin_searchers():
-    assert set(SEARCHERS) >= {"random", "grid", "cmaes", "tpe", "gp"}
+    assert set(SEARCHERS) >= {"random", "grid", "cmaes", "tpe", "gp", "pbt"}
 
 
 @pytest.mark.parametrize("name", sorted(SEARCHERS))

@@ -73,7 +73,8 @@ def test_summary_and_missing(tmp_path):
         store.put_curve([(0, 0, 5, 1.0, 1.0), (1, 0, 2, 2.0, 2.0)])
     recorded = store.summary()
     assert recorded == {"trials": {"0": "completed", "1": "running"},
-                        "rows": {"trials": 2, "replicates": 0, "curves": 2, "rungs": 0}}
+                        "rows": {"trials": 2, "replicates": 0, "curves": 2, "rungs": 0,
+                                 "lineage": 0}}
     # More than recorded (chunks after the checkpoint), and a running trial advancing: fine.
     with store.transaction():
         store.put_trial(1, status="pruned", params={}, val_loss=3.0, steps=4, seed=0)
