@@ -2,22 +2,26 @@
 
 ``load_sweep`` gives a ``Sweep``: the resolved configuration, the searched space, every trial
 row, the replicates, the learning curves and the rungs. ``ranked`` orders the trials best first,
-the one ordering the report, its figures and the export share.
+the one ordering the report, its figures and the export share (``store.ranked``: the store's
+``best`` and ``best.json`` take the same first trial). Trial rows are decoded by the store's
+``read_trials``, so an older store without the timestamp columns reads as ``None`` there.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import os
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from jaxae import config as config_lib
+from jaxae import store as store_lib
 from jaxae.errors import UserError, one_line
 from searchers.space import Dimension
 
@@ -33,7 +37,8 @@ class Sweep:
         info: ``sweep.json`` as stored (config, data sizes, versions, times).
         config: the resolved configuration.
         space: the hyperparameters that vary, as ``searchers`` dimensions, in the space's order.
-        trials: one dict per trial row (``params`` decoded), ordered by trial id.
+        trials: one dict per trial row (``store.read_trials``: ``params`` decoded, every column
+            of the current schema), ordered by trial id.
         replicates: trial -> ``[(replicate, status, val_loss or None, steps)]``.
         curves: trial -> ``(steps [m], val_loss [m])``, the mean over replicates at each step
             where every replicate has a finite loss.
@@ -70,11 +75,43 @@ class Sweep:
         data = self.info.get("data", {}).get("name", self.config.data)
         return f"{self.config.model} / {self.config.searcher}, {len(self.trials)} trials, {data}"
 
+    @property
+    def start_epoch(self) -> float | None:
+        """When the sweep started (``sweep.json``'s ``start_time``) in UTC epoch seconds, the
+        clock of the store's ``started_at`` / ``finished_at``; None if it is not recorded."""
+        return _epoch(self.info.get("start_time"))
+
+    @property
+    def end_epoch(self) -> float | None:
+        """When the sweep ended (``end_time``), as ``start_epoch``; None while it runs."""
+        return _epoch(self.info.get("end_time"))
+
+    @property
+    def resume_epochs(self) -> list[float]:
+        """When the sweep was resumed (``resumed``), as ``start_epoch``."""
+        resumed = self.info.get("resumed", [])
+        times = [_epoch(at) for at in resumed] if isinstance(resumed, list) else []
+        return [at for at in times if at is not None]
+
     def status_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for t in self.trials:
             counts[t["status"]] = counts.get(t["status"], 0) + 1
         return counts
+
+
+def _epoch(stamp: Any) -> float | None:
+    """An ISO 8601 time of ``sweep.json`` in UTC epoch seconds (jaxae writes UTC with its offset;
+    a bare time is read as UTC); None when absent or malformed."""
+    try:
+        at = datetime.datetime.fromisoformat(str(stamp)) if stamp is not None else None
+    except ValueError:
+        return None
+    if at is None:
+        return None
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=datetime.UTC)
+    return at.timestamp()
 
 
 def load_sweep(path: str | os.PathLike[str]) -> Sweep:
@@ -144,10 +181,7 @@ def _read_db(path: Path) -> tuple[list[dict], list[tuple], list[tuple], list[tup
     # Read-only by URI, so a report can never modify (or create) a sweep's store.
     db = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
     try:
-        cur = db.execute("SELECT trial_id, status, params, val_loss, steps, seed, budget, bucket "
-                         "FROM trials ORDER BY trial_id")
-        names = [d[0] for d in cur.description]
-        trials = [decode_trial(names, row) for row in cur.fetchall()]
+        trials = store_lib.read_trials(db)
         replicates = db.execute("SELECT trial_id, replicate, status, val_loss, steps "
                                 "FROM replicates ORDER BY trial_id, replicate").fetchall()
         curves = db.execute("SELECT trial_id, replicate, step, train_loss, val_loss FROM curves "
@@ -171,29 +205,6 @@ def _read_db(path: Path) -> tuple[list[dict], list[tuple], list[tuple], list[tup
     return trials, replicates, curves, rungs, lineage
 
 
-
-
-def decode_trial(names: Sequence[str], row: Sequence[Any]) -> dict[str, Any]:
-    """One ``trials`` row as a dict, ``params`` decoded from its JSON.
-
-    Raises:
-        ValueError: ``params`` is not a JSON object.
-    """
-    trial = dict(zip(names, row, strict=True))
-    trial["params"] = json.loads(trial["params"])
-    if not isinstance(trial["params"], dict):
-        raise ValueError(f"trial {trial['trial_id']} has params that are not an object")
-    return trial
-
-
-def best_first(trial: Mapping[str, Any]) -> tuple[bool, int, float, int]:
-    """Sort key of a trial with a finite loss: completed before stopped, then longer-trained,
-    then lower loss, then lower id (the order of ``TrialStore.best``), so a loss at a low budget
-    never outranks a finished trial."""
-    return (trial["status"] != "completed", -trial["steps"], trial["val_loss"],
-            trial["trial_id"])
-
-
 def ranked(sweep: Sweep) -> list[dict[str, Any]]:
-    """Trials with a finite loss, best first (``best_first``)."""
-    return sorted((t for t in sweep.trials if t["val_loss"] is not None), key=best_first)
+    """The sweep's trials with a finite loss, best first (``store.ranked``)."""
+    return store_lib.ranked(sweep.trials)

@@ -2,7 +2,13 @@
 
 Every write is idempotent (``INSERT OR REPLACE`` keyed by the trial, replicate and step), so a
 sweep resumed from its last checkpoint can replay the chunks after it and end with exactly the
-rows an uninterrupted run would have written. SQL is always parameterised.
+rows an uninterrupted run would have written; the one exception is a trial's wall-clock times
+(``started_at``, ``finished_at``), which say when things happened and so differ between any two
+runs. SQL is always parameterised.
+
+The trial row is decoded here (``decode_trial``, ``read_trials``) and "best first" is defined
+here (``best_first``, ``ranked``): ``TrialStore.best``, ``best.json`` and the report's ranking
+are one ordering.
 """
 
 from __future__ import annotations
@@ -14,7 +20,8 @@ import os
 import re
 import sqlite3
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +38,9 @@ CREATE TABLE IF NOT EXISTS trials (
     steps INTEGER NOT NULL,        -- steps trained (per replicate)
     seed INTEGER NOT NULL,         -- the sweep seed: keys derive from (seed, trial_id, replicate)
     budget INTEGER,                -- the budget of the trial's current or last job
-    bucket TEXT                    -- its compiled program (the shape-changing hyperparameters)
+    bucket TEXT,                   -- its compiled program (the shape-changing hyperparameters)
+    started_at REAL,               -- UTC epoch seconds when its first row was written
+    finished_at REAL               -- ... when it became completed, pruned, diverged or failed
 );
 CREATE TABLE IF NOT EXISTS replicates (
     trial_id INTEGER NOT NULL,
@@ -70,15 +79,25 @@ CREATE TABLE IF NOT EXISTS lineage (
 """
 
 
-# Columns of each table, in order (a database with other tables is someone else's file).
-_COLUMNS = {
-    table: tuple(line.split()[0] for line in body.strip().splitlines()
+# Each table's column definitions, in order (a database with other columns is someone else's
+# file), parsed from SCHEMA so that a new table or column is written down once.
+_DEFINITIONS = {
+    table: tuple(line.strip().split("--")[0].strip().rstrip(",")
+                 for line in body.strip().splitlines()
                  if not line.strip().startswith("PRIMARY KEY"))
     for table, body in re.findall(r"CREATE TABLE IF NOT EXISTS (\w+) \((.*?)\n\);", SCHEMA,
                                   re.DOTALL)
 }
+_COLUMNS = {table: tuple(d.split()[0] for d in defs) for table, defs in _DEFINITIONS.items()}
+# Columns added after stores were first written, by table: a store without them (they can only
+# be missing from the end) gains them as NULL when opened for writing, and reads as NULL when
+# opened read-only. A new column goes at the end of its table in SCHEMA and here; a new table
+# needs nothing (CREATE TABLE IF NOT EXISTS adds it).
+ADDED_COLUMNS = {"trials": ("started_at", "finished_at")}
 # Statuses a trial never leaves once it has them.
 _FINAL = ("completed", "diverged", "failed")
+# Statuses at which a trial stops training (for now: a pruned trial may be promoted again).
+_STOPPED = ("completed", "pruned", "diverged", "failed")
 
 
 def finite_or_none(value: float | None) -> float | None:
@@ -87,15 +106,80 @@ def finite_or_none(value: float | None) -> float | None:
     return float(value)
 
 
+def missing_columns(table: str, have: Sequence[str]) -> tuple[str, ...]:
+    """The columns of ``table`` that a store holding columns ``have`` lacks and may lack (those
+    ``ADDED_COLUMNS`` names, at the end).
+
+    Raises:
+        ValueError: ``have`` is not this schema's columns, nor a prefix of them that ends where
+            added columns begin (a foreign database).
+    """
+    want = _COLUMNS[table]
+    lacking = want[len(have):]
+    if tuple(have) != want[:len(have)] or not set(lacking) <= set(ADDED_COLUMNS.get(table, ())):
+        raise ValueError(f"table {table!r} has columns {', '.join(have)}; expected "
+                         f"{', '.join(want)}")
+    return lacking
+
+
+def decode_trial(names: Sequence[str], row: Sequence[Any]) -> dict[str, Any]:
+    """One ``trials`` row as a dict, ``params`` decoded from its JSON.
+
+    Raises:
+        ValueError: ``params`` is not a JSON object.
+    """
+    trial = dict(zip(names, row, strict=True))
+    trial["params"] = json.loads(trial["params"])
+    if not isinstance(trial["params"], dict):
+        raise ValueError(f"trial {trial['trial_id']} has params that are not an object")
+    return trial
+
+
+def read_trials(db: sqlite3.Connection) -> list[dict[str, Any]]:
+    """Every trial row of the store open in ``db`` (read-write or read-only) as a dict with
+    every column of ``SCHEMA`` (``None`` for columns an older store lacks), ordered by trial id.
+
+    Raises:
+        ValueError: a foreign ``trials`` table, or a row whose ``params`` is not a JSON object.
+        sqlite3.Error: the file is not a readable SQLite database.
+    """
+    have = [r[1] for r in db.execute("PRAGMA table_info(trials)")]
+    lacking = missing_columns("trials", have)
+    names = _COLUMNS["trials"]
+    # Column names come from SCHEMA, never from the file, so this is not injectable.
+    columns = ", ".join(f"NULL AS {c}" if c in lacking else c for c in names)
+    cur = db.execute(f"SELECT {columns} FROM trials ORDER BY trial_id")
+    return [decode_trial(names, row) for row in cur.fetchall()]
+
+
+def best_first(trial: Mapping[str, Any]) -> tuple[bool, int, float, int]:
+    """Sort key of a trial with a finite loss: completed before stopped, then longer-trained,
+    then lower loss, then lower id, so a loss at a low budget never outranks a finished trial."""
+    return (trial["status"] != "completed", -trial["steps"], trial["val_loss"],
+            trial["trial_id"])
+
+
+def ranked(trials: Iterable[Mapping[str, Any]]) -> list[Any]:
+    """The trials with a finite loss, best first (``best_first``): the first is the sweep's best,
+    the one ``best.json`` names."""
+    return sorted((t for t in trials if t["val_loss"] is not None), key=best_first)
+
+
 class TrialStore:
     """``DIR/trials.db``: one row per trial, per replicate, per learning-curve point and per rung.
 
     Writes happen inside ``with store.transaction():`` blocks, one per training chunk, so a crash
     leaves the database as it was after some whole chunk.
+
+    Args:
+        path: the database file, or ``":memory:"``.
+        clock: the wall clock of ``started_at`` / ``finished_at`` (UTC epoch seconds).
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str],
+                 clock: Callable[[], float] = time.time) -> None:
         self.path = Path(path)
+        self._clock = clock
         memory = str(path) == ":memory:"
         if not memory and self.path.exists() and not self.path.is_file():
             raise UserError(f"trial store {str(self.path)!r} is not a regular file")
@@ -117,12 +201,19 @@ class TrialStore:
                             f"({e})") from None
 
     def _check_schema(self) -> None:
-        """Refuses a database whose tables were not written by this schema (a foreign file)."""
-        for table, columns in _COLUMNS.items():
+        """Refuses a database whose tables were not written by this schema (a foreign file), and
+        adds to an older store the columns it lacks (NULL in its existing rows)."""
+        for table in _COLUMNS:
             have = tuple(r[1] for r in self._db.execute(f"PRAGMA table_info({table})"))
-            if have != columns:
-                raise UserError(f"trial store {str(self.path)!r}: table {table!r} has columns "
-                                f"{', '.join(have)}; expected {', '.join(columns)}")
+            try:
+                lacking = missing_columns(table, have)
+            except ValueError as e:
+                raise UserError(f"trial store {str(self.path)!r}: {e}") from None
+            if lacking:
+                definitions = dict(zip(_COLUMNS[table], _DEFINITIONS[table], strict=True))
+                with self.transaction():
+                    for column in lacking:
+                        self._db.execute(f"ALTER TABLE {table} ADD COLUMN {definitions[column]}")
 
     def close(self) -> None:
         self._db.close()
@@ -149,12 +240,28 @@ class TrialStore:
         budget: int | None = None,
         bucket: str | None = None,
     ) -> None:
+        """Writes trial ``trial_id``'s row; the store stamps the times itself.
+
+        ``started_at`` is the time of the trial's first row and never changes; ``finished_at``
+        is the time it reached a stopping status (completed, pruned, diverged, failed), kept
+        while it is rewritten with that same status (a resumed sweep's replay), and cleared
+        while it is ``running`` again (a pruned trial promoted).
+        """
         if status not in STATUSES:
             raise ValueError(f"unknown status {status!r}")
+        now = self._clock()
         self._db.execute(
-            "INSERT OR REPLACE INTO trials VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO trials VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (trial_id) DO UPDATE SET status = excluded.status, "
+            "params = excluded.params, val_loss = excluded.val_loss, steps = excluded.steps, "
+            "seed = excluded.seed, budget = excluded.budget, bucket = excluded.bucket, "
+            "started_at = coalesce(trials.started_at, excluded.started_at), "
+            "finished_at = CASE WHEN excluded.finished_at IS NULL THEN NULL "
+            "WHEN trials.status = excluded.status AND trials.finished_at IS NOT NULL "
+            "THEN trials.finished_at ELSE excluded.finished_at END",
             (trial_id, status, json.dumps(dict(params), sort_keys=True),
-             finite_or_none(val_loss), steps, seed, budget, bucket),
+             finite_or_none(val_loss), steps, seed, budget, bucket, now,
+             now if status in _STOPPED else None),
         )
 
     def put_replicate(
@@ -203,26 +310,21 @@ class TrialStore:
         return rows
 
     def trials(self) -> list[dict[str, Any]]:
-        """Every trial row as a dict (``params`` decoded), ordered by trial id."""
-        cur = self._db.execute("SELECT * FROM trials ORDER BY trial_id")
-        names = [d[0] for d in cur.description]
-        rows = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
-        for row in rows:
-            row["params"] = json.loads(row["params"])
-        return rows
+        """Every trial row as a dict (``params`` decoded), ordered by trial id (``read_trials``).
+
+        Raises:
+            UserError: the file is damaged, or a row's ``params`` is not a JSON object.
+        """
+        try:
+            return read_trials(self._db)
+        except (sqlite3.Error, ValueError) as e:
+            raise UserError(f"trial store {str(self.path)!r} cannot be read ({e})") from None
 
     def best(self) -> dict[str, Any] | None:
-        """The completed trial with the lowest validation loss (ties: lowest id); when no trial
-        completed (a multi-fidelity sweep too small to reach its top rung), the best of those that
-        trained longest; None when no trial has a finite loss."""
-        cur = self._db.execute(
-            "SELECT trial_id FROM trials WHERE val_loss IS NOT NULL "
-            "ORDER BY status = 'completed' DESC, steps DESC, val_loss, trial_id LIMIT 1"
-        )
-        row = cur.fetchone()
-        if row is None:
-            return None
-        return next(t for t in self.trials() if t["trial_id"] == row[0])
+        """The first of ``ranked``: the completed trial with the lowest validation loss (ties:
+        lowest id); when no trial completed (a multi-fidelity sweep too small to reach its top
+        rung), the best of those that trained longest; None when no trial has a finite loss."""
+        return (ranked(self.trials()) or [None])[0]
 
     def summary(self) -> dict[str, Any]:
         """What the store holds, for a checkpoint to record: ``{"trials": {id: status},

@@ -1,5 +1,7 @@
 """Reading a sweep: the rows as the store holds them, and one best-first order with the store's."""
 
+import json
+import shutil
 import sqlite3
 
 from jaxae import results
@@ -26,6 +28,8 @@ def test_ranked_agrees_with_the_stores_best(sweep_dir, tmp_path) -> None:
         assert results.ranked(sweep)[0] == store.best()
     finally:
         store.close()
+    assert json.loads((sweep_dir / "best.json").read_text())["trial_id"] == (
+        results.ranked(sweep)[0]["trial_id"])
     order = results.ranked(sweep)
     # Completed trials first, each group by loss, and only finite losses.
     statuses = [t["status"] == "completed" for t in order]
@@ -35,16 +39,29 @@ def test_ranked_agrees_with_the_stores_best(sweep_dir, tmp_path) -> None:
     assert len(order) == sum(t["val_loss"] is not None for t in sweep.trials)
 
 
-def test_decode_trial_refuses_params_that_are_not_an_object(sweep_dir) -> None:
-    with sqlite3.connect(sweep_dir / "trials.db") as db:
-        cur = db.execute("SELECT * FROM trials LIMIT 1")
-        names, row = [d[0] for d in cur.description], list(cur.fetchone())
-    trial = results.decode_trial(names, row)
-    assert isinstance(trial["params"], dict) and trial["trial_id"] == row[0]
-    row[names.index("params")] = "[1, 2]"
+def test_the_stores_best_and_the_reports_ranking_agree_with_every_status(sweep_dir, tmp_path
+                                                                          ) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(sweep_dir, copy, ignore=shutil.ignore_patterns("report"))
+    with sqlite3.connect(copy / "trials.db") as db:
+        completed = [t for (t,) in db.execute(
+            "SELECT trial_id FROM trials WHERE status = 'completed' ORDER BY val_loss")]
+        pruned = db.execute("SELECT COUNT(*) FROM trials WHERE status = 'pruned'").fetchone()[0]
+        assert len(completed) >= 2 and pruned >= 2  # the small ASHA sweep has both
+        # The best completed trial diverges, a pruned one reaches a loss below every other.
+        db.execute("UPDATE trials SET status = 'diverged', val_loss = NULL WHERE trial_id = ?",
+                   (completed[0],))
+        db.execute("UPDATE trials SET val_loss = 1e-9 WHERE trial_id = (SELECT trial_id FROM "
+                   "trials WHERE status = 'pruned' ORDER BY trial_id LIMIT 1)")
+    db.close()
+    sweep = results.load_sweep(copy)
+    assert {t["status"] for t in sweep.trials} == {"completed", "pruned", "diverged"}
+    store = TrialStore(copy / "trials.db")
     try:
-        results.decode_trial(names, row)
-    except ValueError as e:
-        assert "not an object" in str(e)
-    else:
-        raise AssertionError("params [1, 2] accepted")
+        best = store.best()
+        order = results.ranked(sweep)
+    finally:
+        store.close()
+    assert order[0] == best and best["trial_id"] == completed[1]
+    assert [t["trial_id"] for t in order][:len(completed) - 1] == completed[1:]
+    assert all(t["status"] != "diverged" for t in order)

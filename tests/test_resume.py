@@ -74,6 +74,7 @@ def one_error(capsys, *needles):
 
 
 def same_results(a, b):
+    # The trials' started_at / finished_at are never selected: wall-clock times differ between runs.
     for sql in ("SELECT trial_id, status, params, val_loss, steps FROM trials ORDER BY 1",
                 "SELECT * FROM curves ORDER BY 1, 2, 3", "SELECT * FROM rungs ORDER BY 1, 2"):
         assert rows(a, sql) == rows(b, sql), sql

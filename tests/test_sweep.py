@@ -50,6 +50,8 @@ def sweep(tmp_path, out, *extra, **kw):
     return code, tmp_path / out
 
 
+# The default columns leave out started_at / finished_at: wall-clock times differ between any two
+# runs, so tests that compare stores for bit-identity (determinism, resume) must never select them.
 def rows(out, sql="SELECT trial_id, status, params, val_loss, steps FROM trials ORDER BY 1"):
     with sqlite3.connect(out / "trials.db") as db:
         return db.execute(sql).fetchall()
