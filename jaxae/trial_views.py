@@ -20,6 +20,7 @@ from matplotlib.lines import Line2D
 from jaxae.analysis import Analysis, losses_by_budget, pair_surface, unit_cube
 from jaxae.plotting import (
     BEST,
+    COMPLETED,
     DIVERGED,
     display,
     figure,
@@ -37,22 +38,27 @@ TOP_LINES = 5  # trials drawn on top, thick, in the parallel coordinates
 
 
 def history(sweep: Sweep) -> tuple[bytes, str] | None:
-    """Each trial's loss against its number, with the best so far, at every budget."""
+    """Each trial's loss against its number, with the best so far, at every budget; below it,
+    when the store has per-trial times, the same against wall-clock time since the sweep
+    started."""
     by_budget = losses_by_budget(sweep)
     if not by_budget:
         return None
     budgets = sorted(by_budget)
-    fig = figure(11, 5.0)
-    ax = fig.subplots()
-    shades = colormaps["Blues"](np.linspace(0.4, 0.95, len(budgets)))
+    finished = finish_times(sweep)
+    fig = figure(11, 8.8 if finished else 5.0)
+    axes = fig.subplots(2 if finished else 1, 1, squeeze=False)[:, 0]
+    ax = axes[0]
+    shades = dict(zip(budgets, colormaps["Blues"](np.linspace(0.4, 0.95, len(budgets))),
+                      strict=True))
     finite = [v for rows in by_budget.values() for _, v in rows]
-    for budget, shade in zip(budgets, shades, strict=True):
+    for budget in budgets:
         rows = sorted(by_budget[budget])
         ids = np.array([t for t, _ in rows])
         losses = np.array([v for _, v in rows])
         label = f"{budget} steps ({len(rows)} trials)" if len(budgets) > 1 else "trials"
-        ax.scatter(ids, losses, s=14, color=shade, alpha=0.8, linewidths=0, label=label)
-        ax.step(ids, np.minimum.accumulate(losses), where="post", color=shade, lw=1.8,
+        ax.scatter(ids, losses, s=14, color=shades[budget], alpha=0.8, linewidths=0, label=label)
+        ax.step(ids, np.minimum.accumulate(losses), where="post", color=shades[budget], lw=1.8,
                 label=f"best so far at {budget} steps")
     bad = [t["trial_id"] for t in sweep.trials if t["val_loss"] is None
            and t["status"] in ("diverged", "failed")]
@@ -64,22 +70,99 @@ def history(sweep: Sweep) -> tuple[bytes, str] | None:
         ax.scatter([best["trial_id"]], [best["val_loss"]], marker="*", s=200, color=BEST,
                    edgecolors="black", linewidths=0.7, zorder=5,
                    label=f"sweep's best: trial {best['trial_id']}")
-    if min(finite) > 0:
-        ax.set_yscale("log")
-        log_ticks(ax.yaxis, min(finite), max(finite))
     ax.set_xlabel("trial (the order the searcher proposed them)")
-    ax.set_ylabel(loss_label(sweep) + (" (log)" if min(finite) > 0 else ""))
-    ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title(f"Optimisation history: {sweep.title}", fontsize=11)
+    drawn = [finite]
+    if finished:
+        drawn.append(_history_by_time(axes[1], sweep, finished, shades, best) or finite)
+    for a, values in zip(axes, drawn, strict=True):
+        log = min(values) > 0
+        if log:
+            a.set_yscale("log")
+            log_ticks(a.yaxis, min(values), max(values))
+        a.set_ylabel(loss_label(sweep) + (" (log)" if log else ""))
+        a.grid(True, which="major", alpha=0.3)
     caption = ("Optimisation history: every trial's validation loss against its number (the "
                "order the searcher proposed it), with the best loss so far as a step line"
                + (", one colour per budget (a multi-fidelity searcher measures every trial at "
                   "the lowest budget and only promoted ones higher up)" if len(budgets) > 1
                   else "")
-               + ". A line that keeps falling late means the search had not converged. The "
-               "trial store keeps no per-trial times, so there is no history against time.")
+               + ". A line that keeps falling late means the search had not converged. "
+               + ("Below: each completed trial's loss at the wall-clock time it completed, "
+                  "counted from the sweep's start (data loading and compilation included, until "
+                  "the dotted line where the first chunk's trials were written; the time a "
+                  "resumed sweep was stopped counts too), with the best so far: what waiting "
+                  "longer bought. Pruned trials are not drawn there (ASHA prunes a trial waiting "
+                  "at a rung only when the sweep ends); diverged ones are crosses."
+                  if finished else
+                  "This sweep's store has no per-trial times (written before jaxae recorded "
+                  "them), so there is no history against time."))
     return png(fig), caption
+
+
+def finish_times(sweep: Sweep) -> dict[int, float]:
+    """trial -> seconds from the sweep's start (``Sweep.start_epoch``, else the first trial's
+    ``started_at``) to the trial's ``finished_at``, for the trials the store timed."""
+    stamped = {t["trial_id"]: t["finished_at"] for t in sweep.trials
+               if t.get("finished_at") is not None}
+    if not stamped:
+        return {}
+    origin = _origin(sweep)
+    return {trial: at - origin for trial, at in stamped.items()}
+
+
+def _origin(sweep: Sweep) -> float:
+    start = sweep.start_epoch
+    if start is not None:
+        return start
+    return min(t["started_at"] for t in sweep.trials if t.get("started_at") is not None)
+
+
+def _history_by_time(ax: Any, sweep: Sweep, finished: dict[int, float],
+                     shades: dict[int, Any], best: dict[str, Any] | None) -> list[float]:
+    """Best so far against wall-clock time: each completed trial's loss at the moment it
+    completed, diverged trials as crosses; returns the losses drawn. Pruned trials are left out:
+    ASHA prunes a trial that waits at a rung only when the sweep ends, so their stop time says
+    nothing about when their loss was known."""
+    origin = _origin(sweep)
+    marks = [(t["started_at"] - origin, "first trials written")
+             for t in sweep.trials[:1] if t.get("started_at") is not None]
+    marks += [(at - origin, "resumed") for at in sweep.resume_epochs]
+    end = sweep.end_epoch
+    span = max([*finished.values(), *(a for a, _ in marks),
+                *([end - origin] if end is not None else [])])
+    scale, unit = (60.0, "min") if span > 300 else (1.0, "s")
+    done = sorted((finished[t["trial_id"]], t["val_loss"]) for t in sweep.trials
+                  if t["trial_id"] in finished and t["status"] == "completed"
+                  and t["val_loss"] is not None)
+    if done:
+        at = np.array([a for a, _ in done]) / scale
+        losses = np.array([v for _, v in done])
+        shade = shades.get(max(shades), COMPLETED)
+        ax.scatter(at, losses, s=14, color=shade, alpha=0.8, linewidths=0)
+        best_so_far = np.minimum.accumulate(losses)
+        if end is not None and (end - origin) / scale > at[-1]:
+            at, best_so_far = np.append(at, (end - origin) / scale), np.append(
+                best_so_far, best_so_far[-1])
+        ax.step(at, best_so_far, where="post", color=shade, lw=1.8)
+    if best is not None and best["trial_id"] in finished and best["status"] == "completed":
+        ax.scatter([finished[best["trial_id"]] / scale], [best["val_loss"]], marker="*", s=200,
+                   color=BEST, edgecolors="black", linewidths=0.7, zorder=5)
+    bad = [finished[t["trial_id"]] / scale for t in sweep.trials
+           if t["trial_id"] in finished and t["val_loss"] is None]
+    if bad:
+        ax.scatter(bad, [0.96] * len(bad), transform=ax.get_xaxis_transform(), marker="x",
+                   color=DIVERGED, s=30, clip_on=False)
+    for at, text in marks:
+        ax.axvline(at / scale, color="#555555", lw=0.9, ls=":")
+        right = at > 0.6 * span  # late marks are labelled on their left, inside the axes
+        ax.text(at / scale, 0.98, f" {text} ", transform=ax.get_xaxis_transform(), fontsize=8,
+                va="top", ha="right" if right else "left", color="#555555")
+    ax.set_xlim(left=0)
+    ax.set_xlabel(f"wall-clock time since the sweep started ({unit}; when each trial completed)")
+    ax.set_title("Best so far against time (completed trials)", fontsize=11)
+    return [v for _, v in done]
 
 
 def parallel_coordinates(sweep: Sweep, analysis: Analysis | None

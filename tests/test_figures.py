@@ -1,7 +1,10 @@
 """Every figure renders on the small sweep: PNG bytes of a sane size and a caption; a figure with
 nothing to show is None."""
 
+import dataclasses
+import datetime
 import math
+import sqlite3
 import struct
 
 import numpy as np
@@ -92,3 +95,28 @@ def test_log_ticks_are_at_least_four_round_numbers_inside_the_range(lo, hi) -> N
     assert all(abs(float(f"{t:.3g}") - t) <= 1e-9 * t for t in ticks)
     # The low end, where the best losses are, is labelled (within a fifth of the log range).
     assert math.log(ticks[0] / lo) <= 0.2 * math.log(hi / lo)
+
+
+def test_history_draws_best_so_far_against_time_from_the_stores_times(parts) -> None:
+    sweep, _, _ = parts
+    start = datetime.datetime.fromisoformat(sweep.info["start_time"]).timestamp()
+    with sqlite3.connect(sweep.dir / "trials.db") as db:
+        stamped = dict(db.execute("SELECT trial_id, finished_at FROM trials"))
+    finished = trial_views.finish_times(sweep)
+    assert finished == pytest.approx({t: at - start for t, at in stamped.items()}, abs=1e-9)
+    # sweep.json's start is whole seconds; every trial stops after it and before its end.
+    end = datetime.datetime.fromisoformat(sweep.info["end_time"]).timestamp()
+    assert all(-1 < at <= end - start + 1 for at in finished.values())
+    png, caption = trial_views.history(sweep)
+    assert _size(png)[1] > 800  # two panels: by trial number, then by time
+    assert "wall-clock time" in caption and "no per-trial times" not in caption
+
+
+def test_history_without_times_is_by_trial_number_only(parts) -> None:
+    sweep, _, _ = parts
+    untimed = dataclasses.replace(sweep, trials=[{**t, "started_at": None, "finished_at": None}
+                                                 for t in sweep.trials])
+    assert trial_views.finish_times(untimed) == {}
+    png, caption = trial_views.history(untimed)
+    assert _size(png)[1] < 600  # one panel
+    assert "no per-trial times" in caption
