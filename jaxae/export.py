@@ -11,8 +11,11 @@ stopped at, as Optuna records the last intermediate value of a pruned trial), ``
 attributes, not trial parameters (Optuna's importance evaluators would otherwise see constant
 dimensions).
 
-The store keeps no per-trial times, so every trial gets the sweep's start and end times from
-``sweep.json``; Optuna's history-by-time views are therefore not meaningful for an export.
+Times: a trial's ``datetime_start`` / ``datetime_complete`` are the store's ``started_at``
+(when its first row was written, at the end of its first chunk) and ``finished_at`` (when it
+stopped), as naive local times like those Optuna records itself. A store written before jaxae
+kept per-trial times gives every trial the sweep's start and end from ``sweep.json`` instead, and
+Optuna's views by time then say nothing.
 
 Optuna is an optional dependency (``pip install 'jaxae[optuna]'``), imported only here.
 """
@@ -66,7 +69,7 @@ def frozen_trials(sweep: Sweep) -> list[Any]:
     """
     optuna = _optuna()
     dists = {name: distribution(dim) for name, dim in sweep.space.items()}
-    start, end = _times(sweep)
+    sweep_start, sweep_end = _sweep_times(sweep)
     out = []
     for t in sweep.trials:
         state = optuna.trial.TrialState[STATES[t["status"]]]
@@ -95,8 +98,10 @@ def frozen_trials(sweep: Sweep) -> list[Any]:
                         "steps": t["steps"], "budget": t.get("budget"), "seed": t["seed"]},
             system_attrs={},
         ))
+        start = _local(t.get("started_at")) or sweep_start
+        end = _local(t.get("finished_at")) or sweep_end
         out[-1].datetime_start = start
-        out[-1].datetime_complete = end if finished else None
+        out[-1].datetime_complete = max(start, end) if finished else None
     return out
 
 
@@ -108,16 +113,15 @@ def _inside(dim: Dimension, value: Any) -> bool:
     return isinstance(value, int | float) and dim.low <= value <= dim.high
 
 
-def _times(sweep: Sweep) -> tuple[datetime.datetime, datetime.datetime]:
-    def parse(key: str) -> datetime.datetime | None:
-        try:
-            return datetime.datetime.fromisoformat(str(sweep.info[key]))
-        except (KeyError, ValueError):
-            return None
+def _local(epoch: float | None) -> datetime.datetime | None:
+    """UTC epoch seconds as a naive local time, the kind Optuna stores (``datetime.now()``)."""
+    return None if epoch is None else datetime.datetime.fromtimestamp(epoch)
 
-    now = datetime.datetime.now()
-    start = parse("start_time") or now
-    end = parse("end_time") or start
+
+def _sweep_times(sweep: Sweep) -> tuple[datetime.datetime, datetime.datetime]:
+    """The sweep's start and end (``sweep.json``; now, when absent), as ``_local`` gives them."""
+    start = _local(sweep.start_epoch) or datetime.datetime.now()
+    end = _local(sweep.end_epoch) or start
     return start, max(start, end)
 
 
