@@ -126,8 +126,8 @@ def _history_by_time(ax: Any, sweep: Sweep, finished: dict[int, float],
     ASHA prunes a trial that waits at a rung only when the sweep ends, so their stop time says
     nothing about when their loss was known."""
     origin = _origin(sweep)
-    marks = [(t["started_at"] - origin, "first trials written")
-             for t in sweep.trials[:1] if t.get("started_at") is not None]
+    started = [t["started_at"] for t in sweep.trials if t.get("started_at") is not None]
+    marks = [(min(started) - origin, "first trials written")] if started else []
     marks += [(at - origin, "resumed") for at in sweep.resume_epochs]
     end = sweep.end_epoch
     span = max([*finished.values(), *(a for a, _ in marks),
