@@ -45,7 +45,7 @@ class Sweep:
         train_curves: trial -> ``(steps [m], train_loss [m])`` likewise, the mean training loss
             of the chunk that ended at each step.
         rungs: trial -> ``[(budget, val_loss or None)]`` by budget: what a scheduler was told.
-        lineage: population-based training's lineage rows (``TrialStore.lineage``'s form), by
+        lineage: population-based training's lineage rows (``store.read_lineage``), by
             step then trial; empty for other searchers.
     """
 
@@ -188,18 +188,7 @@ def _read_db(path: Path) -> tuple[list[dict], list[tuple], list[tuple], list[tup
                             "ORDER BY trial_id, step, replicate").fetchall()
         rungs = db.execute("SELECT trial_id, budget, val_loss FROM rungs "
                            "ORDER BY trial_id, budget").fetchall()
-        lineage = []
-        # A store written before population-based training existed has no lineage table.
-        if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'lineage'"
-                      ).fetchone():
-            cur = db.execute("SELECT trial_id, step, parent, params_before, params_after, "
-                             "parent_loss, val_loss FROM lineage ORDER BY step, trial_id")
-            names = [d[0] for d in cur.description]
-            for row in cur.fetchall():
-                r = dict(zip(names, row, strict=True))
-                for key in ("params_before", "params_after"):
-                    r[key] = None if r[key] is None else json.loads(r[key])
-                lineage.append(r)
+        lineage = store_lib.read_lineage(db)
     finally:
         db.close()
     return trials, replicates, curves, rungs, lineage

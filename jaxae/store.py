@@ -152,6 +152,22 @@ def read_trials(db: sqlite3.Connection) -> list[dict[str, Any]]:
     return [decode_trial(names, row) for row in cur.fetchall()]
 
 
+def read_lineage(db: sqlite3.Connection) -> list[dict[str, Any]]:
+    """Every ``lineage`` row of the store open in ``db`` as a dict (``params_before`` /
+    ``params_after`` decoded), ordered by step, then trial; none from a store written before the
+    table existed (opened read-only, nothing added it)."""
+    if not db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'lineage'"
+                      ).fetchone():
+        return []
+    names = _COLUMNS["lineage"]
+    cur = db.execute(f"SELECT {', '.join(names)} FROM lineage ORDER BY step, trial_id")
+    rows = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+    for row in rows:
+        for key in ("params_before", "params_after"):
+            row[key] = None if row[key] is None else json.loads(row[key])
+    return rows
+
+
 def best_first(trial: Mapping[str, Any]) -> tuple[bool, int, float, int]:
     """Sort key of a trial with a finite loss: completed before stopped, then longer-trained,
     then lower loss, then lower id, so a loss at a low budget never outranks a finished trial."""
@@ -300,14 +316,9 @@ class TrialStore:
         )
 
     def lineage(self) -> list[dict[str, Any]]:
-        """Every lineage row as a dict (params decoded), ordered by step, then trial."""
-        cur = self._db.execute("SELECT * FROM lineage ORDER BY step, trial_id")
-        names = [d[0] for d in cur.description]
-        rows = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
-        for row in rows:
-            for key in ("params_before", "params_after"):
-                row[key] = None if row[key] is None else json.loads(row[key])
-        return rows
+        """Every lineage row as a dict (params decoded), ordered by step, then trial
+        (``read_lineage``)."""
+        return read_lineage(self._db)
 
     def trials(self) -> list[dict[str, Any]]:
         """Every trial row as a dict (``params`` decoded), ordered by trial id (``read_trials``).

@@ -62,6 +62,7 @@ def rows(out, sql):
         return db.execute(sql).fetchall()
 
 
+# The trials' started_at / finished_at are never selected: wall-clock times differ between runs.
 ALL_TABLES = ("SELECT trial_id, status, params, val_loss, steps FROM trials ORDER BY 1",
               "SELECT * FROM curves ORDER BY 1, 2, 3", "SELECT * FROM rungs ORDER BY 1, 2",
               "SELECT * FROM replicates ORDER BY 1, 2", "SELECT * FROM lineage ORDER BY 1, 2")
