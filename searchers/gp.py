@@ -300,7 +300,9 @@ class GP(ModelBased):
         mean, var = posterior.predict(self.features(units))
         scores = log_expected_improvement(mean, var, best, self.xi)
 
-        if self._floats.size and self.n_refine:
+        # Only a proposal that believes nothing is refined: with believers, L-BFGS-B climbs the
+        # collapsed variance to the faces of the cube (module docstring, "Batches").
+        if self._floats.size and self.n_refine and not len(believed):
             starts = units[np.argsort(-scores, kind="stable")[:self.n_refine]]
             refined = self._refine(posterior, starts, best)
             mean, var = posterior.predict(self.features(refined))
