@@ -10,6 +10,14 @@ penalty: ``l1`` (sparse), ``noise`` (denoising), ``contractive`` (contractive), 
 and for the plain ``ae``, which has none, ``latent_dim`` int log [4, 32]. Everything else is the
 library's default (hidden 64 and relu here, to keep the sweep small).
 
+Optuna (``--searchers`` ``optuna-tpe``, ``optuna-cmaes``) runs through the same driver: its
+``TPESampler`` / ``CmaEsSampler`` (``popsize`` = the population), seeded with the sweep's seed and
+otherwise at their defaults, is driven by its ask / tell interface behind the ``Searcher``
+protocol (``OptunaSearcher``: one generation of ``--population`` trials per ask, told before the
+next), and the driver's scheduler is a ``FullBudget`` over it. ``CmaEsSampler`` needs the
+``cmaes`` package, and ``GPSampler`` needs PyTorch; without them the bench prints a ``skipped``
+line for that searcher (``GPSampler`` is not offered: torch is not installed here).
+
 Output: one JSON line per (kind, seed, searcher) with ``best_val_loss`` (the best completed
 trial's validation loss; NaN / diverged trials never count) and ``wall_s``, then one ``"summary":
 true`` line per (kind, searcher) with the median best loss over seeds and
@@ -34,11 +42,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np  # noqa: E402
+
 from jaxae import config as config_lib  # noqa: E402
 from jaxae import data as data_lib  # noqa: E402
 from jaxae import driver as driver_lib  # noqa: E402
 from jaxae import runtime  # noqa: E402
 from jaxae.store import TrialStore  # noqa: E402
+from searchers import Choice, Float, FullBudget, Searcher  # noqa: E402
 
 COMMON = {
     "learning_rate": {"dist": "float", "low": 1e-4, "high": 3e-2, "log": True},
@@ -55,18 +66,87 @@ PENALTY = {
 }
 
 
+OPTUNA = ("optuna-tpe", "optuna-cmaes")
+
+
+class OptunaSearcher(Searcher):
+    """An Optuna sampler behind the ``Searcher`` protocol, through Optuna's ask / tell interface.
+
+    Synchronous: ``ask`` creates one generation of ``population`` trials (the same generation
+    until it is told); ``tell`` completes them (NaN / inf: ``FAIL``). Unregistered (no ``name``)
+    and never checkpointed: the bench runs without an output directory.
+    """
+
+    synchronous = True
+
+    def __init__(self, space: dict[str, Any], sampler: Any, population: int, seed: int) -> None:
+        import optuna
+
+        super().__init__(space, seed)
+        self._optuna = optuna
+        self.study = optuna.create_study(sampler=sampler, direction="minimize")
+        self.distributions = {name: _optuna_distribution(optuna, dim)
+                              for name, dim in space.items()}
+        self.population = population
+        self.running: list[tuple[dict[str, Any], Any]] = []  # (config, optuna trial)
+
+    def _ask(self) -> list[dict[str, Any]]:
+        if not self.running:
+            for _ in range(self.population):
+                trial = self.study.ask(self.distributions)
+                self.running.append((dict(trial.params), trial))
+        return [config for config, _ in self.running]
+
+    def _tell(self, configs: list[dict[str, Any]], losses: np.ndarray) -> None:
+        for config, loss in zip(configs, losses, strict=True):
+            i = next(i for i, (c, _) in enumerate(self.running) if c == config)
+            _, trial = self.running.pop(i)
+            if math.isfinite(loss):
+                self.study.tell(trial, float(loss))
+            else:
+                self.study.tell(trial, state=self._optuna.trial.TrialState.FAIL)
+
+
+def _optuna_distribution(optuna: Any, dim: Any) -> Any:
+    if isinstance(dim, Float):
+        return optuna.distributions.FloatDistribution(dim.low, dim.high, log=dim.log)
+    if isinstance(dim, Choice):
+        return optuna.distributions.CategoricalDistribution(list(dim.options))
+    return optuna.distributions.IntDistribution(dim.low, dim.high, log=dim.log)
+
+
+def optuna_sampler(name: str, population: int, seed: int) -> Any:
+    """Optuna's sampler for ``name`` (``ImportError`` if it or its dependency is missing)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if name == "optuna-tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    import cmaes  # noqa: F401  (CmaEsSampler imports it only when it first samples)
+
+    return optuna.samplers.CmaEsSampler(seed=seed, popsize=population)
+
+
 def best_loss(kind: str, searcher: str, seed: int, args: argparse.Namespace,
               dataset: data_lib.Dataset) -> tuple[float, float]:
     """The best completed val_loss of one sweep, and its wall time."""
-    config = config_lib.build({"model": kind, "searcher": searcher, "population": args.population,
-                               "trials": args.trials, "steps": args.steps, "seed": seed,
-                               "chunk": args.chunk, "space": {**COMMON, **PENALTY[kind]}})
+    optuna_name = searcher if searcher in OPTUNA else None
+    config = config_lib.build({"model": kind, "searcher": "random" if optuna_name else searcher,
+                               "population": args.population, "trials": args.trials,
+                               "steps": args.steps, "seed": seed, "chunk": args.chunk,
+                               "space": {**COMMON, **PENALTY[kind]}})
     best = math.inf
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         store = TrialStore(Path(tmp) / "trials.db")
         try:
             driver = driver_lib.Driver(config, dataset)
+            if optuna_name:
+                sampler = optuna_sampler(optuna_name, args.population, seed)
+                source = OptunaSearcher(config_lib.searched(config), sampler, args.population,
+                                        seed)
+                driver.scheduler = FullBudget(source, max_budget=args.steps,
+                                              max_trials=args.trials)
 
             def on_chunk(_: driver_lib.Driver, events: list[driver_lib.Event]) -> None:
                 nonlocal best
@@ -89,7 +169,7 @@ def median(values: list[float]) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kinds", default="ae,sparse,denoising,contractive,vae")
-    parser.add_argument("--searchers", default="random,cmaes,tpe,gp")
+    parser.add_argument("--searchers", default="random,cmaes,tpe,gp,optuna-tpe,optuna-cmaes")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--trials", type=int, default=48)
     parser.add_argument("--population", type=int, default=16)
@@ -102,6 +182,13 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unknown kind {kind!r} (known: {', '.join(PENALTY)})")
     seeds = [int(s) for s in args.seeds.split(",")]
     runtime.use_cpu_cores()
+    for name in [s for s in searchers if s in OPTUNA]:
+        try:
+            optuna_sampler(name, args.population, 0)
+        except ImportError as e:
+            print(json.dumps({"searcher": name, "skipped": f"{type(e).__name__}: {e}"}),
+                  flush=True)
+            searchers.remove(name)
     for kind in kinds:
         results: dict[str, list[float]] = {}
         for seed in seeds:

@@ -19,10 +19,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from searchers.space import Space, check_space, space_to_dict
+from searchers.design import sobol_design
+from searchers.space import Space, check_space, space_from_unit, space_to_dict, space_to_unit
 
 __all__ = [
     "SEARCHERS",
+    "ModelBased",
     "Searcher",
     "check_seed",
     "clean_loss",
@@ -184,6 +186,95 @@ class Searcher:
     @classmethod
     def _from_state(cls, space: Space, state: Mapping[str, Any]) -> Searcher:
         raise NotImplementedError
+
+
+class ModelBased(Searcher):
+    """The history a model-based searcher (TPE, GP) learns from, and its initial design.
+
+    Keeps what both models need and did identically: the unit-cube point and loss of every told
+    config (in tell order), the configs asked and not yet told (``pending``: TPE's constant liars,
+    GP's Kriging believers), the count of configs asked (config k draws from
+    ``np.random.default_rng([seed, k])``), their state-dict form, and the initial design: point k
+    of the seed's scrambled Sobol sequence (``design.sobol_design``), the first ``n_design`` of
+    which ``_ask_design`` hands out.
+
+    Asks and tells may interleave freely (``synchronous = False``): ``tell`` accepts any configs of
+    the space, asked or not, in any grouping and order.
+
+    Attributes:
+        n_design: configs taken from the initial design (0: none).
+        num_asked: configs produced so far.
+        points: unit-cube point ``[dims]`` of each told config, in tell order.
+        losses: their losses (failures: inf).
+        pending: configs asked and not yet told.
+    """
+
+    synchronous = False
+    learns_per_budget = True
+
+    def __init__(self, space: Space, seed: int = 0, n_design: int = 0) -> None:
+        super().__init__(space, seed)
+        if (isinstance(n_design, bool) or not isinstance(n_design, numbers.Integral)
+                or n_design < 0):
+            raise ValueError(f"n_design must be a non-negative integer, got {n_design!r}")
+        self.n_design = int(n_design)
+        self.num_asked = 0
+        self.points: list[list[float]] = []
+        self.losses: list[float] = []
+        self.pending: list[dict[str, Any]] = []
+        self._design: np.ndarray | None = None  # [n_design, dims], built on first use
+
+    def design_point(self, k: int) -> np.ndarray:
+        """Point k ``[dims]`` of the seed's design sequence (``design.sobol_design``)."""
+        if self._design is None or len(self._design) <= k:
+            self._design = sobol_design(max(k + 1, self.n_design), len(self.space), self.seed)
+        return self._design[k]
+
+    def num_finite(self) -> int:
+        """Finite losses told so far."""
+        return int(np.isfinite(np.array(self.losses, dtype=float)).sum())
+
+    def set_pending(self, configs: Sequence[Mapping[str, Any]]) -> None:
+        """The configs being evaluated now, replacing the pending list (see ``Searcher``)."""
+        self.pending = [dict(config) for config in configs]
+
+    def _tell(self, configs: list[dict[str, Any]], losses: np.ndarray) -> None:
+        # Convert every config first: a config outside the space refuses the whole tell.
+        points = [space_to_unit(self.space, config).tolist() for config in configs]
+        self.points += points
+        self.losses += losses.tolist()
+        for config in configs:
+            if config in self.pending:
+                self.pending.remove(config)
+
+    def _ask_design(self) -> dict[str, Any] | None:
+        """Config ``num_asked`` from the design (counted as asked and pending), or None past
+        the first ``n_design``."""
+        if self.num_asked >= self.n_design:
+            return None
+        config = space_from_unit(self.space, self.design_point(self.num_asked))
+        self.num_asked += 1
+        self.pending.append(config)
+        return config
+
+    def _history_state(self) -> dict[str, Any]:
+        """The shared part of ``_state``."""
+        return {
+            "n_design": self.n_design,
+            "num_asked": self.num_asked,
+            "points": self.points,
+            "losses": [encode_loss(loss) for loss in self.losses],
+            "pending": self.pending,
+        }
+
+    def _restore_history(self, state: Mapping[str, Any]) -> None:
+        """Inverse of ``_history_state`` (``n_design`` goes to the constructor)."""
+        self.num_asked = int(state["num_asked"])
+        self.points = [[float(x) for x in point] for point in state["points"]]
+        self.losses = [decode_loss(loss) for loss in state["losses"]]
+        self.pending = [dict(config) for config in state["pending"]]
+        if len(self.points) != len(self.losses):
+            raise ValueError(f"{type(self).__name__} state: points and losses differ in length")
 
 
 def searcher_from_state_dict(space: Space, state: Mapping[str, Any]) -> Searcher:

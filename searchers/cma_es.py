@@ -19,8 +19,21 @@ plus rank-mu covariance updates.
   coordinate whose unit interval is cut into ``len(options)`` equal parts. The core sees a
   piecewise-constant landscape along those coordinates; its rank-based update is unaffected by
   plateaus, though the step size along them may shrink until the value stops changing.
-* The initial mean is the centre of the cube (the prior's median: the geometric mean on log
-  scales) and ``sigma0`` is in unit-cube units (0.3: Hansen's advice of about a third of the range).
+* The first generation is the initial design (``searchers.design``: a scrambled Sobol set of
+  ``population_size`` points, shared with TPE and GP), not a Gaussian sample. Its losses start
+  the core where the design found the good region: the mean is the weighted recombination of its
+  best ``mu`` points with the core's positive weights (Eq. (41)-(42) applied to the design), and
+  the covariance their weighted spread around that mean per coordinate, ``sigma**2 * C =
+  diag(sum_i w_i (x_i - m)**2)``, with ``sigma`` clipped to ``[sigma_min, sigma0]``. This is the
+  warm start of M. Nomura, S. Watanabe, Y. Akimoto, Y. Ozaki and M. Onishi, "Warm Starting CMA-ES
+  for Hyperparameter Optimization", AAAI 2021 (a Gaussian fitted to the good points), with the
+  design as its "previous task". Why: at a population sweep's budget (three generations of 16)
+  the plain start, the centre of the cube with ``sigma0 = 0.3``, spends its few generations
+  walking there from the centre while the best learning rates sit near the top of the range
+  (measured on the autoencoder bench, ``bench/SEARCHERS.md``).
+  ``initial_design=False`` gives the plain start: the mean at the centre of the cube (the prior's
+  median: the geometric mean on log scales) and ``sigma0`` in unit-cube units (0.3: Hansen's
+  advice of about a third of the range).
 
 Sampling is seeded per generation with ``np.random.default_rng([seed, generation])``, so the state
 that ``state_dict`` saves (mean, step size, covariance, paths, generation) fixes every later ask.
@@ -36,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from searchers.base import Searcher, check_seed
+from searchers.design import sobol_design
 from searchers.space import Space, space_from_unit
 
 __all__ = ["CMAES", "CMAESCore", "mirror_unit"]
@@ -224,7 +238,8 @@ class CMAES(Searcher):
 
     ``ask`` returns exactly ``population_size`` configs (a generation); ``tell`` must receive those
     same configs (in any order) with their losses before the next generation is asked. Asking
-    again before telling returns the same generation.
+    again before telling returns the same generation. With ``initial_design`` the first
+    generation is the design and ``generation`` counts it.
 
     Example:
         >>> space = {"learning_rate": Float(1e-5, 1e-1, log=True), "beta": Float(0.0, 4.0)}
@@ -240,22 +255,34 @@ class CMAES(Searcher):
     synchronous = True
 
     def __init__(self, space: Space, population_size: int | None = None, seed: int = 0,
-                 sigma0: float = 0.3) -> None:
+                 sigma0: float = 0.3, initial_design: bool = True,
+                 sigma_min: float = 0.05) -> None:
         super().__init__(space, seed)
         if not self.space:
             raise ValueError("CMAES needs a search space with at least one dimension")
+        if not isinstance(initial_design, bool):
+            raise ValueError(f"initial_design must be true or false, got {initial_design!r}")
         self.sigma0 = _check_sigma(sigma0)
+        self.sigma_min = min(_check_sigma(sigma_min), self.sigma0)
         self.core = CMAESCore(np.full(len(self.space), 0.5), self.sigma0,
                               _check_popsize(population_size), self.seed)
         self.population_size = self.core.population_size
+        self.initial_design = initial_design
+        self.design_pending = initial_design  # the design generation is asked and not yet told
 
     @property
     def generation(self) -> int:
-        """Number of generations told so far."""
-        return self.core.generation
+        """Number of generations told so far (the design included)."""
+        return self.core.generation + (self.initial_design and not self.design_pending)
+
+    def _units(self) -> np.ndarray:
+        """This generation's unit-cube points ``[population_size, n]``."""
+        if self.design_pending:
+            return sobol_design(self.population_size, len(self.space), self.seed)
+        return mirror_unit(self.core.ask())
 
     def _ask(self) -> list[dict[str, Any]]:
-        return [space_from_unit(self.space, u) for u in mirror_unit(self.core.ask())]
+        return [space_from_unit(self.space, u) for u in self._units()]
 
     def _tell(self, configs: list[dict[str, Any]], losses: np.ndarray) -> None:
         expected = self._ask()
@@ -263,21 +290,42 @@ class CMAES(Searcher):
         if order is None:
             raise ValueError(f"CMAES.tell must receive the {self.population_size} configs of the "
                              f"last ask (generation {self.generation})")
+        if self.design_pending:
+            self._start_from_design(self._units(), losses[order])
+            return
         self.core.tell(losses[order])
         # The mirror has period 2, so shifting the mean by an even integer changes nothing.
         self.core.mean = self.core.mean - 2.0 * np.floor((self.core.mean + 0.5) / 2.0)
 
+    def _start_from_design(self, units: np.ndarray, losses: np.ndarray) -> None:
+        """Mean, step size and covariance from the design's best points (module docstring)."""
+        core = self.core
+        best = units[np.argsort(losses, kind="stable")[:core.mu]]  # [mu, n], best first
+        w = core.weights[:core.mu]
+        mean = w @ best  # (41)-(42) with sigma * y_i = x_i - m_old
+        var = w @ (best - mean) ** 2  # [n]
+        var = np.maximum(var, self.sigma_min**2)
+        sigma = float(np.clip(math.sqrt(var.mean()), self.sigma_min, self.sigma0))
+        core.mean, core.sigma, core.C = mean, sigma, np.diag(var / sigma**2)
+        self.design_pending = False
+
     def _state(self) -> dict[str, Any]:
-        return {"sigma0": self.sigma0, "core": self.core.state_dict()}
+        return {"sigma0": self.sigma0, "sigma_min": self.sigma_min,
+                "initial_design": self.initial_design, "design_pending": self.design_pending,
+                "core": self.core.state_dict()}
 
     @classmethod
     def _from_state(cls, space: Space, state: Mapping[str, Any]) -> CMAES:
         core = CMAESCore.from_state_dict(state["core"])
+        # States saved before the initial design existed resume as the plain start they were.
         searcher = cls(space, population_size=core.population_size, seed=int(state["seed"]),
-                       sigma0=float(state["sigma0"]))
+                       sigma0=float(state["sigma0"]),
+                       initial_design=bool(state.get("initial_design", False)),
+                       sigma_min=float(state.get("sigma_min", 0.05)))
         if core.n != len(searcher.space):
             raise ValueError("CMA-ES state does not match the search space's dimension")
         searcher.core = core
+        searcher.design_pending = bool(state.get("design_pending", False))
         return searcher
 
 

@@ -13,8 +13,8 @@ rules, in the space's unit cube (``space_to_unit``: log scales are already log):
 * Data cap: beyond ``max_points`` told configs, the GP sees the ``max_points // 2`` best and the
   most recent others, so ``ask`` stays fast on long runs while the incumbent region stays sharp.
 * Initial design: until ``n_initial`` finite losses (default ``max(dims + 1, 10)``) have been told,
-  config k is point k of a scrambled Sobol sequence seeded with ``seed`` (``scipy.stats.qmc``),
-  so a seed names the same design points whatever the batch sizes.
+  config k is point k of the seed's scrambled Sobol sequence (``searchers.design``, shared with
+  CMA-ES and TPE), so a seed names the same design points whatever the batch sizes.
 * Acquisition: log expected improvement over the best standardised loss, with exploration margin
   ``xi`` (S. Ament et al., "Unexpected Improvements to Expected Improvement for Bayesian
   Optimization", NeurIPS 2023, Eq. (9): computed in log space, so it never underflows to a flat
@@ -29,6 +29,12 @@ rules, in the space's unit cube (``space_to_unit``: log scales are already log):
   (the ``max_pending`` most recent), and those already proposed in the same ``ask``, join the GP
   data with the posterior mean as their loss. The mean is unchanged but the variance collapses
   around them, so a batch, or asks while other trials run, spread out instead of repeating.
+  Only a proposal that believes nothing is refined by L-BFGS-B; the others take the best
+  candidate as drawn: with 15 believers, the refinement climbed the collapsed variance to the
+  faces of the cube, and a generation of 16 on the contractive autoencoder alternated between
+  weight decay 1e-6 and 1e-2 (six trials on the bad face); without it the bench's median best
+  loss on seeds 0-2 went from 0.5565 to 0.5398 (contractive) and 0.7879 to 0.7662 (sparse)
+  (``bench/SEARCHERS.md``).
   A multi-fidelity scheduler, which tells only one budget's losses, replaces the pending list with
   the configs actually in flight (``set_pending``; ``searchers.feed`` gives the rule). Configs
   asked before whose loss the model does not have (under a multi-fidelity scheduler: stopped below
@@ -38,7 +44,7 @@ rules, in the space's unit cube (``space_to_unit``: log scales are already log):
   highest where the pruned trials were: under ASHA (``tests/test_searchers_gp.py``) it proposed
   the same two configs in turn for 8 of 30 trials.
 
-Config k draws only from ``np.random.default_rng([seed, k])`` (and the seed's Sobol sequence); the
+Config k draws only from ``np.random.default_rng([seed, k])`` (and the seed's design); the
 hyperparameters are refitted (starting from the last fit) when the told data grew by an eighth
 since the last fit, or by one config while there are fewer than 16; the posterior always uses all
 the data. ``state_dict`` saves the data and the last fit, so a restored searcher asks exactly what
@@ -53,10 +59,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from scipy import optimize, special, stats
+from scipy import optimize, special
 
 from searchers import gaussian_process as gp_lib
-from searchers.base import Searcher, decode_loss, encode_loss
+from searchers.base import ModelBased
 from searchers.space import Choice, Float, Int, Space, space_from_unit, space_to_unit
 
 __all__ = ["GP", "log_expected_improvement"]
@@ -127,7 +133,7 @@ def _check_xi(value: Any) -> float:
     return float(value)
 
 
-class GP(Searcher):
+class GP(ModelBased):
     """Gaussian-process Bayesian optimisation with log-EI (module docstring for every rule).
 
     Asks and tells may interleave freely (``synchronous = False``): ``tell`` accepts any configs of
@@ -158,29 +164,23 @@ class GP(Searcher):
     """
 
     name = "gp"
-    synchronous = False
-    learns_per_budget = True
 
     def __init__(self, space: Space, batch_size: int = 1, seed: int = 0,
                  n_initial: int | None = None, n_candidates: int = 512, n_refine: int = 3,
                  xi: float = 0.0, max_points: int = 128, max_pending: int = 64,
                  restarts: int = 1) -> None:
-        super().__init__(space, seed)
-        if not self.space:
+        if not space:
             raise ValueError("GP needs a search space with at least one dimension")
-        self.batch_size = _check_count(batch_size, "batch_size")
-        self.n_initial = (max(len(self.space) + 1, 10) if n_initial is None
+        self.n_initial = (max(len(space) + 1, 10) if n_initial is None
                           else _check_count(n_initial, "n_initial"))
+        super().__init__(space, seed, self.n_initial)
+        self.batch_size = _check_count(batch_size, "batch_size")
         self.n_candidates = _check_count(n_candidates, "n_candidates")
         self.n_refine = _check_count(n_refine, "n_refine", 0)
         self.xi = _check_xi(xi)
         self.max_points = _check_count(max_points, "max_points", 2)
         self.max_pending = _check_count(max_pending, "max_pending", 0)
         self.restarts = _check_count(restarts, "restarts", 0)
-        self.num_asked = 0  # configs produced so far: the next one draws from [seed, num_asked]
-        self.points: list[list[float]] = []  # unit-cube point of each told config, in tell order
-        self.losses: list[float] = []  # their losses (failures: inf)
-        self.pending: list[dict[str, Any]] = []  # asked, not yet told: believed at the mean
         self.asked: list[list[float]] = []  # unit-cube point of every config asked, in order
         self.theta: list[float] | None = None  # last fitted log hyperparameters (warm start)
         self.theta_told = 0  # len(losses) when theta was fitted
@@ -231,16 +231,8 @@ class GP(Searcher):
 
     # -- asking -----------------------------------------------------------------------------------
 
-    def _sobol_point(self, k: int) -> np.ndarray:
-        """Point k of the seed's scrambled Sobol sequence ``[dims]``."""
-        sobol = stats.qmc.Sobol(len(self.space), scramble=True,
-                                rng=np.random.default_rng([self.seed, 0x5AB01]))
-        if k:
-            sobol.fast_forward(k)
-        return sobol.random(1)[0]
-
     def _ask(self) -> list[dict[str, Any]]:
-        if np.isfinite(np.array(self.losses, dtype=float)).sum() < self.n_initial:
+        if self.num_finite() < self.n_initial:
             return self._ask_design()
         with gp_lib.one_blas_thread():
             return self._ask_model()
@@ -248,7 +240,7 @@ class GP(Searcher):
     def _ask_design(self) -> list[dict[str, Any]]:
         configs = []
         for _ in range(self.batch_size):
-            configs.append(space_from_unit(self.space, self._sobol_point(self.num_asked)))
+            configs.append(space_from_unit(self.space, self.design_point(self.num_asked)))
             self._asked(configs[-1])
         return configs
 
@@ -314,7 +306,9 @@ class GP(Searcher):
         mean, var = posterior.predict(self.features(units))
         scores = log_expected_improvement(mean, var, best, self.xi)
 
-        if self._floats.size and self.n_refine:
+        # Only a proposal that believes nothing is refined: with believers, L-BFGS-B climbs the
+        # collapsed variance to the faces of the cube (module docstring, "Batches").
+        if self._floats.size and self.n_refine and not len(believed):
             starts = units[np.argsort(-scores, kind="stable")[:self.n_refine]]
             refined = self._refine(posterior, starts, best)
             mean, var = posterior.predict(self.features(refined))
@@ -378,15 +372,6 @@ class GP(Searcher):
 
     # -- telling and state ------------------------------------------------------------------------
 
-    def _tell(self, configs: list[dict[str, Any]], losses: np.ndarray) -> None:
-        # Convert every config first: a config outside the space refuses the whole tell.
-        points = [space_to_unit(self.space, config).tolist() for config in configs]
-        self.points += points
-        self.losses += losses.tolist()
-        for config in configs:
-            if config in self.pending:
-                self.pending.remove(config)
-
     def _state(self) -> dict[str, Any]:
         return {
             "batch_size": self.batch_size,
@@ -397,10 +382,7 @@ class GP(Searcher):
             "max_points": self.max_points,
             "max_pending": self.max_pending,
             "restarts": self.restarts,
-            "num_asked": self.num_asked,
-            "points": self.points,
-            "losses": [encode_loss(loss) for loss in self.losses],
-            "pending": self.pending,
+            **self._history_state(),
             "asked": self.asked,
             "theta": self.theta,
             "theta_told": self.theta_told,
@@ -413,14 +395,9 @@ class GP(Searcher):
                        n_candidates=int(state["n_candidates"]), n_refine=int(state["n_refine"]),
                        xi=float(state["xi"]), max_points=int(state["max_points"]),
                        max_pending=int(state["max_pending"]), restarts=int(state["restarts"]))
-        searcher.num_asked = int(state["num_asked"])
-        searcher.points = [[float(x) for x in point] for point in state["points"]]
-        searcher.losses = [decode_loss(loss) for loss in state["losses"]]
-        searcher.pending = [dict(config) for config in state["pending"]]
+        searcher._restore_history(state)
         searcher.asked = [[float(x) for x in point] for point in state["asked"]]
         theta = state["theta"]
         searcher.theta = None if theta is None else [float(x) for x in theta]
         searcher.theta_told = int(state["theta_told"])
-        if len(searcher.points) != len(searcher.losses):
-            raise ValueError("GP state: points and losses differ in length")
         return searcher

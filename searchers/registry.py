@@ -52,8 +52,11 @@ def make_sampler(sampler: str | Searcher, space: Space, *, population: int | Non
 
     Random search, grid search, TPE and GP get ``batch_size=1`` (one config per new trial: TPE
     and GP propose it from every loss told so far, GP believing the configs still running at
-    their predicted loss). Grid search keeps at most ``max_trials`` configurations (a seeded
-    random subset when the grid is larger: ``searchers.grid``). CMA-ES gets
+    their predicted loss). All three model-based searchers start from the seed's Sobol design
+    (``searchers.design``): CMA-ES's first generation, GP's configs until it has ``n_initial``
+    losses, TPE's first ``max(population, n_startup)`` configs. Grid search keeps at most
+    ``max_trials`` configurations (a seeded random subset when the grid is larger:
+    ``searchers.grid``). CMA-ES gets
     ``population_size = population`` (at least 2, which CMA-ES needs; ``None``: its default
     ``4 + floor(3 ln n)``).
     """
@@ -64,7 +67,8 @@ def make_sampler(sampler: str | Searcher, space: Space, *, population: int | Non
     if sampler == "grid":
         return GridSearch(space, batch_size=1, seed=seed, max_configs=max_trials)
     if sampler == "tpe":
-        return TPE(space, batch_size=1, seed=seed)
+        design = {} if population is None else {"n_design": max(population, 10)}
+        return TPE(space, batch_size=1, seed=seed, **design)
     if sampler == "gp":
         return GP(space, batch_size=1, seed=seed)
     if sampler == "cmaes":

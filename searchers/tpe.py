@@ -9,9 +9,11 @@ maximising the expected improvement (Section 4.1 of the paper).
 
 The rules, all in unit-cube coordinates (``space_to_unit``: log scales are already log):
 
-* Startup: until ``n_startup`` finite losses have been told, config k is exactly random search's
-  k-th config (``np.random.default_rng([seed, k])`` mapped through the prior), so a TPE without
-  history *is* ``RandomSearch``.
+* Startup: until ``n_startup`` finite losses have been told, config k is point k of the initial
+  design (``searchers.design``: a scrambled Sobol set of ``n_design`` points, shared with
+  CMA-ES and GP) while k < ``n_design``, else random search's k-th config
+  (``np.random.default_rng([seed, k])`` mapped through the prior); with ``n_design = 0`` a TPE
+  without history *is* ``RandomSearch``.
 * Split: of the n told configs, those with the ``min(max(1, ceil(gamma * n)), 25)`` lowest
   losses are good (ties: the earlier told first), the rest bad; NaN / inf losses are always bad
   (the good set never exceeds the finite losses). With ``gamma = 0.1`` this is Optuna's
@@ -50,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from searchers.base import Searcher, decode_loss, encode_loss
+from searchers.base import ModelBased
 from searchers.space import Choice, Dimension, Space, space_from_unit, space_to_unit
 
 __all__ = ["TPE"]
@@ -73,7 +75,7 @@ def _check_gamma(gamma: Any) -> float:
 
 
 def _std_normal_cdf(z: np.ndarray) -> np.ndarray:
-    # math.erf per element: numpy has no erf, and scipy is not a dependency of searchers/.
+    # math.erf per element: numpy has no erf (scipy.special.ndtr would do; kept for bit-identity).
     return np.array([0.5 * (1.0 + math.erf(v / math.sqrt(2.0))) for v in z])
 
 
@@ -145,7 +147,7 @@ def _density(dim: Dimension, observations: np.ndarray) -> _TruncatedMixture | _C
     return _TruncatedMixture(observations)
 
 
-class TPE(Searcher):
+class TPE(ModelBased):
     """Tree-structured Parzen Estimator (see the module docstring for the exact rules).
 
     Asks and tells may interleave freely (``synchronous = False``): ``tell`` accepts any configs of
@@ -168,23 +170,18 @@ class TPE(Searcher):
         n_startup: finite losses needed before the model is used (random search until then).
         n_candidates: draws from ``l(x)`` among which the best ``l(x) / g(x)`` is asked.
         gamma: fraction of the told configs in the good set (before the clip to 1 .. 25).
+        n_design: startup configs taken from the initial design (``None``: ``n_startup``).
     """
 
     name = "tpe"
-    synchronous = False
-    learns_per_budget = True
 
     def __init__(self, space: Space, batch_size: int = 1, seed: int = 0, n_startup: int = 10,
-                 n_candidates: int = 24, gamma: float = 0.1) -> None:
-        super().__init__(space, seed)
-        self.batch_size = _check_count(batch_size, "batch_size")
+                 n_candidates: int = 24, gamma: float = 0.1, n_design: int | None = None) -> None:
         self.n_startup = _check_count(n_startup, "n_startup")
+        super().__init__(space, seed, self.n_startup if n_design is None else n_design)
+        self.batch_size = _check_count(batch_size, "batch_size")
         self.n_candidates = _check_count(n_candidates, "n_candidates")
         self.gamma = _check_gamma(gamma)
-        self.num_asked = 0  # configs produced so far: the next one draws from [seed, num_asked]
-        self.points: list[list[float]] = []  # unit-cube point of each told config, in tell order
-        self.losses: list[float] = []  # their losses (failures: inf)
-        self.pending: list[dict[str, Any]] = []  # asked, not yet told: the constant liar's
 
     @property
     def min_observations(self) -> int:
@@ -193,17 +190,16 @@ class TPE(Searcher):
     def fresh(self) -> TPE:
         """Told nothing; keeps the seed's position and the configs still in flight (liars)."""
         twin = TPE(self.space, self.batch_size, self.seed, self.n_startup, self.n_candidates,
-                   self.gamma)
+                   self.gamma, self.n_design)
         twin.num_asked, twin.pending = self.num_asked, list(self.pending)
         return twin
-
-    def set_pending(self, configs: list[dict[str, Any]]) -> None:
-        """The constant liar's configs: those being evaluated now (see ``Searcher``)."""
-        self.pending = [dict(config) for config in configs]
 
     def _ask(self) -> list[dict[str, Any]]:
         configs = []
         for _ in range(self.batch_size):
+            if self.num_finite() < self.n_startup and (design := self._ask_design()):
+                configs.append(design)
+                continue
             config = self._propose(np.random.default_rng([self.seed, self.num_asked]))
             self.num_asked += 1
             self.pending.append(config)
@@ -234,36 +230,20 @@ class TPE(Searcher):
                          dtype=float).reshape(len(self.pending), len(self.space))
         return points[order[:n_good]], np.concatenate([points[order[n_good:]], liars])
 
-    def _tell(self, configs: list[dict[str, Any]], losses: np.ndarray) -> None:
-        # Convert every config first: a config outside the space refuses the whole tell.
-        points = [space_to_unit(self.space, config).tolist() for config in configs]
-        self.points += points
-        self.losses += losses.tolist()
-        for config in configs:
-            if config in self.pending:
-                self.pending.remove(config)
-
     def _state(self) -> dict[str, Any]:
         return {
             "batch_size": self.batch_size,
             "n_startup": self.n_startup,
             "n_candidates": self.n_candidates,
             "gamma": self.gamma,
-            "num_asked": self.num_asked,
-            "points": self.points,
-            "losses": [encode_loss(loss) for loss in self.losses],
-            "pending": self.pending,
+            **self._history_state(),
         }
 
     @classmethod
     def _from_state(cls, space: Space, state: Mapping[str, Any]) -> TPE:
         searcher = cls(space, batch_size=int(state["batch_size"]), seed=int(state["seed"]),
                        n_startup=int(state["n_startup"]),
-                       n_candidates=int(state["n_candidates"]), gamma=float(state["gamma"]))
-        searcher.num_asked = int(state["num_asked"])
-        searcher.points = [[float(x) for x in point] for point in state["points"]]
-        searcher.losses = [decode_loss(loss) for loss in state["losses"]]
-        searcher.pending = [dict(config) for config in state["pending"]]
-        if len(searcher.points) != len(searcher.losses):
-            raise ValueError("TPE state: points and losses differ in length")
+                       n_candidates=int(state["n_candidates"]), gamma=float(state["gamma"]),
+                       n_design=int(state.get("n_design", 0)))
+        searcher._restore_history(state)
         return searcher

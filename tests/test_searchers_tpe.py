@@ -18,6 +18,7 @@ from searchers import (
     restore_scheduler,
 )
 from searchers.base import clean_loss
+from searchers.design import sobol_design
 from searchers.space import space_from_unit
 from searchers.tpe import _bandwidths, _Categorical, _TruncatedMixture
 
@@ -59,8 +60,18 @@ def test_beats_random_search_on_a_smooth_mixed_space():
     assert np.mean(late) > 0.75  # measured 1.0; the prior gives 1/3
 
 
-def test_without_enough_finite_losses_it_asks_what_random_search_asks():
-    tpe = TPE(SPACE, batch_size=3, seed=7)
+def test_without_enough_finite_losses_it_asks_the_design_then_random_search():
+    tpe = TPE(SPACE, batch_size=4, seed=5, n_design=6)
+    design = sobol_design(6, len(SPACE), seed=5)
+    first = tpe.ask() + tpe.ask()
+    reference = RandomSearch(SPACE, seed=5)
+    # Configs 0-5: the Sobol design; 6, 7: random search's, still short of n_startup losses.
+    assert first == ([space_from_unit(SPACE, u) for u in design]
+                     + [reference.config_at(6), reference.config_at(7)])
+
+
+def test_without_a_design_it_asks_what_random_search_asks():
+    tpe = TPE(SPACE, batch_size=3, seed=7, n_design=0)
     reference = RandomSearch(SPACE, seed=7)
     first = tpe.ask() + tpe.ask()
     assert first == [reference.config_at(k) for k in range(6)]
@@ -200,9 +211,10 @@ def test_full_budget_tpe_runs_to_the_end_and_uses_its_model():
     jobs = drive(scheduler, slots=3, outstanding=[])
     assert scheduler.finished and len(jobs) == 30 and {j.budget for j in jobs} == {50}
     assert isinstance(scheduler.sampler, TPE) and scheduler.sampler.num_told == 30
-    reference = RandomSearch(SPACE, seed=2)
-    same = [j.config == reference.config_at(j.trial_id) for j in jobs]
-    assert all(same[:10]) and not any(same[15:])  # random until 10 losses, then the model
+    # No population given: the design is the first n_startup = 10 configs, then the model.
+    design = [space_from_unit(SPACE, u) for u in sobol_design(30, len(SPACE), seed=2)]
+    same = [j.config == design[j.trial_id] for j in jobs]
+    assert all(same[:10]) and not any(same[15:])
 
 
 def test_asha_with_a_tpe_sampler_runs_and_restores():
