@@ -37,7 +37,7 @@ from jaxae.config import SweepConfig, count_buckets, fixed, searched, value_rang
 from jaxae.data import Dataset
 from jaxae.models import ModelSpec
 from jaxae.store import TrialStore, atomic_write_bytes
-from searchers import Job, Scheduler, make_scheduler, restore_scheduler
+from searchers import FullBudget, Job, Scheduler, make_scheduler, restore_scheduler
 
 CHECKPOINT = "checkpoint.msgpack"
 
@@ -72,18 +72,65 @@ def member_keys(config: SweepConfig, trial: int, replicate: int) -> dict[str, np
     return keys
 
 
+# A chunk's fixed host cost (planning, dispatch, reading results back, the store's transaction),
+# in seconds, and the model FLOP/s a device of each platform sustains on these small models: the
+# two make the chunk-length rule's exchange rate between idle slot-steps and extra chunks
+# (``chunk_length``). Both are constants, not measurements of this run, so a sweep's schedule is
+# the same on every machine of a platform (bench/sweep.py measured them: bench/RESULTS.md).
+CHUNK_HOST_S = {"cpu": 2e-3, "gpu": 1e-3, "tpu": 1e-3}
+DEVICE_FLOPS = {"cpu": 4e10, "gpu": 4e13, "tpu": 4e13}
+
+
 @dataclasses.dataclass
 class Bucket:
-    """One compiled program and its slots."""
+    """One compiled program and its slots.
+
+    The host keeps each slot's small arrays (hyperparameters, keys, target, trial, step) and sends
+    them with each chunk's placements (``population.place``); parameters never leave the device.
+    Paused members wait in ``parked``, a population of parking rows on the device.
+    """
 
     key: tuple  # values of hparams.BUCKET_NAMES
     spec: pop_lib.TrainSpec
     pop: pop_lib.Population
     owner: list[tuple[int, int] | None]  # (trial, replicate) in each slot, None when free
+    hparams: dict[str, np.ndarray]  # name -> [slots] float32, the slots' hyperparameters
+    keys: dict[str, np.ndarray]  # init_key / data_key / eval_key -> [slots, 2] uint32
+    target: np.ndarray  # [slots] int32
+    trial: np.ndarray  # [slots] int32, -1 when free
+    step: np.ndarray  # [slots] int32, as of the last chunk
+    diverged: np.ndarray  # [slots] bool, as of the last chunk
+    parked: pop_lib.Population | None = None
+    free_rows: list[int] = dataclasses.field(default_factory=list)
+    # The next place call: start / park into row / restore from row, per slot.
+    new: np.ndarray | None = None
+    park: np.ndarray | None = None
+    restore: np.ndarray | None = None
+    dirty: bool = False
+    releasing: list[int] = dataclasses.field(default_factory=list)  # rows restored by the plan
     first_chunk_s: float | None = None  # wall time of its first chunk: mostly compilation
+
+    def __post_init__(self) -> None:
+        self._clear_plan()
+
+    def _clear_plan(self) -> None:
+        n = len(self.owner)
+        self.new = np.zeros(n, bool)
+        self.park = np.full(n, -1, np.int32)
+        self.restore = np.full(n, -1, np.int32)
+        self.dirty = False
 
     def free_slots(self) -> list[int]:
         return [i for i, o in enumerate(self.owner) if o is None]
+
+    def active(self) -> np.ndarray:
+        """[slots] bool: the slots the next chunk trains."""
+        return (self.trial >= 0) & (self.step < self.target) & ~self.diverged
+
+    def plan(self) -> pop_lib.Plan:
+        return pop_lib.Plan(self.new, self.park, self.restore, self.hparams, self.keys["init_key"],
+                            self.keys["data_key"], self.keys["eval_key"], self.target,
+                            self.trial)
 
 
 @dataclasses.dataclass
@@ -98,11 +145,12 @@ class Running:
 
 @dataclasses.dataclass
 class Paused:
-    """A trial waiting for a scheduler's decision, its members' states kept on the host."""
+    """A trial waiting for a scheduler's decision, its members parked on the device."""
 
     config: dict[str, Any]
     bucket: tuple
-    members: list[pop_lib.Population]  # one per replicate, no slot axis
+    rows: list[int]  # parking rows, one per replicate
+    step: int
     budget: int
     loss: float  # what the scheduler was told at `budget`
     replicate_losses: list[float]
@@ -122,6 +170,30 @@ class Event:
     replicate_losses: list[float]
     told: bool  # whether the scheduler was told a loss at `budget` this chunk
     keys: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (init, data) hex
+
+
+def chunk_length(remaining: np.ndarray, longest: int, overhead: float) -> int:
+    """The steps of the next chunk: the one that trains the most member-steps per unit of time.
+
+    A chunk of ``n`` steps costs ``overhead + n`` population-steps of time (``overhead``: the fixed
+    host cost of a chunk in population-steps) and trains ``sum(min(remaining, n))`` member-steps;
+    the candidates are the steps at which some job ends and ``longest``. Ending a chunk where a job
+    ends lets its slot take the next job at once instead of idling to a fixed boundary (50 steps
+    against rung budgets of 15 / 44 / 133 idled 65 % of ASHA's slot-steps, issue 13).
+
+    Args:
+        remaining: [active slots] steps each active slot still has to train (> 0).
+        longest: the sweep's chunk setting, the most steps one chunk may take.
+        overhead: a chunk's fixed cost in population-steps (>= 0).
+    """
+    if remaining.size == 0:
+        return longest
+    candidates = np.unique(np.minimum(remaining, longest))
+    trained = np.minimum(remaining[None, :], candidates[:, None]).sum(axis=1)
+    rate = trained / (overhead + candidates)
+    # The longest of the (numerically) best: fewer chunks for the same rate.
+    best = np.flatnonzero(rate >= rate.max() * (1 - 1e-9))[-1]
+    return int(candidates[best])
 
 
 class Driver:
@@ -160,6 +232,10 @@ class Driver:
             seed=config.seed,
             sampler=config.sampler,
         )
+        # Schedulers that pause trials get their parking rows with each bucket, so the placement
+        # program compiles once with them (not once before the first pause and once after).
+        self.pauses = not isinstance(self.scheduler, FullBudget)
+        self.platform = jax.devices()[0].platform
         self.buckets: dict[tuple, Bucket] = {}
         self.running: dict[int, Running] = {}
         self.paused: dict[int, Paused] = {}
@@ -170,6 +246,7 @@ class Driver:
         self.slot_steps = 0
         self.bucket_calls = 0
         self._started: list[Event] = []
+        self._keys: dict[int, list[dict[str, np.ndarray]]] = {}
 
     # -- configuration --------------------------------------------------------------------------
 
@@ -184,8 +261,48 @@ class Driver:
         if key not in self.buckets:
             spec = train_spec(self.config, self.features, key)
             pop = sharding_lib.shard(pop_lib.create(spec, self.capacity), self.slots)
-            self.buckets[key] = Bucket(key, spec, pop, [None] * self.capacity)
+            host = sharding_lib.to_host({"hparams": pop.hparams})
+            n = self.capacity
+            bucket = Bucket(
+                key, spec, pop, [None] * n,
+                hparams={k: np.array(v) for k, v in host["hparams"].items()},
+                keys={k: np.zeros((n, 2), np.uint32)
+                      for k in ("init_key", "data_key", "eval_key")},
+                target=np.zeros(n, np.int32), trial=np.full(n, -1, np.int32),
+                step=np.zeros(n, np.int32), diverged=np.zeros(n, bool))
+            if self.pauses:
+                self._grow_parking(bucket, n)
+            self.buckets[key] = bucket
         return self.buckets[key]
+
+    def _grow_parking(self, bucket: Bucket, rows: int) -> None:
+        """Gives ``bucket`` at least ``rows`` parking rows (a new placement program's shape: the
+        rows double, so this happens a few times per sweep at most)."""
+        have = 0 if bucket.parked is None else int(bucket.parked.step.shape[0])
+        if rows <= have:
+            return
+        rows = sharding_lib.round_up(max(rows, 2 * have), self.mesh)
+        old = None if bucket.parked is None else sharding_lib.to_host(bucket.parked)
+        shapes = jax.tree.map(lambda a: (a.shape[1:], a.dtype), bucket.pop)
+
+        def grown(shape_dtype, kept=None):
+            shape, dtype = shape_dtype
+            out = np.zeros((rows, *shape), dtype)
+            if kept is not None:
+                out[:have] = kept
+            return out
+
+        is_leaf = lambda x: isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], tuple)  # noqa: E731
+        host = (jax.tree.map(grown, shapes, is_leaf=is_leaf) if old is None
+                else jax.tree.map(grown, shapes, old, is_leaf=is_leaf))
+        bucket.parked = sharding_lib.shard(host, self.slots)
+        bucket.free_rows.extend(range(have, rows))
+
+    def member_keys(self, trial: int) -> list[dict[str, np.ndarray]]:
+        """The keys of every replicate of ``trial`` (computed once)."""
+        if trial not in self._keys:
+            self._keys[trial] = [member_keys(self.config, trial, r) for r in range(self.repeats)]
+        return self._keys[trial]
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -219,57 +336,94 @@ class Driver:
         self.queue = waiting
 
     def _keys_hex(self, trial: int) -> list[tuple[str, str]]:
-        keys = [member_keys(self.config, trial, r) for r in range(self.repeats)]
-        return [(k["init_key"].tobytes().hex(), k["data_key"].tobytes().hex()) for k in keys]
+        return [(k["init_key"].tobytes().hex(), k["data_key"].tobytes().hex())
+                for k in self.member_keys(trial)]
 
     def _place(self, job: Job, config: dict, bucket: Bucket, slots: list[int]) -> None:
         paused = self.paused.pop(job.trial_id, None)
-        if paused is not None:
-            for slot, member in zip(slots, paused.members, strict=True):
-                bucket.pop = pop_lib.put(bucket.pop, slot, member)
-            bucket.pop = pop_lib.set_targets(bucket.pop, slots, [job.budget] * len(slots))
-        else:
-            members = [pop_lib.Member(job.trial_id, config, job.budget,
-                                      member_keys(self.config, job.trial_id, r),
-                                      horizon=self.config.steps)
-                       for r in range(self.repeats)]
-            bucket.pop = pop_lib.assign(bucket.spec, bucket.pop, slots, members)
+        values = pop_lib.hparam_arrays([config])
+        for name in ("hidden", "latent_dim"):
+            cap = getattr(bucket.spec.model, name)
+            if values[name][0] > cap:
+                raise ValueError(f"{name} exceeds the padded maximum {cap} of this population")
         for r, slot in enumerate(slots):
+            for name, v in values.items():
+                bucket.hparams[name][slot] = v[0]
+            bucket.hparams["horizon"][slot] = self.config.steps
+            for name, key in self.member_keys(job.trial_id)[r].items():
+                bucket.keys[name][slot] = key
+            bucket.target[slot] = job.budget
+            bucket.trial[slot] = job.trial_id
+            bucket.diverged[slot] = False
+            if paused is None:
+                bucket.new[slot] = True
+                bucket.step[slot] = 0
+            else:
+                bucket.restore[slot] = paused.rows[r]
+                bucket.releasing.append(paused.rows[r])
+                bucket.step[slot] = paused.step
             bucket.owner[slot] = (job.trial_id, r)
+        bucket.dirty = True
         self.running[job.trial_id] = Running(job, config, bucket.key, slots)
-        steps = 0 if paused is None else int(paused.members[0].step)
+        steps = 0 if paused is None else paused.step
         loss = math.nan if paused is None else paused.loss
         self._started.append(Event(job.trial_id, "running", config, loss, steps, job.budget,
                                    bucket.key, [], False))
 
-    def step(self) -> tuple[list[Event], list[tuple]]:
+    def _apply(self, bucket: Bucket) -> None:
+        """Sends ``bucket``'s pending placements to the device (one program call)."""
+        if not bucket.dirty:
+            return
+        plan = jax.device_put(bucket.plan(), self.slots)
+        bucket.pop, bucket.parked = pop_lib.place(bucket.spec, bucket.pop, bucket.parked, plan)
+        bucket.free_rows.extend(bucket.releasing)
+        bucket.releasing = []
+        bucket._clear_plan()
+
+    def flush(self) -> None:
+        """Applies every pending placement (before reading device state, e.g. a checkpoint)."""
+        for bucket in self.buckets.values():
+            self._apply(bucket)
+
+    def step(self, while_training: Callable[[], None] | None = None
+             ) -> tuple[list[Event], list[tuple]]:
         """Trains one chunk. Returns the trial events and the learning-curve rows
-        ``(trial, replicate, step, train_loss, val_loss)`` of the chunk."""
+        ``(trial, replicate, step, train_loss, val_loss)`` of the chunk.
+
+        ``while_training`` is called once the chunk's programs are dispatched and before their
+        results are read: host work that does not change the sweep (the previous chunk's store
+        rows) overlaps the device's.
+        """
         self._fill()
         if not self.running:
             if self.done:
                 return [], []
             raise RuntimeError("scheduler handed out no job while nothing is running")
-        curves = []
-        finished: dict[int, list[tuple[int, float, bool]]] = {}
-        for bucket in self.buckets.values():
-            if all(o is None for o in bucket.owner):
-                continue
-            # Host-side edits (assign, pause, clear) may leave leaves on one device.
-            bucket.pop = sharding_lib.shard(bucket.pop, self.slots)
-            before = sharding_lib.to_host(bucket.pop.step)
+        busy = [b for b in self.buckets.values() if b.active().any()]
+        remaining = np.concatenate([(b.target - b.step)[b.active()] for b in busy])
+        n = chunk_length(remaining, self.config.chunk, self._overhead(busy))
+        launched = []
+        for bucket in busy:
+            self._apply(bucket)
             t0 = time.perf_counter()
             bucket.pop, losses = pop_lib.train_chunk(
-                bucket.spec, bucket.pop, self.train_x, self.config.chunk, mesh=self.local_mesh
-            )
+                bucket.spec, bucket.pop, self.train_x, self.config.chunk, mesh=self.local_mesh,
+                steps=np.int32(n))
             metrics = pop_lib.evaluate(bucket.spec, bucket.pop, self.val_x)
-            host = sharding_lib.to_host({"losses": losses, "val": metrics["val_loss"],
-                                   "step": bucket.pop.step, "diverged": bucket.pop.diverged,
-                                   "active": bucket.pop.active})
+            launched.append((bucket, t0, {"losses": losses, "val": metrics["val_loss"],
+                                          "step": bucket.pop.step,
+                                          "diverged": bucket.pop.diverged}))
+        if while_training is not None:
+            while_training()
+        results = sharding_lib.to_host([r for _, _, r in launched])
+        curves = []
+        finished: dict[int, list[tuple[int, float, bool]]] = {}
+        for (bucket, t0, _), host in zip(launched, results, strict=True):
             if bucket.first_chunk_s is None:
                 bucket.first_chunk_s = time.perf_counter() - t0
+            before = bucket.step
             self.member_steps += int((host["step"] - before).sum())
-            self.slot_steps += bucket.pop.size * self.config.chunk
+            self.slot_steps += bucket.pop.size * n
             self.bucket_calls += 1
             for slot, owner in enumerate(bucket.owner):
                 if owner is None:
@@ -281,14 +435,22 @@ class Driver:
                     train_loss = float(chunk_losses[trained].mean()) if trained.any() else None
                     curves.append((trial, replicate, int(host["step"][slot]), train_loss,
                                    float(host["val"][slot])))
-                if not host["active"][slot]:
+                if host["diverged"][slot] or host["step"][slot] >= bucket.target[slot]:
                     finished.setdefault(trial, []).append(
                         (replicate, float(host["val"][slot]), bool(host["diverged"][slot]))
                     )
+            bucket.step = np.array(host["step"])
+            bucket.diverged = np.array(host["diverged"])
         events, self._started = self._started, []
         events += self._settle(finished)
         self.chunk += 1
         return events, curves
+
+    def _overhead(self, busy: list[Bucket]) -> float:
+        """A chunk's fixed host cost in population-steps of the busy buckets (``chunk_length``)."""
+        flops = sum(b.pop.size * _step_flops(b.spec) for b in busy)
+        step_s = flops / DEVICE_FLOPS.get(self.platform, DEVICE_FLOPS["gpu"])
+        return CHUNK_HOST_S.get(self.platform, CHUNK_HOST_S["gpu"]) / max(step_s, 1e-12)
 
     def _settle(self, finished: dict[int, list[tuple[int, float, bool]]]) -> list[Event]:
         """Tells the scheduler about every job whose members all stopped training, in trial order,
@@ -305,18 +467,23 @@ class Driver:
             self.scheduler.tell(trial, run.job.budget, loss)
             del self.running[trial]
             bucket = self.buckets[run.bucket]
-            steps = int(sharding_lib.to_host(bucket.pop.step)[run.slots].max())
+            steps = int(bucket.step[run.slots].max())
             status = self.scheduler.status(trial)
             if status == "paused":
-                members = [pop_lib.take(bucket.pop, s) for s in run.slots]
-                self.paused[trial] = Paused(run.config, run.bucket, members, run.job.budget,
+                if len(bucket.free_rows) < len(run.slots):
+                    have = 0 if bucket.parked is None else int(bucket.parked.step.shape[0])
+                    self._grow_parking(bucket, have + len(run.slots))
+                rows = [bucket.free_rows.pop(0) for _ in run.slots]
+                bucket.park[run.slots] = rows
+                self.paused[trial] = Paused(run.config, run.bucket, rows, steps, run.job.budget,
                                             loss, losses)
                 state = "running"
             else:
                 state = {"completed": "completed", "stopped": "pruned"}.get(status, status)
                 if diverged:
                     state = "diverged"
-            bucket.pop = pop_lib.clear(bucket.pop, run.slots)
+            bucket.trial[run.slots] = -1
+            bucket.dirty = True
             for s in run.slots:
                 bucket.owner[s] = None
             events.append(Event(trial, state, run.config, loss, steps, run.job.budget, run.bucket,
@@ -325,15 +492,16 @@ class Driver:
         for trial in sorted(self.paused):
             if self.scheduler.status(trial) == "stopped":
                 p = self.paused.pop(trial)
-                events.append(Event(trial, "pruned", p.config, p.loss, int(p.members[0].step),
-                                    p.budget, p.bucket, p.replicate_losses, False,
-                                    self._keys_hex(trial)))
+                self.buckets[p.bucket].free_rows.extend(p.rows)
+                events.append(Event(trial, "pruned", p.config, p.loss, p.step, p.budget,
+                                    p.bucket, p.replicate_losses, False, self._keys_hex(trial)))
         return events
 
     # -- checkpoints ------------------------------------------------------------------------------
 
     def state_bytes(self) -> bytes:
         """Everything needed to continue this sweep exactly, as msgpack (no pickle)."""
+        self.flush()
         meta = {
             "chunk": self.chunk,
             "member_steps": self.member_steps,
@@ -353,11 +521,14 @@ class Driver:
             "queue": [{"trial": j.trial_id, "config": j.config, "budget": j.budget}
                       for j in self.queue],
         }
+        parked = {k: sharding_lib.to_host(b.parked) for k, b in self.buckets.items()
+                  if b.parked is not None and any(p.bucket == k for p in self.paused.values())}
         arrays = {
             "buckets": {str(i): serialization.to_state_dict(sharding_lib.to_host(b.pop))
                         for i, b in enumerate(self.buckets.values())},
-            "paused": {str(t): {str(r): serialization.to_state_dict(m)
-                                for r, m in enumerate(p.members)}
+            "paused": {str(t): {str(r): serialization.to_state_dict(
+                                    jax.tree.map(lambda a, row=row: a[row], parked[p.bucket]))
+                                for r, row in enumerate(p.rows)}
                        for t, p in self.paused.items()},
         }
         return serialization.msgpack_serialize({"meta": json.dumps(meta), "arrays": arrays})
@@ -374,24 +545,66 @@ class Driver:
         for i, b in enumerate(meta["buckets"]):
             key = tuple(b["key"])
             bucket = self._bucket(key)
-            bucket.pop = serialization.from_state_dict(bucket.pop, arrays["buckets"][str(i)])
-            bucket.pop = sharding_lib.shard(bucket.pop, self.slots)
+            host = serialization.from_state_dict(sharding_lib.to_host(bucket.pop),
+                                                 arrays["buckets"][str(i)])
+            bucket.pop = sharding_lib.shard(host, self.slots)
             bucket.owner = [tuple(o) if o is not None else None for o in b["owner"]]
+            bucket.hparams = {k: np.array(v) for k, v in host.hparams.items()}
+            bucket.keys = {k: np.array(getattr(host, k))
+                           for k in ("init_key", "data_key", "eval_key")}
+            bucket.target = np.array(host.target)
+            bucket.trial = np.array(host.trial)
+            bucket.step = np.array(host.step)
+            bucket.diverged = np.array(host.diverged)
         self.running = {
             r["trial"]: Running(Job(r["trial"], r["job_config"], r["budget"]), r["config"],
                                 tuple(r["bucket"]), r["slots"])
             for r in meta["running"]
         }
         self.paused = {}
+        by_bucket: dict[tuple, list[tuple[int, dict, list]]] = {}
         for p in meta["paused"]:
-            template = pop_lib.take(self._bucket(tuple(p["bucket"])).pop, 0)
-            members = [serialization.from_state_dict(template, m)
-                       for _, m in sorted(arrays["paused"][str(p["trial"])].items(),
-                                          key=lambda kv: int(kv[0]))]
-            self.paused[p["trial"]] = Paused(
-                p["config"], tuple(p["bucket"]), members, p["budget"], _from_json(p["loss"]),
-                [_from_json(v) for v in p["replicate_losses"]])
+            members = [m for _, m in sorted(arrays["paused"][str(p["trial"])].items(),
+                                            key=lambda kv: int(kv[0]))]
+            by_bucket.setdefault(tuple(p["bucket"]), []).append((p["trial"], p, members))
+        for key, entries in by_bucket.items():
+            bucket = self._bucket(key)
+            needed = sum(len(members) for _, _, members in entries)
+            self._grow_parking(bucket, needed)
+            host = sharding_lib.to_host(bucket.parked)
+            template = jax.tree.map(lambda a: a[0], host)
+            row = 0
+            for trial, p, members in entries:
+                rows = []
+                for m in members:
+                    member = serialization.from_state_dict(template, m)
+                    host = jax.tree.map(lambda a, v, row=row: _set_row(a, row, v), host, member)
+                    rows.append(row)
+                    row += 1
+                step = int(np.asarray(members[0]["step"]))
+                self.paused[trial] = Paused(
+                    p["config"], key, rows, step, p["budget"], _from_json(p["loss"]),
+                    [_from_json(v) for v in p["replicate_losses"]])
+            bucket.parked = sharding_lib.shard(host, self.slots)
+            bucket.free_rows = list(range(row, int(host.step.shape[0])))
         self.queue = [Job(j["trial"], j["config"], j["budget"]) for j in meta["queue"]]
+
+
+def _set_row(a: np.ndarray, row: int, value: np.ndarray) -> np.ndarray:
+    a = np.array(a)
+    a[row] = value
+    return a
+
+
+def _step_flops(spec: pop_lib.TrainSpec) -> float:
+    """Model FLOPs of one member's training step: the matmuls, forward and backward."""
+    m = spec.model
+    code = m.latent_dim * (2 if m.variational else 1)
+    widths = [m.features] + [m.hidden] * m.depth
+    encoder = sum(a * b for a, b in zip(widths[:-1], widths[1:], strict=True)) + m.hidden * code
+    decoder = m.latent_dim * m.hidden + sum(
+        a * b for a, b in zip(widths[1:][::-1], widths[:-1][::-1], strict=True))
+    return 6.0 * spec.batch_size * (encoder + decoder)
 
 
 def _json_float(v: float) -> float | None:
@@ -457,9 +670,19 @@ def run(driver: Driver, store: TrialStore, out: Path | None, *, checkpoint_every
         elif write and out is not None:
             atomic_write_bytes(out / CHECKPOINT, data)
 
+    # A chunk's store rows are written while the next chunk trains (they change nothing the
+    # sweep decides), and always before a checkpoint, which records what the store holds.
+    # (``step`` calls ``write_rows`` before it changes anything ``record`` reads.)
+    unwritten: list[tuple[list[Event], list[tuple]]] = []
+
+    def write_rows() -> None:
+        while unwritten:
+            driver.record(store, *unwritten.pop(0))
+
     while not driver.done:
-        events, curves = driver.step()
-        driver.record(store, events, curves)
+        events, curves = driver.step(while_training=write_rows)
+        write_rows()
+        unwritten.append((events, curves))
         if on_chunk is not None:
             on_chunk(driver, events)
         if multiprocess:
@@ -467,9 +690,11 @@ def run(driver: Driver, store: TrialStore, out: Path | None, *, checkpoint_every
         else:
             due = out is not None and time.monotonic() - last >= checkpoint_every
         if due:
+            write_rows()
             checkpoint()
             last = time.monotonic()
         if should_stop is not None and should_stop():
             break
+    write_rows()
     if out is not None or multiprocess:
         checkpoint()

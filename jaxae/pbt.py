@@ -22,11 +22,12 @@ does.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -38,7 +39,7 @@ from jaxae import population as pop_lib
 from jaxae import sharding as sharding_lib
 from jaxae.config import SweepConfig, fixed, searched
 from jaxae.data import Dataset
-from jaxae.driver import Bucket, Event, member_keys, train_spec, write
+from jaxae.driver import Event, member_keys, train_spec, write
 from jaxae.store import TrialStore
 from searchers import PBT
 
@@ -94,6 +95,17 @@ def set_hparams(pop: pop_lib.Population, configs: list[Mapping[str, Any]]) -> po
     return pop.replace(hparams={**pop.hparams, **placed})
 
 
+@dataclasses.dataclass
+class Group:
+    """One bucket's compiled program and its members (PBT's slots never change owner)."""
+
+    key: tuple  # values of hparams.BUCKET_NAMES
+    spec: pop_lib.TrainSpec
+    pop: pop_lib.Population
+    owner: list[tuple[int, int] | None]  # (member, 0) in each slot, None when padding
+    first_chunk_s: float | None = None  # wall time of its first chunk: mostly compilation
+
+
 class PBTDriver:
     """Runs one population-based-training sweep; ``step()`` trains one chunk.
 
@@ -121,12 +133,12 @@ class PBTDriver:
             self.where.append((key, counts.get(key, 0)))
             counts[key] = counts.get(key, 0) + 1
         self.capacity = max(sharding_lib.round_up(n, self.mesh) for n in counts.values())
-        self.buckets: dict[tuple, Bucket] = {}
+        self.buckets: dict[tuple, Group] = {}
         for key, n in counts.items():
             spec = train_spec(config, self.features, key)
             size = sharding_lib.round_up(n, self.mesh)
             pop = sharding_lib.shard(pop_lib.create(spec, size), self.slots)
-            self.buckets[key] = Bucket(key, spec, pop, [None] * size)
+            self.buckets[key] = Group(key, spec, pop, [None] * size)
         for key, bucket in self.buckets.items():
             members = [i for i, (k, _) in enumerate(self.where) if k == key]
             slots = [self.where[i][1] for i in members]
@@ -167,10 +179,15 @@ class PBTDriver:
 
     # -- the loop ---------------------------------------------------------------------------------
 
-    def step(self) -> tuple[list[Event], list[tuple]]:
+    def step(self, while_training: Callable[[], None] | None = None
+             ) -> tuple[list[Event], list[tuple]]:
         """Trains one chunk, then (every ``ready`` steps) exploits and explores, or (at the end)
         settles every member. Returns the trial events and learning-curve rows as
-        ``driver.Driver.step``; the lineage rows wait in ``self.lineage`` for ``record``."""
+        ``driver.Driver.step``; the lineage rows wait in ``self.lineage`` for ``record``.
+        ``while_training`` (the previous chunk's store rows) is called first, while
+        ``self.lineage`` still holds that chunk's rows."""
+        if while_training is not None:
+            while_training()
         if self.finished:
             return [], []
         events, self.lineage = [], []

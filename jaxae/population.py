@@ -19,7 +19,7 @@ import collections
 import dataclasses
 import functools
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +29,7 @@ from flax import struct
 from jax.sharding import Mesh, PartitionSpec
 
 from jaxae import hparams as hparams_lib
+from jaxae import keys as keys_lib
 from jaxae import optimizers
 from jaxae.grouping import group_size
 from jaxae.models import ModelSpec, init_params, init_stats, make_masks
@@ -93,20 +94,23 @@ class Population:
 
 
 def trial_keys(seed: int, trial: int, replicate: int = 0) -> dict[str, np.ndarray]:
-    """The PRNG keys of one member, from ``(seed, trial, replicate)`` only (not slot, not size)."""
-    key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), trial), replicate)
-    return {
-        "init_key": np.asarray(jax.random.fold_in(key, 0)),
-        "data_key": np.asarray(jax.random.fold_in(key, 1)),
-        "eval_key": np.asarray(jax.random.fold_in(key, 2)),
-    }
+    """The PRNG keys of one member, from ``(seed, trial, replicate)`` only (not slot, not size):
+    ``fold_in(fold_in(fold_in(PRNGKey(seed), trial), replicate), i)`` for i = 0, 1, 2, computed
+    on the host (``jaxae.keys``: no device program per trial)."""
+    fold_in = keys_lib.fold_in if keys_lib.default_impl() else _jax_fold_in
+    key = fold_in(fold_in(keys_lib.prng_key(seed), trial), replicate)
+    return {"init_key": fold_in(key, 0), "data_key": fold_in(key, 1), "eval_key": fold_in(key, 2)}
 
 
 def shared_data_key(seed: int, replicate: int) -> np.ndarray:
     """A data-order key shared by all members of one replicate index (common random numbers)."""
     # Trial ids are non-negative, so this stream can never coincide with a trial's.
-    key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), 2**32 - 1), replicate)
-    return np.asarray(jax.random.fold_in(key, 1))
+    fold_in = keys_lib.fold_in if keys_lib.default_impl() else _jax_fold_in
+    return fold_in(fold_in(fold_in(keys_lib.prng_key(seed), 2**32 - 1), replicate), 1)
+
+
+def _jax_fold_in(key: np.ndarray, data: int) -> np.ndarray:
+    return np.asarray(jax.random.fold_in(jnp.asarray(key), np.uint32(data)))
 
 
 def hparam_arrays(configs: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
@@ -180,7 +184,8 @@ def member_step(spec: TrainSpec, train_x: jax.Array, m: Population,
 @functools.partial(jax.jit, static_argnums=(0, 3), static_argnames=("mesh",),
                    donate_argnums=(1,))
 def train_chunk(
-    spec: TrainSpec, pop: Population, train_x: jax.Array, num_steps: int, mesh: Mesh | None = None
+    spec: TrainSpec, pop: Population, train_x: jax.Array, num_steps: int, mesh: Mesh | None = None,
+    steps: jax.Array | None = None,
 ) -> tuple[Population, jax.Array]:
     """Trains every slot for ``num_steps`` steps in one call.
 
@@ -188,27 +193,32 @@ def train_chunk(
         spec: the static program settings.
         pop: the population; its buffers are donated (do not reuse the argument).
         train_x: training data [n, features], on device, shared by all slots.
-        num_steps: steps in this chunk (static: one compilation per distinct value).
+        num_steps: the most steps in this chunk (static: one compilation per distinct value).
         mesh: when the slots are sharded over this mesh's ``"pop"`` axis, each device trains its
             own slots (``shard_map``), in cache-sized groups on CPU devices. Without it a sharded
             population is partitioned by XLA, ungrouped.
+        steps: int32 scalar <= ``num_steps``: the steps this call really runs (a loop of that many
+            iterations, so a shorter chunk costs only what it runs and compiles nothing new).
+            None: ``num_steps``.
 
     Returns:
         The new population and the training losses [slots, num_steps] (NaN where a slot did not
-        train at that step).
+        train at that step, and beyond ``steps``).
     """
     TRACES["train_chunk"] += 1
     TRACES["train_chunk", spec] += 1
     if mesh is not None and mesh.size > 1:
         local = functools.partial(_train_slots, spec, num_steps=num_steps, per_device=True)
-        spmd = jax.shard_map(local, mesh=mesh, in_specs=(PartitionSpec(AXIS), PartitionSpec()),
-                             out_specs=(PartitionSpec(AXIS), PartitionSpec(AXIS)))
-        return spmd(pop, train_x)
-    return _train_slots(spec, pop, train_x, num_steps=num_steps)
+        spmd = jax.shard_map(
+            local, mesh=mesh, in_specs=(PartitionSpec(AXIS), PartitionSpec(), PartitionSpec()),
+            out_specs=(PartitionSpec(AXIS), PartitionSpec(AXIS)))
+        return spmd(pop, train_x, steps)
+    return _train_slots(spec, pop, train_x, steps, num_steps=num_steps)
 
 
-def _train_slots(spec: TrainSpec, pop: Population, train_x: jax.Array, *, num_steps: int,
-                 per_device: bool = False) -> tuple[Population, jax.Array]:
+def _train_slots(spec: TrainSpec, pop: Population, train_x: jax.Array,
+                 steps: jax.Array | None = None, *, num_steps: int, per_device: bool = False
+                 ) -> tuple[Population, jax.Array]:
     def member_chunk(m: Population) -> tuple[Population, jax.Array]:
         # All the chunk's batches are drawn up front, in one vectorised call: a member takes at
         # most one step per iteration, so steps [step, step + num_steps) cover every one it can
@@ -221,7 +231,19 @@ def _train_slots(spec: TrainSpec, pop: Population, train_x: jax.Array, *, num_st
             i = jnp.minimum(c.step - first, num_steps - 1)
             return member_step(spec, train_x, c, jax.tree.map(lambda a: a[i], draws))
 
-        return jax.lax.scan(step, m, None, length=num_steps)
+        if steps is None:
+            return jax.lax.scan(step, m, None, length=num_steps)
+
+        # A loop of ``steps`` iterations (not batched: every slot runs the same count).
+        def body(i, carry):
+            c, losses = carry
+            c, loss = step(c, None)
+            return c, jax.lax.dynamic_update_index_in_dim(losses, loss, i, 0)
+
+        # Derived from the member, so that inside shard_map the buffer varies over the slot axis
+        # like the losses written into it (a while loop's carry must keep its type).
+        losses = jnp.full((num_steps,), jnp.nan, jnp.float32) + jnp.zeros_like(first, jnp.float32)
+        return jax.lax.fori_loop(0, steps, body, (m, losses))
 
     slots = pop.size
     group = group_size(spec, slots, per_device=per_device)
@@ -286,6 +308,66 @@ def _reset(spec: TrainSpec, pop: Population, new: jax.Array, fresh: dict) -> Pop
         trial=fresh["trial"],
     )
     return jax.tree.map(sel, replaced, pop)
+
+
+class Plan(NamedTuple):
+    """One call's placements for every slot of a population (``place``); leaves are [slots].
+
+    The host keeps the authoritative copy of each slot's hyperparameters, keys, target and trial
+    (small arrays) and sends them whole: the device never reads them back.
+    """
+
+    new: jax.Array  # bool: the slot starts its trial from scratch (init from init_key, hparams)
+    park: jax.Array  # int32: parking row that first saves the slot's member; -1: none
+    restore: jax.Array  # int32: parking row whose member the slot continues; -1: none
+    hparams: dict  # name -> float32, as Population.hparams
+    init_key: jax.Array  # [slots, 2] uint32
+    data_key: jax.Array  # [slots, 2] uint32
+    eval_key: jax.Array  # [slots, 2] uint32
+    target: jax.Array  # int32
+    trial: jax.Array  # int32, -1 when empty
+
+
+@functools.partial(jax.jit, static_argnums=(0,), donate_argnums=(1, 2))
+def place(spec: TrainSpec, pop: Population, parked: Population | None, plan: Plan
+          ) -> tuple[Population, Population | None]:
+    """Applies ``plan`` in one program: park, restore, start, then the host's slot arrays.
+
+    ``parked`` is a population whose rows hold paused members (the driver's parking lot, on the
+    device: pausing and continuing a trial moves no parameters through the host). Parking comes
+    first, so a slot whose trial pauses can take a new member in the same call.
+    """
+    TRACES["place"] += 1
+    if parked is not None:
+        rows = parked.step.shape[0]
+        dest = jnp.where(plan.park >= 0, plan.park, rows)  # out of range: dropped
+        parked = jax.lax.cond(
+            jnp.any(plan.park >= 0),
+            lambda q: jax.tree.map(lambda a, b: a.at[dest].set(b, mode="drop"), q, pop),
+            lambda q: q, parked)
+        src = jnp.clip(plan.restore, 0, rows - 1)
+        pop = jax.lax.cond(
+            jnp.any(plan.restore >= 0),
+            lambda p: _select(plan.restore >= 0, jax.tree.map(lambda a: a[src], parked), p),
+            lambda p: p, pop)
+
+    def start(p: Population) -> Population:
+        params, opt_state = jax.vmap(functools.partial(_init_member, spec))(
+            plan.init_key, plan.hparams)
+        fresh = p.replace(params=params, opt_state=opt_state, stats=_fresh_stats(spec, p.size),
+                          step=jnp.zeros_like(p.step), diverged=jnp.zeros_like(p.diverged))
+        return _select(plan.new, fresh, p)
+
+    pop = jax.lax.cond(jnp.any(plan.new), start, lambda p: p, pop)
+    pop = pop.replace(hparams=plan.hparams, init_key=plan.init_key, data_key=plan.data_key,
+                      eval_key=plan.eval_key, target=plan.target, trial=plan.trial)
+    return pop, parked
+
+
+def _select(mask: jax.Array, a: Any, b: Any) -> Any:
+    """Per slot, ``a`` where ``mask`` [slots] else ``b`` (trees of [slots, ...] leaves)."""
+    return jax.tree.map(
+        lambda x, y: jnp.where(mask.reshape((-1,) + (1,) * (x.ndim - 1)), x, y), a, b)
 
 
 def create(spec: TrainSpec, num_slots: int) -> Population:

@@ -24,7 +24,9 @@ from jaxae.sweep import main
 ROOT = Path(__file__).parents[1]
 QUIET = ["--no-report", "--no-progress"]
 # Long enough that a signal lands mid-sweep (ASHA rungs at 10, 30, 90, 270 steps).
-LONG = dict(searcher="asha", trials=9, steps=270, population=3)
+# The best trial's tail (270 -> 810 steps alone, in chunks of 10) leaves a signal sent at a third
+# of the curve points many chunks to interrupt, however fast the chunks run.
+LONG = dict(searcher="asha", trials=9, steps=810, population=3)
 
 
 def env():
