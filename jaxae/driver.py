@@ -52,7 +52,7 @@ def train_spec(config: SweepConfig, features: int, bucket: tuple) -> pop_lib.Tra
         hidden=max(value_range(config, "hidden")),
         latent_dim=max(value_range(config, "latent_dim")),
         depth=b["depth"],
-        activation=b["activation"],
+        activation=activations(config),
         loss=b["loss"],
         precision=config.precision,
         norm=b["norm"],
@@ -61,6 +61,14 @@ def train_spec(config: SweepConfig, features: int, bucket: tuple) -> pop_lib.Tra
     # The gradient-norm pass only where some trial of the space can clip (grad_clip > 0).
     clips = max(value_range(config, "grad_clip")) > 0
     return pop_lib.TrainSpec(model, b["optimizer"], b["batch_size"], clip_gradients=clips)
+
+
+def activations(config: SweepConfig) -> str | tuple[str, ...]:
+    """The hidden-layer activations a sweep's programs compute: its one activation, or every
+    choice of the space (in ``hparams.ACTIVATIONS`` order), each slot applying its own."""
+    used = set(value_range(config, "activation"))
+    names = tuple(a for a in hparams.ACTIVATIONS if a in used)
+    return names[0] if len(names) == 1 else names
 
 
 def member_keys(config: SweepConfig, trial: int, replicate: int) -> dict[str, np.ndarray]:

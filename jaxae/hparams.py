@@ -7,11 +7,11 @@ A hyperparameter reaches the trainer in one of three ways:
   recompiles.
 * ``masked`` -- a per-slot size inside a padded maximum shape (``latent_dim``, ``hidden``): exact
   masking, no recompile as long as the value fits the padded maximum.
-* ``bucket`` -- it changes the program (``depth``, ``activation``, ``optimizer``, ``batch_size``,
-  ``loss``, ``norm``): slots are grouped by the distinct values, one compiled program per group.
+* ``bucket`` -- it changes the program (``depth``, ``optimizer``, ``batch_size``, ``loss``,
+  ``norm``): slots are grouped by the distinct values, one compiled program per group.
 
-A categorical ``array`` hyperparameter (``noise_kind``, ``schedule``) rides as the float index of
-its option.
+A categorical ``array`` hyperparameter (``noise_kind``, ``schedule``, ``activation``) rides as the
+float index of its option.
 """
 
 from __future__ import annotations
@@ -70,7 +70,9 @@ HPARAMS: dict[str, HParam] = {
     "latent_dim": HParam(16, "masked", low=1, high=4096, integer=True),
     "hidden": HParam(128, "masked", low=1, high=16384, integer=True),
     "depth": HParam(1, "bucket", low=1, high=8, integer=True),
-    "activation": HParam("relu", "bucket", options=ACTIVATIONS),
+    # A per-slot choice: a program computes each of the sweep's activations and every slot keeps
+    # its own (models.activate), so the default space's relu / tanh is one program, not two.
+    "activation": HParam("relu", "array", options=ACTIVATIONS),
     "loss": HParam("mse", "bucket", options=LOSSES),
     "l1": HParam(1e-3, "array", ("sparse",), low=0.0),
     "rho": HParam(0.05, "array", ("sparse",), low=1e-6, high=1 - 1e-6),

@@ -24,6 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from jaxae.hparams import ACTIVATIONS
+
 # Matmul precision: parameters (the optimizer's master copy) stay float32 in every case.
 #   float32  -- full float32 matmuls (Precision.HIGHEST)
 #   tf32     -- the backend's default float32 matmul: TF32 tensor cores on NVIDIA GPUs since
@@ -116,7 +118,9 @@ class ModelSpec:
         hidden: padded width of each hidden layer.
         latent_dim: padded code size.
         depth: hidden layers in the encoder (at least 1); the decoder mirrors it.
-        activation: hidden-layer non-linearity, a key of ``ACTIVATION_FNS``.
+        activation: hidden-layer non-linearity, a key of ``ACTIVATION_FNS``; or a tuple of
+            them, the choices of a sweep: each slot then applies the one its ``activation``
+            hyperparameter names (``Masks.activation``), so the choice adds no program.
         loss: reconstruction loss, ``"mse"`` or ``"bce"``.
         precision: matmul precision, a key of ``PRECISIONS`` or ``"auto"``
             (``resolve_precision``, decided when the program is traced).
@@ -130,7 +134,7 @@ class ModelSpec:
     hidden: int = 128
     latent_dim: int = 16
     depth: int = 1
-    activation: str = "relu"
+    activation: str | tuple[str, ...] = "relu"
     loss: str = "mse"
     precision: str = "auto"
     norm: str = "none"
@@ -139,6 +143,11 @@ class ModelSpec:
     @property
     def variational(self) -> bool:
         return self.kind == "vae"
+
+    @property
+    def activations(self) -> tuple[str, ...]:
+        """The hidden-layer non-linearities this program can apply."""
+        return (self.activation,) if isinstance(self.activation, str) else self.activation
 
     @property
     def code_activation(self) -> str:
@@ -152,6 +161,9 @@ class Masks:
 
     hidden: jax.Array  # shape=[hidden], float32
     latent: jax.Array  # shape=[latent_dim], float32
+    # shape=[], float32: the slot's activation as an index of hparams.ACTIVATIONS (None: the
+    # program has one activation).
+    activation: jax.Array | None = None
 
 
 @struct.dataclass
@@ -221,12 +233,29 @@ def init_stats_of_units(n: int) -> dict[str, jax.Array]:
     return {"mean": jnp.zeros((n,), jnp.float32), "var": jnp.ones((n,), jnp.float32)}
 
 
-def make_masks(spec: ModelSpec, hidden: jax.Array, latent_dim: jax.Array) -> Masks:
-    """Masks for a slot of width ``hidden`` and code size ``latent_dim`` (scalars, any dtype)."""
+def make_masks(spec: ModelSpec, hidden: jax.Array, latent_dim: jax.Array,
+               activation: jax.Array | None = None) -> Masks:
+    """Masks for a slot of width ``hidden`` and code size ``latent_dim`` (scalars, any dtype);
+    ``activation``: the slot's activation index (``hparams.ACTIVATIONS``), needed when ``spec``
+    has several."""
+    if len(spec.activations) > 1 and activation is None:
+        raise ValueError("a program with several activations needs each slot's activation")
     return Masks(
         hidden=(jnp.arange(spec.hidden) < hidden).astype(jnp.float32),
         latent=(jnp.arange(spec.latent_dim) < latent_dim).astype(jnp.float32),
+        activation=None if len(spec.activations) == 1 else jnp.asarray(activation, jnp.float32),
     )
+
+
+def activate(spec: ModelSpec, h: jax.Array, index: jax.Array | None) -> jax.Array:
+    """``spec``'s activation of ``h``; with several, the one ``index`` names. Every choice is
+    computed and one selected, so a slot's values (and gradients: the others get a zero
+    cotangent) are those of its activation alone."""
+    names = spec.activations
+    out = ACTIVATION_FNS[names[-1]](h)
+    for name in names[:-1]:
+        out = jnp.where(index == ACTIVATIONS.index(name), ACTIVATION_FNS[name](h), out)
+    return out
 
 
 class MLPAutoencoder(nn.Module):
@@ -254,13 +283,14 @@ class MLPAutoencoder(nn.Module):
             self.encoder_norms = [Norm(s.norm, name=f"enc_{i}_norm") for i in range(s.depth)]
             self.decoder_norms = [Norm(s.norm, name=f"dec_{i}_norm") for i in range(s.depth)]
 
-    def _hidden(self, x: jax.Array, part: str, i: int, mask: jax.Array, train: Train | None
+    def _hidden(self, x: jax.Array, part: str, i: int, masks: Masks, train: Train | None
                 ) -> jax.Array:
         s = self.spec
+        mask = masks.hidden
         h = getattr(self, f"{part}coder_layers")[i](x)
         if s.norm != "none":
             h = getattr(self, f"{part}coder_norms")[i](h, mask, train is not None)
-        h = ACTIVATION_FNS[s.activation](h) * mask
+        h = activate(s, h, masks.activation) * mask
         if train is not None and s.dropout:
             # One stream per hidden layer: encoder layers 0 .. depth-1, decoder depth .. 2 depth-1.
             index = i if part == "en" else s.depth + i
@@ -273,7 +303,7 @@ class MLPAutoencoder(nn.Module):
         ``train``: a training pass (dropout, batch statistics); None evaluates."""
         h = x
         for i in range(self.spec.depth):
-            h = self._hidden(h, "en", i, masks.hidden, train)
+            h = self._hidden(h, "en", i, masks, train)
         # Codes and logits leave the model in float32: losses and penalties are computed there.
         pre = self.code(h).astype(jnp.float32)
         if self.spec.variational:
@@ -287,7 +317,7 @@ class MLPAutoencoder(nn.Module):
         """Logits [..., features] of the reconstruction of codes ``z`` [..., latent_dim]."""
         h = z * masks.latent
         for i in range(self.spec.depth):
-            h = self._hidden(h, "de", i, masks.hidden, train)
+            h = self._hidden(h, "de", i, masks, train)
         return self.output(h).astype(jnp.float32)
 
     def __call__(self, x: jax.Array, masks: Masks, train: Train | None = None) -> jax.Array:

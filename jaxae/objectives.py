@@ -83,7 +83,7 @@ def contractive_penalty(encode: Callable[[jax.Array], jax.Array], x: jax.Array) 
 
 
 def _masks(spec: ModelSpec, hp: dict) -> Masks:
-    return make_masks(spec, hp["hidden"], hp["latent_dim"])
+    return make_masks(spec, hp["hidden"], hp["latent_dim"], hp.get("activation"))
 
 
 def make_objective(spec: ModelSpec) -> Objective:

@@ -128,7 +128,7 @@ def hparam_arrays(configs: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]
 
 
 def _init_member(spec: TrainSpec, init_key: jax.Array, hp: dict) -> tuple[dict, Any]:
-    masks = make_masks(spec.model, hp["hidden"], hp["latent_dim"])
+    masks = make_masks(spec.model, hp["hidden"], hp["latent_dim"], hp["activation"])
     params = init_params(spec.model, init_key, masks)
     return params, optimizers.init(spec.optimizer, params)
 

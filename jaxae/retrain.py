@@ -375,7 +375,8 @@ def _programs() -> tuple[Any, Any]:
 
         def member(m):
             z = encode(m.params, x, make_masks(spec.model, m.hparams["hidden"],
-                                               m.hparams["latent_dim"]), m.stats)
+                                               m.hparams["latent_dim"], m.hparams["activation"]),
+                       m.stats)
             return z[0] if spec.model.variational else z
 
         return jax.vmap(member)(pop)

@@ -103,6 +103,10 @@ def test_value_ranges_and_bucket_counts_of_a_space():
     assert config_lib.value_range(config, "hidden") == [48]
     assert config_lib.value_range(config, "beta") == [0.5, 2.0]
     assert config_lib.value_range(config, "loss") == ["bce"]  # the VAE's default
-    assert config_lib.count_buckets(config) == 3 * 2  # depth x activation; the rest fixed
+    # depth only: the activation is a per-slot choice inside each program; the rest is fixed.
+    assert config_lib.count_buckets(config) == 3
+    optimizer = {"dist": "choice", "options": ["adam", "sgd"]}
+    both = config_lib.build({"model": "vae", "space": {**config.space, "optimizer": optimizer}})
+    assert config_lib.count_buckets(both) == 3 * 2
     assert set(config_lib.searched(config)) == {"depth", "activation", "beta"}
     assert config_lib.fixed(config) == {"hidden": 48}
