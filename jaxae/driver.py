@@ -117,9 +117,29 @@ class Bucket:
     dirty: bool = False
     releasing: list[int] = dataclasses.field(default_factory=list)  # rows restored by the plan
     first_chunk_s: float | None = None  # wall time of its first chunk: mostly compilation
+    # Devices the slots (and parking rows) are sharded over, each holding a contiguous share.
+    # A member parks in a row of its slot's device and continues in a slot of its row's device.
+    devices: int = 1
 
     def __post_init__(self) -> None:
         self._clear_plan()
+
+    @property
+    def rows(self) -> int:
+        return 0 if self.parked is None else int(self.parked.step.shape[0])
+
+    def slot_device(self, slot: int) -> int:
+        return slot // (len(self.owner) // self.devices)
+
+    def row_device(self, row: int) -> int:
+        return row // (self.rows // self.devices)
+
+    def take_row(self, device: int) -> int | None:
+        """A free parking row of ``device`` (now taken), or None."""
+        for i, row in enumerate(self.free_rows):
+            if self.row_device(row) == device:
+                return self.free_rows.pop(i)
+        return None
 
     def _clear_plan(self) -> None:
         n = len(self.owner)
@@ -136,9 +156,12 @@ class Bucket:
         return (self.trial >= 0) & (self.step < self.target) & ~self.diverged
 
     def plan(self) -> pop_lib.Plan:
-        return pop_lib.Plan(self.new, self.park, self.restore, self.hparams, self.keys["init_key"],
-                            self.keys["data_key"], self.keys["eval_key"], self.target,
-                            self.trial)
+        """The pending placements, parking rows counted from the first row of each device."""
+        per_device = max(self.rows // self.devices, 1)
+        local = lambda r: np.where(r >= 0, r % per_device, -1).astype(np.int32)  # noqa: E731
+        return pop_lib.Plan(self.new, local(self.park), local(self.restore), self.hparams,
+                            self.keys["init_key"], self.keys["data_key"], self.keys["eval_key"],
+                            self.target, self.trial)
 
 
 @dataclasses.dataclass
@@ -277,34 +300,46 @@ class Driver:
                 keys={k: np.zeros((n, 2), np.uint32)
                       for k in ("init_key", "data_key", "eval_key")},
                 target=np.zeros(n, np.int32), trial=np.full(n, -1, np.int32),
-                step=np.zeros(n, np.int32), diverged=np.zeros(n, bool))
+                step=np.zeros(n, np.int32), diverged=np.zeros(n, bool), devices=self.mesh.size)
             if self.pauses:
-                self._grow_parking(bucket, n)
+                self._grow_parking(bucket, n // self.mesh.size)
             self.buckets[key] = bucket
         return self.buckets[key]
 
-    def _grow_parking(self, bucket: Bucket, rows: int) -> None:
-        """Gives ``bucket`` at least ``rows`` parking rows (a new placement program's shape: the
-        rows double, so this happens a few times per sweep at most)."""
-        have = 0 if bucket.parked is None else int(bucket.parked.step.shape[0])
-        if rows <= have:
+    def _grow_parking(self, bucket: Bucket, per_device: int) -> None:
+        """Gives ``bucket`` at least ``per_device`` parking rows on each device (at least doubling
+        them: a new placement program's shape, so this happens a few times per sweep at most).
+        Each device's rows keep their members; row numbers are remapped."""
+        devices = self.mesh.size
+        have = bucket.rows // devices
+        if per_device <= have:
             return
-        rows = sharding_lib.round_up(max(rows, 2 * have), self.mesh)
+        grown = max(per_device, 2 * have)
         old = None if bucket.parked is None else sharding_lib.to_host(bucket.parked)
         shapes = jax.tree.map(lambda a: (a.shape[1:], a.dtype), bucket.pop)
+        remap = {d * have + i: d * grown + i for d in range(devices) for i in range(have)}
 
-        def grown(shape_dtype, kept=None):
+        def leaf(shape_dtype, kept=None):
             shape, dtype = shape_dtype
-            out = np.zeros((rows, *shape), dtype)
-            if kept is not None:
-                out[:have] = kept
+            out = np.zeros((devices * grown, *shape), dtype)
+            for d in range(devices):
+                if kept is not None:
+                    out[d * grown: d * grown + have] = kept[d * have: (d + 1) * have]
             return out
 
         is_leaf = lambda x: isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], tuple)  # noqa: E731
-        host = (jax.tree.map(grown, shapes, is_leaf=is_leaf) if old is None
-                else jax.tree.map(grown, shapes, old, is_leaf=is_leaf))
+        host = (jax.tree.map(leaf, shapes, is_leaf=is_leaf) if old is None
+                else jax.tree.map(leaf, shapes, old, is_leaf=is_leaf))
         bucket.parked = sharding_lib.shard(host, self.slots)
-        bucket.free_rows.extend(range(have, rows))
+        for p in self.paused.values():
+            if p.bucket == bucket.key:
+                p.rows = [remap[r] for r in p.rows]
+        for name in ("park", "restore"):
+            arr = getattr(bucket, name)
+            arr[arr >= 0] = [remap[int(r)] for r in arr[arr >= 0]]
+        bucket.releasing = [remap[r] for r in bucket.releasing]
+        bucket.free_rows = [remap[r] for r in bucket.free_rows] + [
+            d * grown + i for d in range(devices) for i in range(have, grown)]
 
     def member_keys(self, trial: int) -> list[dict[str, np.ndarray]]:
         """The keys of every replicate of ``trial`` (computed once)."""
@@ -336,12 +371,29 @@ class Driver:
         for job in self.queue:
             config = self.resolve(job.config)
             bucket = self._bucket(self.bucket_key(config))
-            free = bucket.free_slots()
-            if len(free) < self.repeats:
+            slots = self._free_slots_for(job, bucket)
+            if slots is None:
                 waiting.append(job)
                 continue
-            self._place(job, config, bucket, free[: self.repeats])
+            self._place(job, config, bucket, slots)
         self.queue = waiting
+
+    def _free_slots_for(self, job: Job, bucket: Bucket) -> list[int] | None:
+        """Free slots for ``job``'s members (a paused member's on its parking row's device), or
+        None when they are not free yet."""
+        free = bucket.free_slots()
+        paused = self.paused.get(job.trial_id)
+        if paused is None:
+            return free[: self.repeats] if len(free) >= self.repeats else None
+        slots = []
+        for row in paused.rows:
+            device = bucket.row_device(row)
+            slot = next((s for s in free if bucket.slot_device(s) == device and s not in slots),
+                        None)
+            if slot is None:
+                return None
+            slots.append(slot)
+        return slots
 
     def _keys_hex(self, trial: int) -> list[tuple[str, str]]:
         return [(k["init_key"].tobytes().hex(), k["data_key"].tobytes().hex())
@@ -383,7 +435,8 @@ class Driver:
         if not bucket.dirty:
             return
         plan = jax.device_put(bucket.plan(), self.slots)
-        bucket.pop, bucket.parked = pop_lib.place(bucket.spec, bucket.pop, bucket.parked, plan)
+        bucket.pop, bucket.parked = pop_lib.place(bucket.spec, bucket.pop, bucket.parked, plan,
+                                                   mesh=self.local_mesh)
         bucket.free_rows.extend(bucket.releasing)
         bucket.releasing = []
         bucket._clear_plan()
@@ -414,45 +467,74 @@ class Driver:
         for bucket in busy:
             self._apply(bucket)
             t0 = time.perf_counter()
-            bucket.pop, losses = pop_lib.train_chunk(
-                bucket.spec, bucket.pop, self.train_x, self.config.chunk, mesh=self.local_mesh,
-                steps=np.int32(n))
-            metrics = pop_lib.evaluate(bucket.spec, bucket.pop, self.val_x)
-            launched.append((bucket, t0, {"losses": losses, "val": metrics["val_loss"],
-                                          "step": bucket.pop.step,
-                                          "diverged": bucket.pop.diverged}))
+            slots = self._program_slots(bucket)
+            if slots is None:
+                slots = np.arange(bucket.pop.size)
+                bucket.pop, losses = pop_lib.train_chunk(
+                    bucket.spec, bucket.pop, self.train_x, self.config.chunk,
+                    mesh=self.local_mesh, steps=np.int32(n))
+                metrics = pop_lib.evaluate(bucket.spec, bucket.pop, self.val_x)
+                out = {"losses": losses, "val": metrics["val_loss"], "step": bucket.pop.step,
+                       "diverged": bucket.pop.diverged}
+            else:
+                bucket.pop, out = pop_lib.train_some(
+                    bucket.spec, bucket.pop, slots, self.train_x, self.config.chunk,
+                    np.int32(n), self.val_x, mesh=self.local_mesh)
+            launched.append((bucket, t0, slots, out))
         if while_training is not None:
             while_training()
-        results = sharding_lib.to_host([r for _, _, r in launched])
+        results = sharding_lib.to_host([out for *_, out in launched])
         curves = []
         finished: dict[int, list[tuple[int, float, bool]]] = {}
-        for (bucket, t0, _), host in zip(launched, results, strict=True):
+        for (bucket, t0, slots, _), host in zip(launched, results, strict=True):
             if bucket.first_chunk_s is None:
                 bucket.first_chunk_s = time.perf_counter() - t0
-            before = bucket.step
-            self.member_steps += int((host["step"] - before).sum())
-            self.slot_steps += bucket.pop.size * n
+            self.member_steps += int((host["step"] - bucket.step[slots]).sum())
+            self.slot_steps += len(slots) * n
             self.bucket_calls += 1
-            for slot, owner in enumerate(bucket.owner):
-                if owner is None:
-                    continue
-                trial, replicate = owner
-                chunk_losses = host["losses"][slot]
-                trained = np.isfinite(chunk_losses)
-                if host["step"][slot] > before[slot] or host["diverged"][slot]:
-                    train_loss = float(chunk_losses[trained].mean()) if trained.any() else None
-                    curves.append((trial, replicate, int(host["step"][slot]), train_loss,
-                                   float(host["val"][slot])))
-                if host["diverged"][slot] or host["step"][slot] >= bucket.target[slot]:
-                    finished.setdefault(trial, []).append(
-                        (replicate, float(host["val"][slot]), bool(host["diverged"][slot]))
-                    )
-            bucket.step = np.array(host["step"])
-            bucket.diverged = np.array(host["diverged"])
+            for i, slot in enumerate(slots):
+                owner = bucket.owner[slot]
+                if owner is not None:
+                    trial, replicate = owner
+                    chunk_losses = host["losses"][i]
+                    trained = np.isfinite(chunk_losses)
+                    if host["step"][i] > bucket.step[slot] or host["diverged"][i]:
+                        train_loss = float(chunk_losses[trained].mean()) if trained.any() else None
+                        curves.append((trial, replicate, int(host["step"][i]), train_loss,
+                                       float(host["val"][i])))
+                    if host["diverged"][i] or host["step"][i] >= bucket.target[slot]:
+                        finished.setdefault(trial, []).append(
+                            (replicate, float(host["val"][i]), bool(host["diverged"][i])))
+                bucket.step[slot] = host["step"][i]
+                bucket.diverged[slot] = host["diverged"][i]
         events, self._started = self._started, []
         events += self._settle(finished)
         self.chunk += 1
         return events, curves
+
+    def _program_slots(self, bucket: Bucket) -> np.ndarray | None:
+        """The slots a narrower program trains this chunk, or None for the whole bucket.
+
+        A sweep that pauses trials (successive halving, Hyperband, ASHA) ends with a tail in
+        which a few promoted trials train on while the rest of the population waits: there the
+        chunk gathers its busy slots into a program of the smallest *capacity class* that holds
+        them (a quarter, a sixteenth of the bucket), paying for those instead of every slot.
+        Classes are few, so each bucket compiles at most two more programs.
+        """
+        if not self.pauses or jax.process_count() > 1:
+            return None
+        busy = np.flatnonzero(bucket.active())
+        size = bucket.pop.size
+        width = size
+        for parts in (4, 16):
+            narrow = sharding_lib.round_up(max(size // parts, self.repeats), self.mesh)
+            if busy.size <= narrow < width:
+                width = narrow
+        if width == size:
+            return None
+        # Padded with idle slots (they train no step) to the class's width.
+        idle = np.setdiff1d(np.arange(size), busy)[: width - busy.size]
+        return np.sort(np.concatenate([busy, idle])).astype(np.int32)
 
     def _overhead(self, busy: list[Bucket]) -> float:
         """A chunk's fixed host cost in population-steps of the busy buckets (``chunk_length``)."""
@@ -478,10 +560,13 @@ class Driver:
             steps = int(bucket.step[run.slots].max())
             status = self.scheduler.status(trial)
             if status == "paused":
-                if len(bucket.free_rows) < len(run.slots):
-                    have = 0 if bucket.parked is None else int(bucket.parked.step.shape[0])
-                    self._grow_parking(bucket, have + len(run.slots))
-                rows = [bucket.free_rows.pop(0) for _ in run.slots]
+                rows = []
+                for slot in run.slots:
+                    row = bucket.take_row(bucket.slot_device(slot))
+                    if row is None:
+                        self._grow_parking(bucket, bucket.rows // self.mesh.size + 1)
+                        row = bucket.take_row(bucket.slot_device(slot))
+                    rows.append(row)
                 bucket.park[run.slots] = rows
                 self.paused[trial] = Paused(run.config, run.bucket, rows, steps, run.job.budget,
                                             loss, losses)
@@ -577,31 +662,26 @@ class Driver:
             by_bucket.setdefault(tuple(p["bucket"]), []).append((p["trial"], p, members))
         for key, entries in by_bucket.items():
             bucket = self._bucket(key)
+            devices = self.mesh.size
             needed = sum(len(members) for _, _, members in entries)
-            self._grow_parking(bucket, needed)
-            host = sharding_lib.to_host(bucket.parked)
+            self._grow_parking(bucket, -(-needed // devices))
+            host = jax.tree.map(np.array, sharding_lib.to_host(bucket.parked))
             template = jax.tree.map(lambda a: a[0], host)
-            row = 0
+            k = 0
             for trial, p, members in entries:
                 rows = []
                 for m in members:
+                    row = bucket.take_row(k % devices)  # spread over the devices
+                    k += 1
                     member = serialization.from_state_dict(template, m)
-                    host = jax.tree.map(lambda a, v, row=row: _set_row(a, row, v), host, member)
+                    jax.tree.map(lambda a, v, row=row: a.__setitem__(row, v), host, member)
                     rows.append(row)
-                    row += 1
                 step = int(np.asarray(members[0]["step"]))
                 self.paused[trial] = Paused(
                     p["config"], key, rows, step, p["budget"], _from_json(p["loss"]),
                     [_from_json(v) for v in p["replicate_losses"]])
             bucket.parked = sharding_lib.shard(host, self.slots)
-            bucket.free_rows = list(range(row, int(host.step.shape[0])))
         self.queue = [Job(j["trial"], j["config"], j["budget"]) for j in meta["queue"]]
-
-
-def _set_row(a: np.ndarray, row: int, value: np.ndarray) -> np.ndarray:
-    a = np.array(a)
-    a[row] = value
-    return a
 
 
 def _step_flops(spec: pop_lib.TrainSpec) -> float:

@@ -11,7 +11,7 @@ whose weights it took, when, and which hyperparameters it had before and after.
 
 Shape-changing hyperparameters (buckets) never change: members exploit only members of their own
 bucket (``group_by``), and masked sizes (``hidden``, ``latent_dim``) are inherited from the
-parent with its weights, never perturbed (``keep``). A bucket with a single member never
+parent with its weights, never perturbed (``keep``), as is the activation. A bucket with a single member never
 exploits.
 
 ``PBTDriver`` has ``driver.Driver``'s shape (``step()``, ``done``, ``state_bytes()``,
@@ -63,7 +63,9 @@ def make_policy(config: SweepConfig) -> PBT:
         fraction=DEFAULT_FRACTION if config.pbt_fraction is None else config.pbt_fraction,
         resample_probability=(DEFAULT_RESAMPLE if config.pbt_resample is None
                               else config.pbt_resample),
-        keep=[n for n in space if hparams.HPARAMS[n].kind == "masked"],
+        # Inherited with the weights: the masked sizes, and the activation the weights were
+        # trained through (a per-slot choice, so it needs no bucket of its own).
+        keep=[n for n in space if hparams.HPARAMS[n].kind == "masked" or n == "activation"],
         group_by=[n for n in space if hparams.HPARAMS[n].kind == "bucket"],
     )
 

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import struct
-from jax.sharding import Mesh, PartitionSpec
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxae import hparams as hparams_lib
 from jaxae import keys as keys_lib
@@ -310,6 +310,31 @@ def _reset(spec: TrainSpec, pop: Population, new: jax.Array, fresh: dict) -> Pop
     return jax.tree.map(sel, replaced, pop)
 
 
+@functools.partial(jax.jit, static_argnums=(0, 4), static_argnames=("mesh",),
+                   donate_argnums=(1,))
+def train_some(spec: TrainSpec, pop: Population, idx: jax.Array, train_x: jax.Array,
+               num_steps: int, steps: jax.Array, val_x: jax.Array, mesh: Mesh | None = None
+               ) -> tuple[Population, dict[str, jax.Array]]:
+    """Trains and evaluates only the slots ``idx`` [width] (distinct) of ``pop``: a narrower
+    program for a population whose few busy slots would otherwise pay for all of them (the tail
+    of a multi-fidelity sweep). The slots are gathered, trained as ``train_chunk`` trains them,
+    evaluated as ``evaluate`` does and scattered back; every member's numbers are those of the
+    full-width program.
+
+    Returns:
+        The new population and ``{"losses": [width, num_steps], "val": [width], "step": [width],
+        "diverged": [width]}`` for the slots of ``idx``, in its order.
+    """
+    TRACES["train_some"] += 1
+    sub = jax.tree.map(lambda a: a[idx], pop)
+    if mesh is not None and mesh.size > 1:
+        sub = jax.lax.with_sharding_constraint(sub, NamedSharding(mesh, PartitionSpec(AXIS)))
+    sub, losses = train_chunk(spec, sub, train_x, num_steps, mesh=mesh, steps=steps)
+    val = evaluate(spec, sub, val_x)["val_loss"]
+    pop = jax.tree.map(lambda a, b: a.at[idx].set(b), pop, sub)
+    return pop, {"losses": losses, "val": val, "step": sub.step, "diverged": sub.diverged}
+
+
 class Plan(NamedTuple):
     """One call's placements for every slot of a population (``place``); leaves are [slots].
 
@@ -328,23 +353,34 @@ class Plan(NamedTuple):
     trial: jax.Array  # int32, -1 when empty
 
 
-@functools.partial(jax.jit, static_argnums=(0,), donate_argnums=(1, 2))
-def place(spec: TrainSpec, pop: Population, parked: Population | None, plan: Plan
-          ) -> tuple[Population, Population | None]:
+@functools.partial(jax.jit, static_argnums=(0,), static_argnames=("mesh",),
+                   donate_argnums=(1, 2))
+def place(spec: TrainSpec, pop: Population, parked: Population | None, plan: Plan,
+          mesh: Mesh | None = None) -> tuple[Population, Population | None]:
     """Applies ``plan`` in one program: park, restore, start, then the host's slot arrays.
 
     ``parked`` is a population whose rows hold paused members (the driver's parking lot, on the
     device: pausing and continuing a trial moves no parameters through the host). Parking comes
-    first, so a slot whose trial pauses can take a new member in the same call.
+    first, so a slot whose trial pauses can take a new member in the same call. With ``mesh``
+    (slots and rows sharded over its devices) each device places its own share: ``plan.park`` and
+    ``plan.restore`` then name rows of the slot's own device, counted from its first row, and no
+    parameter crosses devices.
     """
     TRACES["place"] += 1
+    local = functools.partial(_place_local, spec)
+    if mesh is not None and mesh.size > 1:
+        shard = PartitionSpec(AXIS)
+        local = jax.shard_map(local, mesh=mesh, in_specs=(shard, shard, shard),
+                              out_specs=(shard, shard))
+    return local(pop, parked, plan)
+
+
+def _place_local(spec: TrainSpec, pop: Population, parked: Population | None, plan: Plan
+                 ) -> tuple[Population, Population | None]:
     if parked is not None:
         rows = parked.step.shape[0]
         dest = jnp.where(plan.park >= 0, plan.park, rows)  # out of range: dropped
-        parked = jax.lax.cond(
-            jnp.any(plan.park >= 0),
-            lambda q: jax.tree.map(lambda a, b: a.at[dest].set(b, mode="drop"), q, pop),
-            lambda q: q, parked)
+        parked = jax.tree.map(lambda a, b: a.at[dest].set(b, mode="drop"), parked, pop)
         src = jnp.clip(plan.restore, 0, rows - 1)
         pop = jax.lax.cond(
             jnp.any(plan.restore >= 0),

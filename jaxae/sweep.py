@@ -556,6 +556,7 @@ class _Progress:
         self.label = f"{config.model}/{config.searcher}"
         self.best = math.inf
         self.best_at: dict[int, float] = {}  # budget -> best loss told at it
+        self.shown_best = ""
         self.reported: set[int] = driver.reported()
         self.t0 = time.perf_counter()
         self.steps0 = driver.member_steps
@@ -587,8 +588,12 @@ class _Progress:
             finishing = len(self.reported) >= (self.bar.total or 0) and driver.running
             self.bar.set_description(f"{self.label} (finishing)" if finishing else self.label,
                                      refresh=False)
-            self.bar.set_postfix({"best": self.best_text(), "training": len(driver.running),
+            best = self.best_text()
+            self.bar.set_postfix({"best": best, "training": len(driver.running),
                                   "member-steps/s": f"{rate:,.0f}"}, refresh=False)
+            if best != self.shown_best:  # a new best is shown at once, however fast chunks go
+                self.shown_best = best
+                self.bar.refresh()
             self.bar.update(len(new))
 
     def close(self) -> None:

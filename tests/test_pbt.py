@@ -345,7 +345,7 @@ def test_members_exploit_only_their_bucket_and_inherit_masked_sizes():
              "depth": {"dist": "choice", "options": [1, 2]}}
     policy = pbt_lib.make_policy(config_lib.build({"searcher": "pbt", "trials": 8,
                                                    "population": 8, "space": space}))
-    assert policy.group_by == ["activation", "depth"] and policy.keep == ["hidden"]
+    assert policy.group_by == ["depth"] and policy.keep == ["hidden", "activation"]
 
 
 def test_default_ready_is_a_tenth_of_the_steps_in_whole_chunks():
