@@ -31,27 +31,21 @@ MNIST="--data mnist-shape --hidden 512 --latent 32 --batch 128"
 # Issue 13's case: a VAE / ASHA sweep of the default space on digits, population 64.
 SWEEP="--model vae --searchers asha --population 64 --trials 256 --steps 2000 --hidden 128 --latent 32"
 # In order of what matters most, each with a time limit, so that a short lease still measures the
-# first ones: the trainer against a plain optax loop (issue 14), the sweep against the trainer with
-# a cold then a warm compilation cache (issue 13), and an alternative driver carried in .speed/.
-if [[ $PHASE == trainer || $PHASE == all ]]; then
-  run tput-tf32 60 $PY bench/throughput.py $MNIST --steps 200 --population 64 \
-      --precision tf32 --cases vmap,reference
-fi
+# first ones: the sweep against the trainer with a cold then a warm compilation cache (issue 13),
+# the same with XLA's GEMM autotuning off (compile time against speed), and the trainer against
+# a plain optax loop and against one member at a time (issue 14).
 if [[ $PHASE == sweep || $PHASE == all ]]; then
   rm -rf "$JAXAE_COMPILATION_CACHE"
-  run sweep-cold 75 $PY bench/sweep.py $SWEEP
-  run sweep-warm 45 $PY bench/sweep.py $SWEEP
-  if [[ -d .speed ]]; then
-    rm -rf "$JAXAE_COMPILATION_CACHE"
-    run speed-cold 75 env PYTHONPATH=$PWD/.speed $PY .speed/bench/sweep.py $SWEEP
-  fi
+  run sweep-cold 90 $PY bench/sweep.py $SWEEP
+  run sweep-warm 60 $PY bench/sweep.py $SWEEP --searchers asha,asha,random
+  rm -rf "$JAXAE_COMPILATION_CACHE"
+  run sweep-noautotune 90 env XLA_FLAGS=--xla_gpu_autotune_level=0 $PY bench/sweep.py $SWEEP
 fi
 if [[ $PHASE == trainer || $PHASE == all ]]; then
+  run tput-tf32 90 $PY bench/throughput.py $MNIST --steps 200 --population 64 \
+      --precision tf32 --cases vmap,reference,sequential
   run tput-bf16 45 $PY bench/throughput.py $MNIST --steps 200 --population 64 \
       --precision bfloat16 --cases vmap,reference
-fi
-if [[ ($PHASE == sweep || $PHASE == all) && -d .speed ]]; then
-  run speed-warm 45 env PYTHONPATH=$PWD/.speed $PY .speed/bench/sweep.py $SWEEP
 fi
 # The device tool brings back at most 8 files: everything goes home as one archive, and a short
 # summary of every JSON line goes to stdout as well.

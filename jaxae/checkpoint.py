@@ -23,7 +23,9 @@ import numpy as np
 from jaxae.errors import UserError
 
 MAGIC = b"JAXAECK\n"
-FORMAT = 1
+# 2: buckets no longer include the activation (a per-slot choice), so a format-1 state's
+# bucket keys would not name this version's programs.
+FORMAT = 2
 _DIGEST = 32
 _LENGTH = 8
 

@@ -58,3 +58,12 @@ def test_fingerprint_tells_sweeps_and_data_apart():
         ck.unwrap(blob, ck.fingerprint(CONFIG, changed))
     with pytest.raises(UserError, match="another sweep: its configuration fingerprint"):
         ck.unwrap(blob, ck.fingerprint({**CONFIG, "seed": 1}, ARRAYS))
+
+
+def test_a_checkpoint_of_an_older_format_is_refused_in_one_line(monkeypatch):
+    fp = ck.fingerprint(CONFIG, ARRAYS)
+    monkeypatch.setattr(ck, "FORMAT", ck.FORMAT - 1)  # written by the previous version
+    blob = ck.wrap(b"state", fp, STORE)
+    monkeypatch.undo()
+    with pytest.raises(UserError, match=f"format {ck.FORMAT - 1}, this jaxae reads {ck.FORMAT}"):
+        ck.unwrap(blob, fp)

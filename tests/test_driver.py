@@ -31,3 +31,151 @@ def test_the_padded_shape_is_the_largest_the_space_allows():
         "latent_dim": {"dist": "int", "low": 2, "high": 12, "log": True}}})
     spec = train_spec(config, 64, bucket_of(config))
     assert (spec.model.hidden, spec.model.latent_dim, spec.model.features) == (48, 12, 64)
+
+
+# -- the loop, through a fake scheduler ----------------------------------------------------------
+
+import itertools  # noqa: E402
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from jaxae import data as data_lib  # noqa: E402
+from jaxae import driver as driver_lib  # noqa: E402
+from jaxae import population as pop_lib  # noqa: E402
+from searchers import Job  # noqa: E402
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_chunk_length_maximises_member_steps_per_unit_of_time(seed):
+    rng = np.random.default_rng(seed)
+    remaining = rng.integers(1, 120, size=rng.integers(1, 20))
+    longest, overhead = 50, float(rng.uniform(0, 30))
+    n = driver_lib.chunk_length(remaining, longest, overhead)
+    # Brute force over every length 1..longest: none trains more per unit of time.
+    rate = lambda k: sum(min(r, k) for r in remaining) / (overhead + k)  # noqa: E731
+    assert 1 <= n <= longest
+    assert rate(n) >= max(rate(k) for k in range(1, longest + 1)) * (1 - 1e-9)
+
+
+def test_chunks_end_where_a_job_ends_when_the_host_is_cheap():
+    assert driver_lib.chunk_length(np.array([14, 14, 40]), 50, 0.1) == 14
+    assert driver_lib.chunk_length(np.array([3, 200, 200]), 50, 0.1) == 3
+    # A costly chunk (an accelerator's host round trip): the short job's slot idles instead.
+    assert driver_lib.chunk_length(np.array([3, 200, 200]), 50, 100.0) == 50
+    assert driver_lib.chunk_length(np.array([]), 50, 1.0) == 50
+
+
+class FakeScheduler:
+    """Hands out a fixed list of jobs, one per ask while the population has room; a job whose
+    budget is below ``final[trial]`` pauses its trial, which comes back with its next job."""
+
+    def __init__(self, jobs, final):
+        self.jobs, self.final = list(jobs), final
+        self.told, self.statuses = [], {}
+
+    @property
+    def finished(self):
+        return not self.jobs and all(s != "running" for s in self.statuses.values())
+
+    def ask(self, n):
+        out = []
+        while self.jobs and len(out) < n:
+            job = self.jobs[0]
+            if self.statuses.get(job.trial_id) == "running":
+                break  # its earlier job is still out
+            self.jobs.pop(0)
+            self.statuses[job.trial_id] = "running"
+            out.append(job)
+        return out
+
+    def tell(self, trial, budget, loss):
+        self.told.append((trial, budget, loss))
+        self.statuses[trial] = "completed" if budget >= self.final[trial] else "paused"
+
+    def status(self, trial):
+        return self.statuses[trial]
+
+    def state_dict(self):
+        return {}
+
+
+def _small_config(searcher="asha", **space):
+    return config_lib.build({
+        "searcher": searcher, "population": 4, "trials": 4, "steps": 30, "chunk": 10,
+        "space": {"hidden": 16, "latent_dim": 4, "batch_size": 16,
+                  "learning_rate": {"dist": "float", "low": 1e-3, "high": 1e-2, "log": True},
+                  **space}})
+
+
+def _straight(config, dataset, job_config, trial, steps):
+    """``trial`` trained alone, in one program call, straight to ``steps``: its final val loss."""
+    resolved = hparams.resolve(config.model, {**config_lib.fixed(config), **job_config})
+    spec = train_spec(config, dataset.features, tuple(resolved[n] for n in hparams.BUCKET_NAMES))
+    member = pop_lib.Member(trial, resolved, steps, driver_lib.member_keys(config, trial, 0),
+                            horizon=config.steps)
+    pop = pop_lib.assign(spec, pop_lib.create(spec, 1), [0], [member])
+    pop, _ = pop_lib.train_chunk(spec, pop, jax.numpy.asarray(dataset.train.x), steps)
+    return float(pop_lib.evaluate(spec, pop, jax.numpy.asarray(dataset.val.x))["val_loss"][0])
+
+
+def test_a_paused_trial_continues_from_its_parking_row_as_if_never_paused():
+    config = _small_config()
+    dataset = data_lib.load("digits")
+    configs = [{"learning_rate": lr} for lr in (2e-3, 5e-3, 8e-3)]
+    # Trial 0 pauses at 10 steps and comes back for 30 while trials 1 and 2 (new) run.
+    jobs = [Job(0, configs[0], 10), Job(1, configs[1], 30), Job(2, configs[2], 20),
+            Job(0, configs[0], 30)]
+    driver = driver_lib.Driver(config, dataset)
+    driver.scheduler = FakeScheduler(jobs, final={0: 30, 1: 30, 2: 20})
+    events = []
+    while not driver.done:
+        events += driver.step()[0]
+    told = {(t, b): loss for t, b, loss in driver.scheduler.told}
+    assert set(told) == {(0, 10), (0, 30), (1, 30), (2, 20)}
+    for (trial, budget), loss in told.items():
+        expected = _straight(config, dataset, configs[trial], trial, budget)
+        np.testing.assert_allclose(loss, expected, rtol=2e-6)
+    assert [e.status for e in events if e.trial == 0] == ["running", "running", "running",
+                                                          "completed"]
+    assert not driver.paused and all(b.free_rows for b in driver.buckets.values())
+
+
+def test_the_thinning_tail_trains_in_a_narrower_program_with_the_same_numbers():
+    config = config_lib.build({**_small_config().to_dict(), "population": 16, "trials": 16})
+    dataset = data_lib.load("digits")
+    configs = [{"learning_rate": float(lr)} for lr in np.geomspace(1e-3, 1e-2, 3)]
+    # Three trials, one of them long: 16 slots with at most 3 busy -> the 4-slot class.
+    jobs = [Job(t, configs[t], b) for t, b in zip(range(3), (10, 20, 30), strict=True)]
+    before = pop_lib.TRACES["train_some"]
+    driver = driver_lib.Driver(config, dataset)
+    driver.scheduler = FakeScheduler(jobs, final={0: 10, 1: 20, 2: 30})
+    while not driver.done:
+        driver.step()
+    assert pop_lib.TRACES["train_some"] > before or driver.slot_steps < 16 * 30
+    assert driver.slot_steps <= 4 * 30  # never the whole bucket
+    for trial, budget, loss in driver.scheduler.told:
+        np.testing.assert_allclose(loss, _straight(config, dataset, configs[trial], trial, budget),
+                                   rtol=2e-6)
+
+
+def test_activations_are_a_per_slot_choice_with_each_activations_own_numbers():
+    config = _small_config("random", activation={"dist": "choice", "options": ["relu", "tanh"]})
+    dataset = data_lib.load("digits")
+    spec = train_spec(config, dataset.features, bucket_of(config))
+    assert spec.model.activation == ("relu", "tanh") and config_lib.count_buckets(config) == 1
+    x, val = jax.numpy.asarray(dataset.train.x), jax.numpy.asarray(dataset.val.x)
+    for t, act in enumerate(itertools.islice(itertools.cycle(["tanh", "relu"]), 4)):
+        resolved = hparams.resolve("ae", {"hidden": 16, "latent_dim": 4, "batch_size": 16,
+                                          "activation": act, "learning_rate": 3e-3})
+        member = pop_lib.Member(t, resolved, 20, pop_lib.trial_keys(0, t), horizon=30)
+        both = pop_lib.assign(spec, pop_lib.create(spec, 4), [t], [member])
+        both, _ = pop_lib.train_chunk(spec, both, x, 20)
+        alone_spec = train_spec(config_lib.build({**config.to_dict(), "space": {
+            **config.space, "activation": act}}), dataset.features, bucket_of(config))
+        assert alone_spec.model.activation == act
+        alone = pop_lib.assign(alone_spec, pop_lib.create(alone_spec, 1), [0], [member])
+        alone, _ = pop_lib.train_chunk(alone_spec, alone, x, 20)
+        got = pop_lib.evaluate(spec, both, val)["val_loss"][t]
+        want = pop_lib.evaluate(alone_spec, alone, val)["val_loss"][0]
+        np.testing.assert_allclose(got, want, rtol=2e-6)

@@ -100,9 +100,14 @@ def test_cpu_cores_become_devices_unless_xla_flags_choose(monkeypatch):
 
 
 @pytest.mark.slow
-def test_sweep_on_four_devices_matches_one_device(tmp_path):
-    args = ["--searcher", "random", "--trials", "5", "--population", "3", "--steps", "20",
-            "--chunk", "10", "--no-report", "--no-progress"]
+@pytest.mark.parametrize("args", [
+    ["--searcher", "random", "--trials", "5", "--population", "3", "--steps", "20"],
+    # Pauses park members on their own device and the thinning tail trains 4 of 8 slots.
+    ["--searcher", "asha", "--trials", "12", "--population", "8", "--steps", "90",
+     "--min-steps", "10"],
+], ids=["random", "asha"])
+def test_sweep_on_four_devices_matches_one_device(tmp_path, args):
+    args = [*args, "--chunk", "10", "--no-report", "--no-progress"]
     assert main([*args, "--out", str(tmp_path / "one")]) == 0
     out = subprocess.run([sys.executable, "-m", "jaxae.sweep", *args, "--out",
                           str(tmp_path / "four")], env=FOUR_DEVICES, capture_output=True,
