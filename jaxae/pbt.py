@@ -11,8 +11,8 @@ whose weights it took, when, and which hyperparameters it had before and after.
 
 Shape-changing hyperparameters (buckets) never change: members exploit only members of their own
 bucket (``group_by``), and masked sizes (``hidden``, ``latent_dim``) are inherited from the
-parent with its weights, never perturbed (``keep``), as is the activation. A bucket with a single member never
-exploits.
+parent with its weights, never perturbed (``keep``), as is the activation. A bucket with a
+single member never exploits.
 
 ``PBTDriver`` has ``driver.Driver``'s shape (``step()``, ``done``, ``state_bytes()``,
 ``restore()``, ``record()``), so ``driver.run`` and the CLI checkpoint, resume and stop it alike;
