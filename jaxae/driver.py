@@ -86,6 +86,10 @@ def member_keys(config: SweepConfig, trial: int, replicate: int) -> dict[str, np
 # (``chunk_length``). Both are constants, not measurements of this run, so a sweep's schedule is
 # the same on every machine of a platform (bench/sweep.py measured them: bench/RESULTS.md).
 CHUNK_HOST_S = {"cpu": 2e-3, "gpu": 1e-3, "tpu": 1e-3}
+# The most rounds of ``chunk`` steps one program call trains (``population.run_chunk``): a call's
+# fixed cost is paid once per this many evaluations. Accelerators, whose calls cost more than
+# their steps, take more.
+ROUNDS = {"cpu": 4, "gpu": 16, "tpu": 16}
 DEVICE_FLOPS = {"cpu": 4e10, "gpu": 4e13, "tpu": 4e13}
 
 
@@ -267,6 +271,8 @@ class Driver:
         # program compiles once with them (not once before the first pause and once after).
         self.pauses = not isinstance(self.scheduler, FullBudget)
         self.platform = jax.devices()[0].platform
+        # Rounds of ``chunk`` steps per program call (each evaluated: the curves' interval).
+        self.rounds = ROUNDS.get(self.platform, ROUNDS["gpu"])
         self.buckets: dict[tuple, Bucket] = {}
         self.running: dict[int, Running] = {}
         self.paused: dict[int, Paused] = {}
@@ -462,51 +468,44 @@ class Driver:
             raise RuntimeError("scheduler handed out no job while nothing is running")
         busy = [b for b in self.buckets.values() if b.active().any()]
         remaining = np.concatenate([(b.target - b.step)[b.active()] for b in busy])
-        n = chunk_length(remaining, self.config.chunk, self._overhead(busy))
+        n = chunk_length(remaining, self.config.chunk * self.rounds, self._overhead(busy))
         launched = []
         for bucket in busy:
             self._apply(bucket)
             t0 = time.perf_counter()
             slots = self._program_slots(bucket)
-            if slots is None:
-                slots = np.arange(bucket.pop.size)
-                bucket.pop, losses = pop_lib.train_chunk(
-                    bucket.spec, bucket.pop, self.train_x, self.config.chunk,
-                    mesh=self.local_mesh, steps=np.int32(n))
-                metrics = pop_lib.evaluate(bucket.spec, bucket.pop, self.val_x)
-                out = {"losses": losses, "val": metrics["val_loss"], "step": bucket.pop.step,
-                       "diverged": bucket.pop.diverged}
-            else:
-                bucket.pop, out = pop_lib.train_some(
-                    bucket.spec, bucket.pop, slots, self.train_x, self.config.chunk,
-                    np.int32(n), self.val_x, mesh=self.local_mesh)
-            launched.append((bucket, t0, slots, out))
+            bucket.pop, out = pop_lib.run_chunk(
+                bucket.spec, bucket.pop, self.train_x, self.val_x, slots, self.config.chunk,
+                self.rounds, np.int32(n), mesh=self.local_mesh)
+            launched.append((bucket, t0, np.arange(bucket.pop.size) if slots is None else slots,
+                             out))
         if while_training is not None:
             while_training()
         results = sharding_lib.to_host([out for *_, out in launched])
+        rounds = -(-n // self.config.chunk)
         curves = []
         finished: dict[int, list[tuple[int, float, bool]]] = {}
         for (bucket, t0, slots, _), host in zip(launched, results, strict=True):
             if bucket.first_chunk_s is None:
                 bucket.first_chunk_s = time.perf_counter() - t0
-            self.member_steps += int((host["step"] - bucket.step[slots]).sum())
+            self.member_steps += int((host["step"][rounds - 1] - bucket.step[slots]).sum())
             self.slot_steps += len(slots) * n
             self.bucket_calls += 1
             for i, slot in enumerate(slots):
                 owner = bucket.owner[slot]
-                if owner is not None:
-                    trial, replicate = owner
-                    chunk_losses = host["losses"][i]
-                    trained = np.isfinite(chunk_losses)
-                    if host["step"][i] > bucket.step[slot] or host["diverged"][i]:
-                        train_loss = float(chunk_losses[trained].mean()) if trained.any() else None
-                        curves.append((trial, replicate, int(host["step"][i]), train_loss,
-                                       float(host["val"][i])))
-                    if host["diverged"][i] or host["step"][i] >= bucket.target[slot]:
-                        finished.setdefault(trial, []).append(
-                            (replicate, float(host["val"][i]), bool(host["diverged"][i])))
-                bucket.step[slot] = host["step"][i]
-                bucket.diverged[slot] = host["diverged"][i]
+                step, diverged = bucket.step[slot], bucket.diverged[slot]
+                for r in range(rounds):
+                    if owner is not None and (host["step"][r, i] > step
+                                              or (host["diverged"][r, i] and not diverged)):
+                        train = host["train"][r, i]
+                        curves.append((owner[0], owner[1], int(host["step"][r, i]),
+                                       float(train) if np.isfinite(train) else None,
+                                       float(host["val"][r, i])))
+                    step, diverged = host["step"][r, i], host["diverged"][r, i]
+                if owner is not None and (diverged or step >= bucket.target[slot]):
+                    finished.setdefault(owner[0], []).append(
+                        (owner[1], float(host["val"][rounds - 1, i]), bool(diverged)))
+                bucket.step[slot], bucket.diverged[slot] = step, diverged
         events, self._started = self._started, []
         events += self._settle(finished)
         self.chunk += 1

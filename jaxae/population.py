@@ -310,29 +310,60 @@ def _reset(spec: TrainSpec, pop: Population, new: jax.Array, fresh: dict) -> Pop
     return jax.tree.map(sel, replaced, pop)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 4), static_argnames=("mesh",),
+@functools.partial(jax.jit, static_argnums=(0, 5, 6), static_argnames=("mesh",),
                    donate_argnums=(1,))
-def train_some(spec: TrainSpec, pop: Population, idx: jax.Array, train_x: jax.Array,
-               num_steps: int, steps: jax.Array, val_x: jax.Array, mesh: Mesh | None = None
-               ) -> tuple[Population, dict[str, jax.Array]]:
-    """Trains and evaluates only the slots ``idx`` [width] (distinct) of ``pop``: a narrower
-    program for a population whose few busy slots would otherwise pay for all of them (the tail
-    of a multi-fidelity sweep). The slots are gathered, trained as ``train_chunk`` trains them,
-    evaluated as ``evaluate`` does and scattered back; every member's numbers are those of the
-    full-width program.
+def run_chunk(spec: TrainSpec, pop: Population, train_x: jax.Array, val_x: jax.Array,
+              idx: jax.Array | None, length: int, rounds: int, steps: jax.Array,
+              mesh: Mesh | None = None) -> tuple[Population, dict[str, jax.Array]]:
+    """A sweep's chunk: up to ``rounds`` rounds of ``length`` steps, each followed by an
+    evaluation, in one program call (``steps`` of them in all, a dynamic count: the last round
+    may be shorter and rounds past ``steps`` do not run).
+
+    One call of several rounds keeps learning curves at every ``length`` steps while the host's
+    fixed cost of a call (dispatch, reading results back) is paid once per ``rounds`` rounds.
+
+    Args:
+        spec: the static program settings.
+        pop: the population; its buffers are donated.
+        train_x, val_x: training and validation data, on device.
+        idx: [width] distinct slots to train (gathered into a narrower program and scattered
+            back: a thinning multi-fidelity tail pays for its busy slots only); None: all.
+        length: steps per round (static), the sweep's curve interval.
+        rounds: the most rounds per call (static).
+        steps: int32 scalar, the steps this call trains, at most ``length * rounds``.
+        mesh: as ``train_chunk``.
 
     Returns:
-        The new population and ``{"losses": [width, num_steps], "val": [width], "step": [width],
-        "diverged": [width]}`` for the slots of ``idx``, in its order.
+        The new population and, per round and trained slot (``idx``'s order),
+        ``{"train": [rounds, width] mean training loss (NaN: none), "val": [rounds, width],
+        "step": [rounds, width], "diverged": [rounds, width]}``; rows past the last round run
+        keep their initial values. Every member's numbers are those of ``train_chunk`` alone.
     """
-    TRACES["train_some"] += 1
-    sub = jax.tree.map(lambda a: a[idx], pop)
-    if mesh is not None and mesh.size > 1:
+    TRACES["run_chunk"] += 1
+    sub = pop if idx is None else jax.tree.map(lambda a: a[idx], pop)
+    if idx is not None and mesh is not None and mesh.size > 1:
         sub = jax.lax.with_sharding_constraint(sub, NamedSharding(mesh, PartitionSpec(AXIS)))
-    sub, losses = train_chunk(spec, sub, train_x, num_steps, mesh=mesh, steps=steps)
-    val = evaluate(spec, sub, val_x)["val_loss"]
-    pop = jax.tree.map(lambda a, b: a.at[idx].set(b), pop, sub)
-    return pop, {"losses": losses, "val": val, "step": sub.step, "diverged": sub.diverged}
+    width = sub.size
+    out = {"train": jnp.full((rounds, width), jnp.nan, jnp.float32),
+           "val": jnp.full((rounds, width), jnp.nan, jnp.float32),
+           "step": jnp.zeros((rounds, width), jnp.int32),
+           "diverged": jnp.zeros((rounds, width), bool)}
+
+    def one_round(r, carry):
+        sub, out = carry
+        n = jnp.clip(steps - r * length, 0, length).astype(jnp.int32)
+        sub, losses = train_chunk(spec, sub, train_x, length, mesh=mesh, steps=n)
+        finite = jnp.isfinite(losses)
+        count = finite.sum(axis=1)
+        train = jnp.where(finite, losses, 0.0).sum(axis=1) / jnp.where(count > 0, count, jnp.nan)
+        new = {"train": train, "val": evaluate(spec, sub, val_x)["val_loss"],
+               "step": sub.step, "diverged": sub.diverged}
+        return sub, {k: out[k].at[r].set(new[k]) for k in out}
+
+    sub, out = jax.lax.fori_loop(0, (steps + length - 1) // length, one_round, (sub, out))
+    if idx is None:
+        return sub, out
+    return jax.tree.map(lambda a, b: a.at[idx].set(b), pop, sub), out
 
 
 class Plan(NamedTuple):

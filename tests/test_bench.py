@@ -212,3 +212,19 @@ def test_pbt_bench_compares_searchers_at_equal_member_steps():
     assert math.isfinite(runs["random"]["best_val_loss"])
     summary = {r["searcher"]: r for r in rows if r.get("summary")}
     assert summary["random"]["vs_random"] == 0.0
+
+
+def test_sweep_bench_reports_the_sweep_against_the_trainer(bench):
+    rows = bench("sweep", "--tiny", "--searchers", "random,asha", "--population", "4",
+                 "--trials", "6", "--steps", "30", "--chunk", "10", "--ref-steps", "10",
+                 "--ref-repeats", "1")
+    assert [r["searcher"] for r in rows] == ["random", "asha"]
+    for r in rows:
+        assert r["finished_trials"] == 6 and r["first_trial_s"] > 0 and r["cold_wall_s"] > 0
+        assert 0 < r["busy_slot_fraction"] <= 1 and r["member_steps"] <= r["slot_steps"]
+        assert r["sweep_efficiency"] == pytest.approx(
+            r["member_steps_per_s"] / r["trainer_member_steps_per_s"])
+        assert r["member_steps_per_s"] == pytest.approx(
+            r["member_steps"] / (r["wall_s"] - r["compile_s"]))
+    # Random search trains every trial to the full budget; ASHA stops most of them early.
+    assert rows[0]["member_steps"] == 6 * 30 > rows[1]["member_steps"]

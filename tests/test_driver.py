@@ -147,12 +147,10 @@ def test_the_thinning_tail_trains_in_a_narrower_program_with_the_same_numbers():
     configs = [{"learning_rate": float(lr)} for lr in np.geomspace(1e-3, 1e-2, 3)]
     # Three trials, one of them long: 16 slots with at most 3 busy -> the 4-slot class.
     jobs = [Job(t, configs[t], b) for t, b in zip(range(3), (10, 20, 30), strict=True)]
-    before = pop_lib.TRACES["train_some"]
     driver = driver_lib.Driver(config, dataset)
     driver.scheduler = FakeScheduler(jobs, final={0: 10, 1: 20, 2: 30})
     while not driver.done:
         driver.step()
-    assert pop_lib.TRACES["train_some"] > before or driver.slot_steps < 16 * 30
     assert driver.slot_steps <= 4 * 30  # never the whole bucket
     for trial, budget, loss in driver.scheduler.told:
         np.testing.assert_allclose(loss, _straight(config, dataset, configs[trial], trial, budget),
