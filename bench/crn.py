@@ -14,7 +14,7 @@ Protocol (per ``--seeds`` value s):
    ``ae``, the library's defaults otherwise (adam, batch 64, mse), on the digits split of seed s.
 2. For crn in (false, true): build ``jaxae.config.build({"crn": crn, "repeats": K, ...})``, put
    all N x K members in one population (slot ``t * K + r``: trial t, replicate r; keys from
-   ``driver.member_keys(config, t, r)``, so both arms share the init keys and differ only in the
+   ``buckets.member_keys(config, t, r)``, so both arms share the init keys and differ only in the
    data order), train with ``population.train_chunk`` and record ``population.evaluate``'s
    ``val_loss`` L[t, r] at each budget of ``--budgets`` (one run, evaluated on the way).
 3. For every budget and arm, with the N configurations ranked by L[:, r] in each replicate r
@@ -69,9 +69,9 @@ import numpy as np
 from scipy import stats
 from throughput import int_list  # the sibling bench script: python puts bench/ on sys.path
 
+from jaxae import buckets as buckets_lib
 from jaxae import config as config_lib
 from jaxae import data as data_lib
-from jaxae import driver as driver_lib
 from jaxae import hparams, runtime
 from jaxae import population as P
 from searchers import RandomSearch
@@ -95,9 +95,9 @@ def sweep_config(args: argparse.Namespace, seed: int, crn: bool) -> config_lib.S
 def member_keys(cfg: config_lib.SweepConfig, trial: int, replicate: int, fix: str | None
                 ) -> dict[str, np.ndarray]:
     """The library's keys of a member; ``fix`` ("init_key" / "data_key") keeps replicate 0's."""
-    keys = driver_lib.member_keys(cfg, trial, replicate)
+    keys = buckets_lib.member_keys(cfg, trial, replicate)
     if fix is not None:
-        keys = {**keys, fix: driver_lib.member_keys(cfg, trial, 0)[fix]}
+        keys = {**keys, fix: buckets_lib.member_keys(cfg, trial, 0)[fix]}
     return keys
 
 
@@ -107,7 +107,7 @@ def train_arm(args: argparse.Namespace, cfg: config_lib.SweepConfig, configs: li
     """Val losses [configs, replicates] of every member at each budget (one training run)."""
     k = args.replicates
     bucket = tuple(configs[0][name] for name in hparams.BUCKET_NAMES)
-    spec = driver_lib.train_spec(cfg, int(train_x.shape[1]), bucket)
+    spec = buckets_lib.train_spec(cfg, int(train_x.shape[1]), bucket)
     total = max(args.budgets)
     members = [P.Member(t, c, total, member_keys(cfg, t, r, fix))
                for t, c in enumerate(configs) for r in range(k)]

@@ -104,7 +104,7 @@ def trainer_timer(args: argparse.Namespace, dataset):
     import jax
     import numpy as np
 
-    from jaxae import driver as driver_lib
+    from jaxae import buckets as buckets_lib
     from jaxae import hparams, sharding
     from jaxae import population as P
 
@@ -113,7 +113,7 @@ def trainer_timer(args: argparse.Namespace, dataset):
         (v["options"][0] if isinstance(v := config.space.get(n), dict) else v)
         if n in config.space else hparams.defaults(config.model)[n]
         for n in hparams.BUCKET_NAMES)
-    spec = driver_lib.train_spec(config, dataset.features, first_bucket)
+    spec = buckets_lib.train_spec(config, dataset.features, first_bucket)
     mesh = sharding.slot_mesh() if jax.device_count() > 1 else None
     size = args.population if mesh is None else sharding.round_up(args.population, mesh)
     lrs = np.geomspace(1e-4, 1e-2, size)

@@ -81,6 +81,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jaxae import buckets as buckets_lib
 from jaxae import config as config_lib
 from jaxae import data as data_lib
 from jaxae import driver as driver_lib
@@ -192,7 +193,7 @@ def run_optuna(pruned: bool, args: argparse.Namespace, dataset: data_lib.Dataset
     val_x = jnp.asarray(dataset.val.x)
     # The very program jaxae's sweep trains: code size padded to 32 and masked.
     base = hparams.resolve(config.model, config_lib.fixed(config))
-    spec = driver_lib.train_spec(config, dataset.features,
+    spec = buckets_lib.train_spec(config, dataset.features,
                                  tuple(base[n] for n in hparams.BUCKET_NAMES))
     step_fn = jax.jit(P.member_step, static_argnums=(0,), donate_argnums=(2,))
     # Built once: ``create`` traces (eval_shape) on every call, and ``assign`` donates its input.
@@ -212,7 +213,7 @@ def run_optuna(pruned: bool, args: argparse.Namespace, dataset: data_lib.Dataset
         }
         resolved = hparams.resolve(config.model, {**config_lib.fixed(config), **params})
         member = P.Member(trial.number, resolved, args.steps,
-                          driver_lib.member_keys(config, trial.number, 0))
+                          buckets_lib.member_keys(config, trial.number, 0))
         pop = P.assign(spec, jax.device_put(empty), [0], [member])
         m = jax.tree.map(lambda a: a[0], pop)
         for step in range(1, args.steps + 1):

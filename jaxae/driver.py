@@ -30,142 +30,30 @@ import jax
 import numpy as np
 from flax import serialization
 
+from jaxae import buckets as buckets_lib
 from jaxae import hparams
 from jaxae import population as pop_lib
 from jaxae import sharding as sharding_lib
-from jaxae.config import SweepConfig, count_buckets, fixed, searched, value_range
+from jaxae.buckets import Bucket, member_keys, train_spec
+from jaxae.config import SweepConfig, fixed, searched
 from jaxae.data import Dataset
-from jaxae.models import ModelSpec
 from jaxae.store import TrialStore, atomic_write_bytes
 from searchers import FullBudget, Job, Scheduler, make_scheduler, restore_scheduler
 
 CHECKPOINT = "checkpoint.msgpack"
 
 
-def train_spec(config: SweepConfig, features: int, bucket: tuple) -> pop_lib.TrainSpec:
-    """The program of ``bucket`` (values of ``hparams.BUCKET_NAMES``) in a sweep of ``config``:
-    width and code size padded to the largest values the space allows."""
-    b = dict(zip(hparams.BUCKET_NAMES, bucket, strict=True))
-    model = ModelSpec(
-        kind=config.model,
-        features=features,
-        hidden=max(value_range(config, "hidden")),
-        latent_dim=max(value_range(config, "latent_dim")),
-        depth=b["depth"],
-        activation=activations(config),
-        loss=b["loss"],
-        precision=config.precision,
-        norm=b["norm"],
-        dropout=max(value_range(config, "dropout")) > 0,
-    )
-    # The gradient-norm pass only where some trial of the space can clip (grad_clip > 0).
-    clips = max(value_range(config, "grad_clip")) > 0
-    return pop_lib.TrainSpec(model, b["optimizer"], b["batch_size"], clip_gradients=clips)
-
-
-def activations(config: SweepConfig) -> str | tuple[str, ...]:
-    """The hidden-layer activations a sweep's programs compute: its one activation, or every
-    choice of the space (in ``hparams.ACTIVATIONS`` order), each slot applying its own."""
-    used = set(value_range(config, "activation"))
-    names = tuple(a for a in hparams.ACTIVATIONS if a in used)
-    return names[0] if len(names) == 1 else names
-
-
-def member_keys(config: SweepConfig, trial: int, replicate: int) -> dict[str, np.ndarray]:
-    """The PRNG keys of one member of ``trial``; with common random numbers, replicate r of every
-    trial shares one data order."""
-    keys = pop_lib.trial_keys(config.seed, trial, replicate)
-    if config.crn:
-        keys = {**keys, "data_key": pop_lib.shared_data_key(config.seed, replicate)}
-    return keys
-
-
 # A chunk's fixed host cost (planning, dispatch, reading results back, the store's transaction),
-# in seconds, and the model FLOP/s a device of each platform sustains on these small models: the
-# two make the chunk-length rule's exchange rate between idle slot-steps and extra chunks
-# (``chunk_length``). Both are constants, not measurements of this run, so a sweep's schedule is
-# the same on every machine of a platform (bench/sweep.py measured them: bench/RESULTS.md).
+# in seconds, and the model FLOP/s a device of each platform sustains on these small models
+# (rough figures: a 2-core CPU, an H100 / H200-class GPU): the two make the chunk-length rule's
+# exchange rate between idle slot-steps and extra chunks (``chunk_length``). They are constants,
+# not measurements of this run, so a sweep's schedule is the same on every machine of a platform.
 CHUNK_HOST_S = {"cpu": 2e-3, "gpu": 1e-3, "tpu": 1e-3}
+DEVICE_FLOPS = {"cpu": 4e10, "gpu": 4e13, "tpu": 4e13}
 # The most rounds of ``chunk`` steps one program call trains (``population.run_chunk``): a call's
 # fixed cost is paid once per this many evaluations. Accelerators, whose calls cost more than
 # their steps, take more.
 ROUNDS = {"cpu": 4, "gpu": 16, "tpu": 16}
-DEVICE_FLOPS = {"cpu": 4e10, "gpu": 4e13, "tpu": 4e13}
-
-
-@dataclasses.dataclass
-class Bucket:
-    """One compiled program and its slots.
-
-    The host keeps each slot's small arrays (hyperparameters, keys, target, trial, step) and sends
-    them with each chunk's placements (``population.place``); parameters never leave the device.
-    Paused members wait in ``parked``, a population of parking rows on the device.
-    """
-
-    key: tuple  # values of hparams.BUCKET_NAMES
-    spec: pop_lib.TrainSpec
-    pop: pop_lib.Population
-    owner: list[tuple[int, int] | None]  # (trial, replicate) in each slot, None when free
-    hparams: dict[str, np.ndarray]  # name -> [slots] float32, the slots' hyperparameters
-    keys: dict[str, np.ndarray]  # init_key / data_key / eval_key -> [slots, 2] uint32
-    target: np.ndarray  # [slots] int32
-    trial: np.ndarray  # [slots] int32, -1 when free
-    step: np.ndarray  # [slots] int32, as of the last chunk
-    diverged: np.ndarray  # [slots] bool, as of the last chunk
-    parked: pop_lib.Population | None = None
-    free_rows: list[int] = dataclasses.field(default_factory=list)
-    # The next place call: start / park into row / restore from row, per slot.
-    new: np.ndarray | None = None
-    park: np.ndarray | None = None
-    restore: np.ndarray | None = None
-    dirty: bool = False
-    releasing: list[int] = dataclasses.field(default_factory=list)  # rows restored by the plan
-    first_chunk_s: float | None = None  # wall time of its first chunk: mostly compilation
-    # Devices the slots (and parking rows) are sharded over, each holding a contiguous share.
-    # A member parks in a row of its slot's device and continues in a slot of its row's device.
-    devices: int = 1
-
-    def __post_init__(self) -> None:
-        self._clear_plan()
-
-    @property
-    def rows(self) -> int:
-        return 0 if self.parked is None else int(self.parked.step.shape[0])
-
-    def slot_device(self, slot: int) -> int:
-        return slot // (len(self.owner) // self.devices)
-
-    def row_device(self, row: int) -> int:
-        return row // (self.rows // self.devices)
-
-    def take_row(self, device: int) -> int | None:
-        """A free parking row of ``device`` (now taken), or None."""
-        for i, row in enumerate(self.free_rows):
-            if self.row_device(row) == device:
-                return self.free_rows.pop(i)
-        return None
-
-    def _clear_plan(self) -> None:
-        n = len(self.owner)
-        self.new = np.zeros(n, bool)
-        self.park = np.full(n, -1, np.int32)
-        self.restore = np.full(n, -1, np.int32)
-        self.dirty = False
-
-    def free_slots(self) -> list[int]:
-        return [i for i, o in enumerate(self.owner) if o is None]
-
-    def active(self) -> np.ndarray:
-        """[slots] bool: the slots the next chunk trains."""
-        return (self.trial >= 0) & (self.step < self.target) & ~self.diverged
-
-    def plan(self) -> pop_lib.Plan:
-        """The pending placements, parking rows counted from the first row of each device."""
-        per_device = max(self.rows // self.devices, 1)
-        local = lambda r: np.where(r >= 0, r % per_device, -1).astype(np.int32)  # noqa: E731
-        return pop_lib.Plan(self.new, local(self.park), local(self.restore), self.hparams,
-                            self.keys["init_key"], self.keys["data_key"], self.keys["eval_key"],
-                            self.target, self.trial)
 
 
 @dataclasses.dataclass
@@ -252,10 +140,7 @@ class Driver:
         self.val_x = jax.device_put(dataset.val.x, data_sharding)
         self.features = dataset.features
         self.repeats = config.repeats
-        n_buckets = count_buckets(config)
-        per_bucket = max(self.repeats, math.ceil(config.population / n_buckets))
-        capacity = self.repeats * math.ceil(per_bucket / self.repeats)
-        self.capacity = sharding_lib.round_up(capacity, self.mesh)
+        self.capacity = buckets_lib.capacity(config, self.mesh)
         self.scheduler: Scheduler = make_scheduler(
             config.searcher,
             searched(config),
@@ -537,7 +422,7 @@ class Driver:
 
     def _overhead(self, busy: list[Bucket]) -> float:
         """A chunk's fixed host cost in population-steps of the busy buckets (``chunk_length``)."""
-        flops = sum(b.pop.size * _step_flops(b.spec) for b in busy)
+        flops = sum(b.pop.size * buckets_lib.step_flops(b.spec) for b in busy)
         step_s = flops / DEVICE_FLOPS.get(self.platform, DEVICE_FLOPS["gpu"])
         return CHUNK_HOST_S.get(self.platform, CHUNK_HOST_S["gpu"]) / max(step_s, 1e-12)
 
@@ -683,15 +568,6 @@ class Driver:
         self.queue = [Job(j["trial"], j["config"], j["budget"]) for j in meta["queue"]]
 
 
-def _step_flops(spec: pop_lib.TrainSpec) -> float:
-    """Model FLOPs of one member's training step: the matmuls, forward and backward."""
-    m = spec.model
-    code = m.latent_dim * (2 if m.variational else 1)
-    widths = [m.features] + [m.hidden] * m.depth
-    encoder = sum(a * b for a, b in zip(widths[:-1], widths[1:], strict=True)) + m.hidden * code
-    decoder = m.latent_dim * m.hidden + sum(
-        a * b for a, b in zip(widths[1:][::-1], widths[:-1][::-1], strict=True))
-    return 6.0 * spec.batch_size * (encoder + decoder)
 
 
 def _json_float(v: float) -> float | None:
@@ -720,8 +596,7 @@ def write(store: TrialStore, config: SweepConfig, events: list[Event], curves: l
     """Writes one chunk's results inside the caller's transaction."""
     store.put_curve(curves)
     for e in events:
-        bucket = json.dumps(dict(zip(hparams.BUCKET_NAMES, e.bucket, strict=True)),
-                            sort_keys=True)
+        bucket = buckets_lib.bucket_json(e.bucket)
         store.put_trial(e.trial, status=e.status, params=e.config, val_loss=e.val_loss,
                         steps=e.steps, seed=config.seed, budget=e.budget, bucket=bucket)
         for r, v in enumerate(e.replicate_losses):

@@ -73,8 +73,8 @@ def estimate(config, features: int, n_train: int, n_val: int, slots: int) -> Est
     """The peak device memory of a sweep of ``config`` (a ``SweepConfig``) whose buckets hold
     ``slots`` slots each; the largest program bounds every bucket."""
     from jaxae import grouping, hparams
+    from jaxae.buckets import train_spec
     from jaxae.config import count_buckets, value_range
-    from jaxae.driver import train_spec
 
     ranges = [sorted(set(value_range(config, name)), key=str) for name in hparams.BUCKET_NAMES]
     # Every combination when they are few; beyond that, the largest value of each numeric

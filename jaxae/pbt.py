@@ -37,9 +37,10 @@ from flax import serialization
 from jaxae import hparams
 from jaxae import population as pop_lib
 from jaxae import sharding as sharding_lib
+from jaxae.buckets import member_keys, train_spec
 from jaxae.config import SweepConfig, fixed, searched
 from jaxae.data import Dataset
-from jaxae.driver import Event, member_keys, train_spec, write
+from jaxae.driver import Event, write
 from jaxae.store import TrialStore
 from searchers import PBT
 

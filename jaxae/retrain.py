@@ -193,9 +193,9 @@ def downstream(sweep: Sweep, *, top_k: int = 3, anomaly_class: int = 0,
     import jax
     import jax.numpy as jnp
 
+    from jaxae import buckets as buckets_lib
     from jaxae import data as data_lib
     from jaxae import downstream as metrics_lib
-    from jaxae import driver as driver_lib
     from jaxae import population as pop_lib
     from jaxae import sharding as sharding_lib
 
@@ -231,9 +231,9 @@ def downstream(sweep: Sweep, *, top_k: int = 3, anomaly_class: int = 0,
     for t in top:
         groups.setdefault(tuple(t["params"][n] for n in hparams.BUCKET_NAMES), []).append(t)
     for key, trials in groups.items():
-        spec = driver_lib.train_spec(sweep.config, dataset.features, key)
+        spec = buckets_lib.train_spec(sweep.config, dataset.features, key)
         members = [pop_lib.Member(t["trial_id"], t["params"], t["steps"],
-                                  driver_lib.member_keys(sweep.config, t["trial_id"], 0),
+                                  buckets_lib.member_keys(sweep.config, t["trial_id"], 0),
                                   horizon=sweep.config.steps)
                    for t in trials]
         # The sweep's own layout (slots per bucket, devices), so the members reproduce their
@@ -327,18 +327,16 @@ def sweep_layout(config: Any) -> tuple[Any, int]:
     reproduces the trial's losses bit for bit; another layout (fewer slots per device, another
     device count) changes float rounding, which training amplifies (measured: 0.23% in the
     validation loss of a 150-step trial at learning rate 0.017, two CPU devices against one).
-    The capacity is ``driver.Driver``'s formula.
+    The capacity is the driver's (``buckets.capacity``).
 
     Returns:
         The mesh over every device, and the population size of one bucket.
     """
+    from jaxae import buckets
     from jaxae import sharding as sharding_lib
-    from jaxae.config import count_buckets
 
     mesh = sharding_lib.slot_mesh()
-    per_bucket = max(config.repeats, math.ceil(config.population / count_buckets(config)))
-    capacity = config.repeats * math.ceil(per_bucket / config.repeats)
-    return mesh, sharding_lib.round_up(capacity, mesh)
+    return mesh, buckets.capacity(config, mesh)
 
 
 def _first(pop: Any, k: int) -> Any:

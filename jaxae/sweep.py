@@ -362,6 +362,7 @@ def _sweep(args: argparse.Namespace, config: config_lib.SweepConfig, dataset: An
     """The sweep proper, in a directory this process owns."""
     import jax
 
+    from jaxae import buckets
     from jaxae import driver as driver_lib
 
     sweep_json = out / "sweep.json"
@@ -403,8 +404,7 @@ def _sweep(args: argparse.Namespace, config: config_lib.SweepConfig, dataset: An
         best = store.best()
         # Per bucket, the wall time of its first chunk: compilation plus one chunk of training
         # (the compilation dominates; a warm compilation cache shrinks it).
-        first_chunk_s = {json.dumps(dict(zip(config_lib.hparams.BUCKET_NAMES, b.key,
-                                             strict=True)), sort_keys=True): b.first_chunk_s
+        first_chunk_s = {buckets.bucket_json(b.key): b.first_chunk_s
                          for b in driver.buckets.values()}
         info.update(end_time=_now(), member_steps=driver.member_steps, wall_s=elapsed,
                     first_chunk_s=first_chunk_s)

@@ -4,7 +4,7 @@ import pytest
 
 from jaxae import config as config_lib
 from jaxae import hparams
-from jaxae.driver import train_spec
+from jaxae.buckets import train_spec
 
 
 def bucket_of(config):
@@ -36,10 +36,12 @@ def test_the_padded_shape_is_the_largest_the_space_allows():
 # -- the loop, through a fake scheduler ----------------------------------------------------------
 
 import itertools  # noqa: E402
+import json  # noqa: E402
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+from jaxae import buckets as buckets_lib  # noqa: E402
 from jaxae import data as data_lib  # noqa: E402
 from jaxae import driver as driver_lib  # noqa: E402
 from jaxae import population as pop_lib  # noqa: E402
@@ -112,7 +114,7 @@ def _straight(config, dataset, job_config, trial, steps):
     """``trial`` trained alone, in one program call, straight to ``steps``: its final val loss."""
     resolved = hparams.resolve(config.model, {**config_lib.fixed(config), **job_config})
     spec = train_spec(config, dataset.features, tuple(resolved[n] for n in hparams.BUCKET_NAMES))
-    member = pop_lib.Member(trial, resolved, steps, driver_lib.member_keys(config, trial, 0),
+    member = pop_lib.Member(trial, resolved, steps, buckets_lib.member_keys(config, trial, 0),
                             horizon=config.steps)
     pop = pop_lib.assign(spec, pop_lib.create(spec, 1), [0], [member])
     pop, _ = pop_lib.train_chunk(spec, pop, jax.numpy.asarray(dataset.train.x), steps)
@@ -177,3 +179,19 @@ def test_activations_are_a_per_slot_choice_with_each_activations_own_numbers():
         got = pop_lib.evaluate(spec, both, val)["val_loss"][t]
         want = pop_lib.evaluate(alone_spec, alone, val)["val_loss"][0]
         np.testing.assert_allclose(got, want, rtol=2e-6)
+
+
+def test_bucket_capacity_shares_the_population_in_whole_replicate_groups():
+    mesh = __import__("jaxae.sharding", fromlist=["slot_mesh"]).slot_mesh()
+    two = config_lib.build({"population": 10, "repeats": 3, "space": {
+        "depth": {"dist": "choice", "options": [1, 2]}}})
+    # 10 members over 2 buckets: 5 each, rounded up to whole groups of 3 replicates.
+    assert buckets_lib.capacity(two, mesh) == sharding_round(6, mesh)
+    one = config_lib.build({"population": 7})
+    assert buckets_lib.capacity(one, mesh) == sharding_round(7, mesh)
+    assert json.loads(buckets_lib.bucket_json(bucket_of(one))) == {
+        n: hparams.defaults("ae")[n] for n in hparams.BUCKET_NAMES}
+
+
+def sharding_round(n, mesh):
+    return -(-n // mesh.size) * mesh.size

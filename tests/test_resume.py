@@ -323,14 +323,14 @@ def test_a_model_too_large_for_memory_is_refused_naming_the_numbers(tmp_path, ca
 
 
 def test_the_state_estimate_bounds_a_real_population():
+    from jaxae import buckets as buckets_lib
     from jaxae import config as config_lib
-    from jaxae import driver as driver_lib
     from jaxae import hparams
     from jaxae import population as pop_lib
 
     config = config_lib.build({"population": 4, "space": {"hidden": 32, "latent_dim": 8}})
     key = tuple(config_lib.value_range(config, n)[0] for n in hparams.BUCKET_NAMES)
-    spec = driver_lib.train_spec(config, 64, key)
+    spec = buckets_lib.train_spec(config, 64, key)
     e = memory.estimate(config, 64, 100, 20, slots=4)
     pop = pop_lib.create(spec, 4)
     real = sum(leaf.nbytes for leaf in jax.tree_util.tree_leaves(pop))

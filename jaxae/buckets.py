@@ -1,0 +1,161 @@
+"""Buckets: the compiled programs of a sweep and the slots each one holds.
+
+Shape-changing hyperparameters (``hparams.BUCKET_NAMES``: depth, optimizer, batch size, loss,
+norm) split a sweep's trials into buckets, one compiled program each. ``train_spec`` gives a
+bucket's program (width and code size padded to the largest values the space allows, the space's
+activations as a per-slot choice), ``capacity`` the slots each bucket holds, ``member_keys`` a
+member's PRNG keys, and ``Bucket`` one bucket's device state with the host's copy of its slots'
+small arrays. The driver (``jaxae.driver``) runs the loop; retraining, the memory estimate and the
+bench build the same programs from here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import jax
+import numpy as np
+
+from jaxae import hparams
+from jaxae import population as pop_lib
+from jaxae import sharding as sharding_lib
+from jaxae.config import SweepConfig, count_buckets, value_range
+from jaxae.models import ModelSpec
+
+
+def train_spec(config: SweepConfig, features: int, bucket: tuple) -> pop_lib.TrainSpec:
+    """The program of ``bucket`` (values of ``hparams.BUCKET_NAMES``) in a sweep of ``config``:
+    width and code size padded to the largest values the space allows."""
+    b = dict(zip(hparams.BUCKET_NAMES, bucket, strict=True))
+    model = ModelSpec(
+        kind=config.model,
+        features=features,
+        hidden=max(value_range(config, "hidden")),
+        latent_dim=max(value_range(config, "latent_dim")),
+        depth=b["depth"],
+        activation=activations(config),
+        loss=b["loss"],
+        precision=config.precision,
+        norm=b["norm"],
+        dropout=max(value_range(config, "dropout")) > 0,
+    )
+    # The gradient-norm pass only where some trial of the space can clip (grad_clip > 0).
+    clips = max(value_range(config, "grad_clip")) > 0
+    return pop_lib.TrainSpec(model, b["optimizer"], b["batch_size"], clip_gradients=clips)
+
+
+def activations(config: SweepConfig) -> str | tuple[str, ...]:
+    """The hidden-layer activations a sweep's programs compute: its one activation, or every
+    choice of the space (in ``hparams.ACTIVATIONS`` order), each slot applying its own."""
+    used = set(value_range(config, "activation"))
+    names = tuple(a for a in hparams.ACTIVATIONS if a in used)
+    return names[0] if len(names) == 1 else names
+
+
+def member_keys(config: SweepConfig, trial: int, replicate: int) -> dict[str, np.ndarray]:
+    """The PRNG keys of one member of ``trial``; with common random numbers, replicate r of every
+    trial shares one data order."""
+    keys = pop_lib.trial_keys(config.seed, trial, replicate)
+    if config.crn:
+        keys = {**keys, "data_key": pop_lib.shared_data_key(config.seed, replicate)}
+    return keys
+
+
+def capacity(config: SweepConfig, mesh: jax.sharding.Mesh) -> int:
+    """Slots per bucket: the population shared by the space's buckets, whole replicate groups,
+    a multiple of the mesh's devices."""
+    per_bucket = max(config.repeats, math.ceil(config.population / count_buckets(config)))
+    return sharding_lib.round_up(config.repeats * math.ceil(per_bucket / config.repeats), mesh)
+
+
+def bucket_json(key: tuple) -> str:
+    """A bucket's values by name, as the store's ``bucket`` column and sweep.json hold them."""
+    return json.dumps(dict(zip(hparams.BUCKET_NAMES, key, strict=True)), sort_keys=True)
+
+
+def step_flops(spec: pop_lib.TrainSpec) -> float:
+    """Model FLOPs of one member's training step: the matmuls, forward and backward."""
+    m = spec.model
+    code = m.latent_dim * (2 if m.variational else 1)
+    widths = [m.features] + [m.hidden] * m.depth
+    encoder = sum(a * b for a, b in zip(widths[:-1], widths[1:], strict=True)) + m.hidden * code
+    decoder = m.latent_dim * m.hidden + sum(
+        a * b for a, b in zip(widths[1:][::-1], widths[:-1][::-1], strict=True))
+    return 6.0 * spec.batch_size * (encoder + decoder)
+
+
+@dataclasses.dataclass
+class Bucket:
+    """One compiled program and its slots.
+
+    The host keeps each slot's small arrays (hyperparameters, keys, target, trial, step) and sends
+    them with each chunk's placements (``population.place``); parameters never leave the device.
+    Paused members wait in ``parked``, a population of parking rows on the device.
+    """
+
+    key: tuple  # values of hparams.BUCKET_NAMES
+    spec: pop_lib.TrainSpec
+    pop: pop_lib.Population
+    owner: list[tuple[int, int] | None]  # (trial, replicate) in each slot, None when free
+    hparams: dict[str, np.ndarray]  # name -> [slots] float32, the slots' hyperparameters
+    keys: dict[str, np.ndarray]  # init_key / data_key / eval_key -> [slots, 2] uint32
+    target: np.ndarray  # [slots] int32
+    trial: np.ndarray  # [slots] int32, -1 when free
+    step: np.ndarray  # [slots] int32, as of the last chunk
+    diverged: np.ndarray  # [slots] bool, as of the last chunk
+    parked: pop_lib.Population | None = None
+    free_rows: list[int] = dataclasses.field(default_factory=list)
+    # The next place call: start / park into row / restore from row, per slot.
+    new: np.ndarray | None = None
+    park: np.ndarray | None = None
+    restore: np.ndarray | None = None
+    dirty: bool = False
+    releasing: list[int] = dataclasses.field(default_factory=list)  # rows restored by the plan
+    first_chunk_s: float | None = None  # wall time of its first chunk: mostly compilation
+    # Devices the slots (and parking rows) are sharded over, each holding a contiguous share.
+    # A member parks in a row of its slot's device and continues in a slot of its row's device.
+    devices: int = 1
+
+    def __post_init__(self) -> None:
+        self._clear_plan()
+
+    @property
+    def rows(self) -> int:
+        return 0 if self.parked is None else int(self.parked.step.shape[0])
+
+    def slot_device(self, slot: int) -> int:
+        return slot // (len(self.owner) // self.devices)
+
+    def row_device(self, row: int) -> int:
+        return row // (self.rows // self.devices)
+
+    def take_row(self, device: int) -> int | None:
+        """A free parking row of ``device`` (now taken), or None."""
+        for i, row in enumerate(self.free_rows):
+            if self.row_device(row) == device:
+                return self.free_rows.pop(i)
+        return None
+
+    def _clear_plan(self) -> None:
+        n = len(self.owner)
+        self.new = np.zeros(n, bool)
+        self.park = np.full(n, -1, np.int32)
+        self.restore = np.full(n, -1, np.int32)
+        self.dirty = False
+
+    def free_slots(self) -> list[int]:
+        return [i for i, o in enumerate(self.owner) if o is None]
+
+    def active(self) -> np.ndarray:
+        """[slots] bool: the slots the next chunk trains."""
+        return (self.trial >= 0) & (self.step < self.target) & ~self.diverged
+
+    def plan(self) -> pop_lib.Plan:
+        """The pending placements, parking rows counted from the first row of each device."""
+        per_device = max(self.rows // self.devices, 1)
+        local = lambda r: np.where(r >= 0, r % per_device, -1).astype(np.int32)  # noqa: E731
+        return pop_lib.Plan(self.new, local(self.park), local(self.restore), self.hparams,
+                            self.keys["init_key"], self.keys["data_key"], self.keys["eval_key"],
+                            self.target, self.trial)
