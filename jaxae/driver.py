@@ -31,7 +31,7 @@ import numpy as np
 from flax import serialization
 
 from jaxae import buckets as buckets_lib
-from jaxae import hparams
+from jaxae import grouping, hparams
 from jaxae import population as pop_lib
 from jaxae import sharding as sharding_lib
 from jaxae.buckets import Bucket, member_keys, train_spec
@@ -361,7 +361,8 @@ class Driver:
             slots = self._program_slots(bucket)
             bucket.pop, out = pop_lib.run_chunk(
                 bucket.spec, bucket.pop, self.train_x, self.val_x, slots, self.config.chunk,
-                self.rounds, np.int32(n), mesh=self.local_mesh)
+                self.rounds, np.int32(n), mesh=self.local_mesh,
+                group=None if slots is None else self._group(bucket))
             launched.append((bucket, t0, np.arange(bucket.pop.size) if slots is None else slots,
                              out))
         if while_training is not None:
@@ -409,9 +410,13 @@ class Driver:
             return None
         busy = np.flatnonzero(bucket.active())
         size = bucket.pop.size
+        # Whole groups of the full program's size on every device: each member then computes
+        # in a group of the size it always has, so its numbers are those of the full program
+        # (and retraining reproduces them). An accelerator's one group means no narrower class.
+        unit = self.mesh.size * self._group(bucket)
         width = size
         for parts in (4, 16):
-            narrow = sharding_lib.round_up(max(size // parts, self.repeats), self.mesh)
+            narrow = -(-max(size // parts, self.repeats) // unit) * unit
             if busy.size <= narrow < width:
                 width = narrow
         if width == size:
@@ -419,6 +424,12 @@ class Driver:
         # Padded with idle slots (they train no step) to the class's width.
         idle = np.setdiff1d(np.arange(size), busy)[: width - busy.size]
         return np.sort(np.concatenate([busy, idle])).astype(np.int32)
+
+    def _group(self, bucket: Bucket) -> int:
+        """Slots per group of the bucket's full-width program on each device."""
+        per_device = bucket.pop.size // self.mesh.size
+        return grouping.group_size(bucket.spec, per_device,
+                                   per_device=self.local_mesh is not None)
 
     def _overhead(self, busy: list[Bucket]) -> float:
         """A chunk's fixed host cost in population-steps of the busy buckets (``chunk_length``)."""

@@ -181,11 +181,11 @@ def member_step(spec: TrainSpec, train_x: jax.Array, m: Population,
     return m, jnp.where(active, loss, jnp.nan)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3), static_argnames=("mesh",),
+@functools.partial(jax.jit, static_argnums=(0, 3), static_argnames=("mesh", "group"),
                    donate_argnums=(1,))
 def train_chunk(
     spec: TrainSpec, pop: Population, train_x: jax.Array, num_steps: int, mesh: Mesh | None = None,
-    steps: jax.Array | None = None,
+    steps: jax.Array | None = None, group: int | None = None,
 ) -> tuple[Population, jax.Array]:
     """Trains every slot for ``num_steps`` steps in one call.
 
@@ -200,6 +200,9 @@ def train_chunk(
         steps: int32 scalar <= ``num_steps``: the steps this call really runs (a loop of that many
             iterations, so a shorter chunk costs only what it runs and compiles nothing new).
             None: ``num_steps``.
+        group: slots trained side by side (per device), a divisor of their number; None:
+            ``grouping.group_size``'s. A member's numbers depend on the size of its group (XLA
+            batches the group's matmuls), not on which slots share it.
 
     Returns:
         The new population and the training losses [slots, num_steps] (NaN where a slot did not
@@ -208,17 +211,18 @@ def train_chunk(
     TRACES["train_chunk"] += 1
     TRACES["train_chunk", spec] += 1
     if mesh is not None and mesh.size > 1:
-        local = functools.partial(_train_slots, spec, num_steps=num_steps, per_device=True)
+        local = functools.partial(_train_slots, spec, num_steps=num_steps, per_device=True,
+                                  group=group)
         spmd = jax.shard_map(
             local, mesh=mesh, in_specs=(PartitionSpec(AXIS), PartitionSpec(), PartitionSpec()),
             out_specs=(PartitionSpec(AXIS), PartitionSpec(AXIS)))
         return spmd(pop, train_x, steps)
-    return _train_slots(spec, pop, train_x, steps, num_steps=num_steps)
+    return _train_slots(spec, pop, train_x, steps, num_steps=num_steps, group=group)
 
 
 def _train_slots(spec: TrainSpec, pop: Population, train_x: jax.Array,
-                 steps: jax.Array | None = None, *, num_steps: int, per_device: bool = False
-                 ) -> tuple[Population, jax.Array]:
+                 steps: jax.Array | None = None, *, num_steps: int, per_device: bool = False,
+                 group: int | None = None) -> tuple[Population, jax.Array]:
     def member_chunk(m: Population) -> tuple[Population, jax.Array]:
         # All the chunk's batches are drawn up front, in one vectorised call: a member takes at
         # most one step per iteration, so steps [step, step + num_steps) cover every one it can
@@ -246,7 +250,7 @@ def _train_slots(spec: TrainSpec, pop: Population, train_x: jax.Array,
         return jax.lax.fori_loop(0, steps, body, (m, losses))
 
     slots = pop.size
-    group = group_size(spec, slots, per_device=per_device)
+    group = group_size(spec, slots, per_device=per_device) if group is None else group
     if group == slots:
         return jax.vmap(member_chunk)(pop)
     # Groups of slots one after another, each vmapped through all the chunk's steps: a group's
@@ -310,11 +314,12 @@ def _reset(spec: TrainSpec, pop: Population, new: jax.Array, fresh: dict) -> Pop
     return jax.tree.map(sel, replaced, pop)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 5, 6), static_argnames=("mesh",),
+@functools.partial(jax.jit, static_argnums=(0, 5, 6), static_argnames=("mesh", "group"),
                    donate_argnums=(1,))
 def run_chunk(spec: TrainSpec, pop: Population, train_x: jax.Array, val_x: jax.Array,
               idx: jax.Array | None, length: int, rounds: int, steps: jax.Array,
-              mesh: Mesh | None = None) -> tuple[Population, dict[str, jax.Array]]:
+              mesh: Mesh | None = None, group: int | None = None
+              ) -> tuple[Population, dict[str, jax.Array]]:
     """A sweep's chunk: up to ``rounds`` rounds of ``length`` steps, each followed by an
     evaluation, in one program call (``steps`` of them in all, a dynamic count: the last round
     may be shorter and rounds past ``steps`` do not run).
@@ -331,7 +336,8 @@ def run_chunk(spec: TrainSpec, pop: Population, train_x: jax.Array, val_x: jax.A
         length: steps per round (static), the sweep's curve interval.
         rounds: the most rounds per call (static).
         steps: int32 scalar, the steps this call trains, at most ``length * rounds``.
-        mesh: as ``train_chunk``.
+        mesh, group: as ``train_chunk`` (a narrower program keeps the full one's group size,
+            so its members compute exactly what they would there).
 
     Returns:
         The new population and, per round and trained slot (``idx``'s order),
@@ -352,7 +358,7 @@ def run_chunk(spec: TrainSpec, pop: Population, train_x: jax.Array, val_x: jax.A
     def one_round(r, carry):
         sub, out = carry
         n = jnp.clip(steps - r * length, 0, length).astype(jnp.int32)
-        sub, losses = train_chunk(spec, sub, train_x, length, mesh=mesh, steps=n)
+        sub, losses = train_chunk(spec, sub, train_x, length, mesh=mesh, steps=n, group=group)
         finite = jnp.isfinite(losses)
         count = finite.sum(axis=1)
         train = jnp.where(finite, losses, 0.0).sum(axis=1) / jnp.where(count > 0, count, jnp.nan)

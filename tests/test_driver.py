@@ -144,16 +144,19 @@ def test_a_paused_trial_continues_from_its_parking_row_as_if_never_paused():
 
 
 def test_the_thinning_tail_trains_in_a_narrower_program_with_the_same_numbers():
-    config = config_lib.build({**_small_config().to_dict(), "population": 16, "trials": 16})
+    config = config_lib.build({**_small_config().to_dict(), "population": 64, "trials": 64})
     dataset = data_lib.load("digits")
     configs = [{"learning_rate": float(lr)} for lr in np.geomspace(1e-3, 1e-2, 3)]
-    # Three trials, one of them long: 16 slots with at most 3 busy -> the 4-slot class.
+    # Three trials, one of them long: 64 slots with at most 3 busy -> the smallest class, whole
+    # groups of the full program's size on every device.
     jobs = [Job(t, configs[t], b) for t, b in zip(range(3), (10, 20, 30), strict=True)]
     driver = driver_lib.Driver(config, dataset)
     driver.scheduler = FakeScheduler(jobs, final={0: 10, 1: 20, 2: 30})
     while not driver.done:
         driver.step()
-    assert driver.slot_steps <= 4 * 30  # never the whole bucket
+    (bucket,) = driver.buckets.values()
+    unit = driver.mesh.size * driver._group(bucket)
+    assert unit < 64 and driver.slot_steps <= unit * 30  # never the whole bucket
     for trial, budget, loss in driver.scheduler.told:
         np.testing.assert_allclose(loss, _straight(config, dataset, configs[trial], trial, budget),
                                    rtol=2e-6)
