@@ -129,15 +129,8 @@ class Driver:
 
     def __init__(self, config: SweepConfig, dataset: Dataset) -> None:
         self.config = config
-        # With several devices the slot axis is sharded over all of them (each device trains its
-        # share of every bucket, no communication); the data is replicated.
-        self.mesh = sharding_lib.slot_mesh()
-        self.slots = sharding_lib.slot_sharding(self.mesh)
-        # One process, several devices: each trains its own slots (grouped on CPU devices).
-        self.local_mesh = self.mesh if self.mesh.size > 1 and jax.process_count() == 1 else None
-        data_sharding = sharding_lib.replicated(self.mesh)
-        self.train_x = jax.device_put(dataset.train.x, data_sharding)
-        self.val_x = jax.device_put(dataset.val.x, data_sharding)
+        self.mesh, self.slots, self.local_mesh, self.train_x, self.val_x = sharding_lib.layout(
+            dataset.train.x, dataset.val.x)
         self.features = dataset.features
         self.repeats = config.repeats
         self.capacity = buckets_lib.capacity(config, self.mesh)

@@ -119,12 +119,8 @@ class PBTDriver:
 
     def __init__(self, config: SweepConfig, dataset: Dataset) -> None:
         self.config = config
-        self.mesh = sharding_lib.slot_mesh()
-        self.slots = sharding_lib.slot_sharding(self.mesh)
-        self.local_mesh = self.mesh if self.mesh.size > 1 and jax.process_count() == 1 else None
-        data_sharding = sharding_lib.replicated(self.mesh)
-        self.train_x = jax.device_put(dataset.train.x, data_sharding)
-        self.val_x = jax.device_put(dataset.val.x, data_sharding)
+        self.mesh, self.slots, self.local_mesh, self.train_x, self.val_x = sharding_lib.layout(
+            dataset.train.x, dataset.val.x)
         self.features = dataset.features
         self.ready = ready_steps(config)
         self.policy = make_policy(config)

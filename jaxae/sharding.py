@@ -7,6 +7,8 @@ communication at all; the data set is replicated. Results equal a one-device run
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
@@ -66,3 +68,25 @@ def shard(tree, sharding: NamedSharding):
         return jax.device_put(to_host(x), sharding)
 
     return jax.tree.map(leaf, tree)
+
+
+class Layout(NamedTuple):
+    """Where a sweep's population and data live."""
+
+    mesh: Mesh  # every device of every process, axis "pop"
+    slots: NamedSharding  # the slot axis sharded over the mesh
+    # One process, several devices: each trains its own slots (shard_map, grouped on CPU
+    # devices); None otherwise.
+    local_mesh: Mesh | None
+    train_x: jax.Array  # replicated on every device
+    val_x: jax.Array
+
+
+def layout(train_x: np.ndarray, val_x: np.ndarray) -> Layout:
+    """The slot axis sharded over every device (each trains its share of every program, no
+    communication) and the data replicated, as the sweep's loops use them."""
+    mesh = slot_mesh()
+    local = mesh if mesh.size > 1 and jax.process_count() == 1 else None
+    data = replicated(mesh)
+    return Layout(mesh, slot_sharding(mesh), local, jax.device_put(train_x, data),
+                  jax.device_put(val_x, data))
