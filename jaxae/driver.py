@@ -286,10 +286,7 @@ class Driver:
     def _place(self, job: Job, config: dict, bucket: Bucket, slots: list[int]) -> None:
         paused = self.paused.pop(job.trial_id, None)
         values = pop_lib.hparam_arrays([config])
-        for name in ("hidden", "latent_dim"):
-            cap = getattr(bucket.spec.model, name)
-            if values[name][0] > cap:
-                raise ValueError(f"{name} exceeds the padded maximum {cap} of this population")
+        pop_lib.check_fits(bucket.spec, values, [0])
         for r, slot in enumerate(slots):
             for name, v in values.items():
                 bucket.hparams[name][slot] = v[0]

@@ -290,30 +290,6 @@ def evaluate(spec: TrainSpec, pop: Population, x: jax.Array) -> dict[str, jax.Ar
     return jax.vmap(member)(pop)
 
 
-@functools.partial(jax.jit, static_argnums=(0,), donate_argnums=(1,))
-def _reset(spec: TrainSpec, pop: Population, new: jax.Array, fresh: dict) -> Population:
-    """Re-initialises the slots where ``new`` [slots] is true from ``fresh``'s keys and hparams."""
-    TRACES["reset"] += 1
-    params, opt_state = jax.vmap(functools.partial(_init_member, spec))(
-        fresh["init_key"], fresh["hparams"]
-    )
-    sel = lambda a, b: jnp.where(new.reshape((-1,) + (1,) * (a.ndim - 1)), a, b)  # noqa: E731
-    replaced = pop.replace(
-        params=params,
-        opt_state=opt_state,
-        stats=_fresh_stats(spec, pop.size),
-        hparams=fresh["hparams"],
-        init_key=fresh["init_key"],
-        data_key=fresh["data_key"],
-        eval_key=fresh["eval_key"],
-        step=jnp.zeros_like(pop.step),
-        target=fresh["target"],
-        diverged=jnp.zeros_like(pop.diverged),
-        trial=fresh["trial"],
-    )
-    return jax.tree.map(sel, replaced, pop)
-
-
 @functools.partial(jax.jit, static_argnums=(0, 5, 6), static_argnames=("mesh", "group"),
                    donate_argnums=(1,))
 def run_chunk(spec: TrainSpec, pop: Population, train_x: jax.Array, val_x: jax.Array,
@@ -490,7 +466,7 @@ class Member:
 def assign(spec: TrainSpec, pop: Population, slots: Sequence[int], members: Sequence[Member]
            ) -> Population:
     """Starts ``members`` from scratch in ``slots``; other slots are untouched. Never recompiles:
-    every argument of the jitted reset has the full slot shape whatever ``len(slots)`` is."""
+    it is one ``place`` call, whose arguments have the full slot shape whatever ``len(slots)``."""
     if len(slots) != len(members):
         raise ValueError("one slot per member")
     if not slots:
@@ -518,15 +494,19 @@ def assign(spec: TrainSpec, pop: Population, slots: Sequence[int], members: Sequ
         fresh["target"][slot] = m.target
         fresh["hparams"]["horizon"][slot] = m.target if m.horizon is None else m.horizon
         fresh["trial"][slot] = m.trial
-    _check_fits(spec, fresh["hparams"], slots)
+    check_fits(spec, fresh["hparams"], slots)
+    none = np.full(pop.size, -1, np.int32)
+    plan = Plan(new, none, none, fresh["hparams"], fresh["init_key"], fresh["data_key"],
+                fresh["eval_key"], fresh["target"], fresh["trial"])
     # Placed like the population's own slot arrays: a differently placed argument is a jit cache
     # miss, i.e. a second compilation of the same program.
-    slot_sharding = pop.step.sharding
-    return _reset(spec, pop, jax.device_put(new, slot_sharding),
-                  jax.device_put(fresh, slot_sharding))
+    pop, _ = place(spec, pop, None, jax.device_put(plan, pop.step.sharding))
+    return pop
 
 
-def _check_fits(spec: TrainSpec, hp: dict, slots: Sequence[int]) -> None:
+def check_fits(spec: TrainSpec, hp: dict, slots: Sequence[int]) -> None:
+    """Refuses hyperparameters ``hp`` ([slots] arrays) that ``spec``'s program cannot train in
+    ``slots``: sizes above its padded maximum, dropout in a program built without it."""
     for name, cap in (("hidden", spec.model.hidden), ("latent_dim", spec.model.latent_dim)):
         if np.any(hp[name][list(slots)] > cap):
             raise ValueError(f"{name} exceeds the padded maximum {cap} of this population")
@@ -539,30 +519,3 @@ def set_targets(pop: Population, slots: Sequence[int], targets: Sequence[int]) -
     target = to_host(pop.target).copy()
     target[list(slots)] = targets
     return pop.replace(target=jax.device_put(target, pop.target.sharding))
-
-
-def clear(pop: Population, slots: Sequence[int]) -> Population:
-    """Empties ``slots`` (they stop training; their contents are left as they are)."""
-    trial = to_host(pop.trial).copy()
-    trial[list(slots)] = -1
-    return pop.replace(trial=jax.device_put(trial, pop.trial.sharding))
-
-
-@jax.jit
-def _take(pop: Population, slot: jax.Array) -> Population:
-    return jax.tree.map(lambda a: a[slot], pop)
-
-
-@functools.partial(jax.jit, donate_argnums=(0,))
-def _put(pop: Population, slot: jax.Array, member: Population) -> Population:
-    return jax.tree.map(lambda a, b: a.at[slot].set(b), pop, member)
-
-
-def take(pop: Population, slot: int) -> Population:
-    """One slot's state, without the slot axis, on the host (to pause a trial)."""
-    return to_host(_take(pop, jnp.int32(slot)))
-
-
-def put(pop: Population, slot: int, member: Population) -> Population:
-    """Puts a paused member's state (from ``take``) back into ``slot``."""
-    return _put(pop, jnp.int32(slot), member)

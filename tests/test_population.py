@@ -125,12 +125,33 @@ def test_slots_train_until_their_target_and_can_be_continued(digits):
     )
 
 
-def test_take_and_put_move_a_paused_trial_between_slots(digits):
+def test_place_parks_a_paused_trial_and_restores_it_in_another_slot(digits):
     pop = P.assign(SPEC, P.create(SPEC, 3), [1], [member(7, target=10)])
     pop, _ = P.train_chunk(SPEC, pop, digits, 10)
-    paused = P.take(pop, 1)
-    pop = P.put(P.clear(pop, [1]), 2, paused)
-    pop = P.set_targets(pop, [2], [20])
+    host = jax.device_get(pop)
+    parked = jax.tree.map(lambda a: np.zeros((4, *a.shape[1:]), a.dtype), host)
+    none = np.full(3, -1, np.int32)
+
+    def plan(park, restore, trial, target):
+        keys = {k: np.array(getattr(host, k)) for k in ("init_key", "data_key", "eval_key")}
+        if restore[2] >= 0:  # the continuing member's keys and hyperparameters come along
+            for k in keys:
+                keys[k][2] = keys[k][1]
+        hp = {k: np.array(v) for k, v in host.hparams.items()}
+        for k in hp:
+            hp[k][2] = hp[k][1]
+        return P.Plan(np.zeros(3, bool), park, restore, hp, keys["init_key"], keys["data_key"],
+                      keys["eval_key"], np.asarray(target, np.int32),
+                      np.asarray(trial, np.int32))
+
+    # Pause: slot 1 parks in row 3 and empties; continue: row 3 comes back in slot 2.
+    pop, parked = P.place(SPEC, pop, parked, plan(np.array([-1, 3, -1], np.int32), none,
+                                                  [-1, -1, -1], [0, 10, 0]))
+    np.testing.assert_array_equal(np.asarray(parked.params["enc_0"]["kernel"])[3],
+                                  np.asarray(host.params["enc_0"]["kernel"])[1])
+    pop, parked = P.place(SPEC, pop, parked, plan(none, np.array([-1, -1, 3], np.int32),
+                                                  [-1, -1, 7], [0, 10, 20]))
+    assert np.asarray(pop.step).tolist()[2] == 10
     pop, _ = P.train_chunk(SPEC, pop, digits, 10)
     straight, _ = run(SPEC, [member(7, target=20)], [0], 1, digits, 20)
     np.testing.assert_allclose(
@@ -280,7 +301,7 @@ def test_batch_statistics_move_only_while_a_slot_trains_and_serve_evaluation(dig
     # Evaluation normalises with the running statistics, not the validation batch's own.
     from jaxae.objectives import make_metrics
 
-    m = P.take(pop, 0)
+    m = jax.tree.map(lambda a: np.asarray(a)[0], pop)  # slot 0, on the host
     metrics = make_metrics(spec.model)
     got = float(np.asarray(P.evaluate(spec, pop, digits)["val_loss"])[0])
     with_running = metrics(m.params, digits, m.eval_key, m.hparams, m.stats)["val_loss"].mean()
