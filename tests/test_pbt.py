@@ -15,6 +15,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from test_sweep import live_rows, rows
 
 from jaxae import config as config_lib
 from jaxae import driver as driver_lib
@@ -55,11 +56,6 @@ batch_size = 32
 def settings(extra="pbt_ready = 10"):
     doc = tomllib.loads(SMALL.format(extra=extra))
     return {**doc["sweep"], "space": doc["space"]}
-
-
-def rows(out, sql):
-    with sqlite3.connect(out / "trials.db") as db:
-        return db.execute(sql).fetchall()
 
 
 # The trials' started_at / finished_at are never selected: wall-clock times differ between runs.
@@ -375,7 +371,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and proc.poll() is None:
         try:
-            if rows(out, "SELECT count(*) FROM curves")[0][0] >= total // 3:
+            if live_rows(out, "SELECT count(*) FROM curves")[0][0] >= total // 3:
                 break
         except sqlite3.OperationalError:
             pass

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 from sklearn.datasets import load_digits
-from test_sweep import rows, sweep, write_config
+from test_sweep import live_rows, rows, sweep, write_config
 
 from jaxae import checkpoint as checkpoint_lib
 from jaxae import memory
@@ -43,7 +43,7 @@ def start(config, out, *extra):
 
 def curve_points(out):
     try:
-        return rows(out, "SELECT count(*) FROM curves")[0][0]
+        return live_rows(out, "SELECT count(*) FROM curves")[0][0]
     except sqlite3.OperationalError:
         return 0
 

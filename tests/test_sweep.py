@@ -57,6 +57,14 @@ def rows(out, sql="SELECT trial_id, status, params, val_loss, steps FROM trials 
         return db.execute(sql).fetchall()
 
 
+def live_rows(out, sql):
+    """``rows`` of a sweep still running: opened read-only, so a poll that comes before the sweep
+    has created its store never creates an empty ``trials.db`` for the sweep to refuse.
+    Raises sqlite3.OperationalError while there is no store yet."""
+    with sqlite3.connect(f"file:{out / 'trials.db'}?mode=ro", uri=True) as db:
+        return db.execute(sql).fetchall()
+
+
 def test_same_seed_gives_bit_identical_results(tmp_path):
     code_a, a = sweep(tmp_path, "a", searcher="asha", trials=9, steps=90)
     code_b, b = sweep(tmp_path, "b", searcher="asha", trials=9, steps=90)
@@ -138,14 +146,12 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
                                  "JAXAE_CPU_DEVICES": "1"})
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
-        db = out / "trials.db"
-        if db.exists():
-            try:
-                done = rows(out, "SELECT count(*) FROM curves")[0][0]
-            except sqlite3.OperationalError:
-                done = 0
-            if done >= total_points // 3:
-                break
+        try:
+            done = live_rows(out, "SELECT count(*) FROM curves")[0][0]
+        except sqlite3.OperationalError:
+            done = 0
+        if done >= total_points // 3:
+            break
         time.sleep(0.05)
     assert proc.poll() is None, "the sweep ended before it could be killed"
     proc.send_signal(signal.SIGKILL)
