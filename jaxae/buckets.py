@@ -117,6 +117,9 @@ class Bucket:
     # Devices the slots (and parking rows) are sharded over, each holding a contiguous share.
     # A member parks in a row of its slot's device and continues in a slot of its row's device.
     devices: int = 1
+    # Slots per group of the program (``population.run_chunk``): a chunk computes whole groups,
+    # those with a busy slot, so new members go where they open no new group.
+    group: int = 1
 
     def __post_init__(self) -> None:
         self._clear_plan()
@@ -145,8 +148,33 @@ class Bucket:
         self.restore = np.full(n, -1, np.int32)
         self.dirty = False
 
-    def free_slots(self) -> list[int]:
-        return [i for i, o in enumerate(self.owner) if o is None]
+    def free_slots(self, device: int | None = None) -> list[int]:
+        """The free slots (of ``device``, or all), in the order new members should take them:
+        first those of the fullest groups that are already occupied (they add no computation),
+        then those of empty groups on the devices that run the fewest groups (devices work side
+        by side, so the busiest one sets the chunk's time)."""
+        occupied = np.array([o is not None for o in self.owner])
+        per_group = occupied.reshape(-1, self.group).sum(axis=1)
+        per_device = len(self.owner) // self.devices
+        group_device = np.arange(per_group.size) * self.group // per_device
+        groups_on = np.bincount(group_device[per_group > 0], minlength=self.devices)
+        free = np.flatnonzero(~occupied)
+        if device is not None:
+            free = free[free // per_device == device]
+        filled = per_group[free // self.group]
+        order = np.lexsort((free, groups_on[free // per_device], -filled, filled == 0))
+        return free[order].tolist()
+
+    def groups_to_run(self, lists: int) -> np.ndarray:
+        """int32 [slots // group]: the groups with a busy slot, as ``lists`` equal shares (one per
+        device when each device runs its own slots, else one), each share its groups' local
+        indices in order, then -1 (``population.run_chunk``'s ``groups``)."""
+        busy = self.active().reshape(lists, -1, self.group).any(axis=2)
+        out = np.full(busy.shape, -1, np.int32)
+        for d, row in enumerate(busy):
+            ids = np.flatnonzero(row)
+            out[d, : ids.size] = ids
+        return out.reshape(-1)
 
     def active(self) -> np.ndarray:
         """[slots] bool: the slots the next chunk trains."""

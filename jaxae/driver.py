@@ -184,7 +184,8 @@ class Driver:
                 keys={k: np.zeros((n, 2), np.uint32)
                       for k in ("init_key", "data_key", "eval_key")},
                 target=np.zeros(n, np.int32), trial=np.full(n, -1, np.int32),
-                step=np.zeros(n, np.int32), diverged=np.zeros(n, bool), devices=self.mesh.size)
+                step=np.zeros(n, np.int32), diverged=np.zeros(n, bool), devices=self.mesh.size,
+                group=self._group(spec, n))
             if self.pauses:
                 self._grow_parking(bucket, n // self.mesh.size)
             self.buckets[key] = bucket
@@ -265,15 +266,14 @@ class Driver:
     def _free_slots_for(self, job: Job, bucket: Bucket) -> list[int] | None:
         """Free slots for ``job``'s members (a paused member's on its parking row's device), or
         None when they are not free yet."""
-        free = bucket.free_slots()
         paused = self.paused.get(job.trial_id)
         if paused is None:
+            free = bucket.free_slots()
             return free[: self.repeats] if len(free) >= self.repeats else None
         slots = []
         for row in paused.rows:
-            device = bucket.row_device(row)
-            slot = next((s for s in free if bucket.slot_device(s) == device and s not in slots),
-                        None)
+            free = bucket.free_slots(bucket.row_device(row))
+            slot = next((s for s in free if s not in slots), None)
             if slot is None:
                 return None
             slots.append(slot)
@@ -345,85 +345,62 @@ class Driver:
         remaining = np.concatenate([(b.target - b.step)[b.active()] for b in busy])
         n = chunk_length(remaining, self.config.chunk * self.rounds, self._overhead(busy))
         launched = []
+        lists = 1 if self.local_mesh is None else self.mesh.size
         for bucket in busy:
             self._apply(bucket)
             t0 = time.perf_counter()
-            slots = self._program_slots(bucket)
+            groups = bucket.groups_to_run(lists)
             bucket.pop, out = pop_lib.run_chunk(
-                bucket.spec, bucket.pop, self.train_x, self.val_x, slots, self.config.chunk,
-                self.rounds, np.int32(n), mesh=self.local_mesh,
-                group=None if slots is None else self._group(bucket))
-            launched.append((bucket, t0, np.arange(bucket.pop.size) if slots is None else slots,
-                             out))
+                bucket.spec, bucket.pop, self.train_x, self.val_x,
+                jax.device_put(groups, self.slots) if lists > 1 else groups, self.config.chunk,
+                self.rounds, np.int32(n), mesh=self.local_mesh, group=bucket.group)
+            launched.append((bucket, t0, int((groups >= 0).sum()) * bucket.group, out))
         if while_training is not None:
             while_training()
         results = sharding_lib.to_host([out for *_, out in launched])
         rounds = -(-n // self.config.chunk)
         curves = []
         finished: dict[int, list[tuple[int, float, bool]]] = {}
-        for (bucket, t0, slots, _), host in zip(launched, results, strict=True):
+        for (bucket, t0, computed, _), host in zip(launched, results, strict=True):
             if bucket.first_chunk_s is None:
                 bucket.first_chunk_s = time.perf_counter() - t0
-            self.member_steps += int((host["step"][rounds - 1] - bucket.step[slots]).sum())
-            self.slot_steps += len(slots) * n
+            self.member_steps += int((host["step"][rounds - 1] - bucket.step).sum())
+            self.slot_steps += computed * n
             self.bucket_calls += 1
-            for i, slot in enumerate(slots):
+            # Per round and slot: a curve point wherever a member trained or diverged.
+            step, diverged = host["step"][:rounds], host["diverged"][:rounds]
+            before = np.vstack([bucket.step[None], step[:-1]])
+            was = np.vstack([bucket.diverged[None], diverged[:-1]])
+            owned = np.array([o is not None for o in bucket.owner])
+            moved = ((step > before) | (diverged & ~was)) & owned
+            for slot, r in zip(*np.nonzero(moved.T), strict=True):
+                owner, train = bucket.owner[slot], host["train"][r, slot]
+                curves.append((owner[0], owner[1], int(step[r, slot]),
+                               float(train) if np.isfinite(train) else None,
+                               float(host["val"][r, slot])))
+            ended = owned & (diverged[-1] | (step[-1] >= bucket.target))
+            for slot in np.flatnonzero(ended):
                 owner = bucket.owner[slot]
-                step, diverged = bucket.step[slot], bucket.diverged[slot]
-                for r in range(rounds):
-                    if owner is not None and (host["step"][r, i] > step
-                                              or (host["diverged"][r, i] and not diverged)):
-                        train = host["train"][r, i]
-                        curves.append((owner[0], owner[1], int(host["step"][r, i]),
-                                       float(train) if np.isfinite(train) else None,
-                                       float(host["val"][r, i])))
-                    step, diverged = host["step"][r, i], host["diverged"][r, i]
-                if owner is not None and (diverged or step >= bucket.target[slot]):
-                    finished.setdefault(owner[0], []).append(
-                        (owner[1], float(host["val"][rounds - 1, i]), bool(diverged)))
-                bucket.step[slot], bucket.diverged[slot] = step, diverged
+                finished.setdefault(owner[0], []).append(
+                    (owner[1], float(host["val"][rounds - 1, slot]), bool(diverged[-1, slot])))
+            bucket.step, bucket.diverged = step[-1].copy(), diverged[-1].copy()
         events, self._started = self._started, []
         events += self._settle(finished)
         self.chunk += 1
         return events, curves
 
-    def _program_slots(self, bucket: Bucket) -> np.ndarray | None:
-        """The slots a narrower program trains this chunk, or None for the whole bucket.
-
-        A sweep that pauses trials (successive halving, Hyperband, ASHA) ends with a tail in
-        which a few promoted trials train on while the rest of the population waits: there the
-        chunk gathers its busy slots into a program of the smallest *capacity class* that holds
-        them (a quarter, a sixteenth of the bucket), paying for those instead of every slot.
-        Classes are few, so each bucket compiles at most two more programs.
-        """
-        if not self.pauses or jax.process_count() > 1:
-            return None
-        busy = np.flatnonzero(bucket.active())
-        size = bucket.pop.size
-        # Whole groups of the full program's size on every device: each member then computes
-        # in a group of the size it always has, so its numbers are those of the full program
-        # (and retraining reproduces them). An accelerator's one group means no narrower class.
-        unit = self.mesh.size * self._group(bucket)
-        width = size
-        for parts in (4, 16):
-            narrow = -(-max(size // parts, self.repeats) // unit) * unit
-            if busy.size <= narrow < width:
-                width = narrow
-        if width == size:
-            return None
-        # Padded with idle slots (they train no step) to the class's width.
-        idle = np.setdiff1d(np.arange(size), busy)[: width - busy.size]
-        return np.sort(np.concatenate([busy, idle])).astype(np.int32)
-
-    def _group(self, bucket: Bucket) -> int:
-        """Slots per group of the bucket's full-width program on each device."""
-        per_device = bucket.pop.size // self.mesh.size
-        return grouping.group_size(bucket.spec, per_device,
-                                   per_device=self.local_mesh is not None)
+    def _group(self, spec: pop_lib.TrainSpec, slots: int) -> int:
+        """Slots per group of a bucket's program of ``slots`` slots: on each device's share when
+        each device runs its own (``shard_map``), else of the whole population."""
+        if self.local_mesh is None:
+            return grouping.group_size(spec, slots)
+        return grouping.group_size(spec, slots // self.mesh.size, per_device=True)
 
     def _overhead(self, busy: list[Bucket]) -> float:
         """A chunk's fixed host cost in population-steps of the busy buckets (``chunk_length``)."""
-        flops = sum(b.pop.size * buckets_lib.step_flops(b.spec) for b in busy)
+        lists = 1 if self.local_mesh is None else self.mesh.size
+        flops = sum((b.groups_to_run(lists) >= 0).sum() * b.group * buckets_lib.step_flops(b.spec)
+                    for b in busy)
         step_s = flops / DEVICE_FLOPS.get(self.platform, DEVICE_FLOPS["gpu"])
         return CHUNK_HOST_S.get(self.platform, CHUNK_HOST_S["gpu"]) / max(step_s, 1e-12)
 

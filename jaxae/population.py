@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import struct
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh, PartitionSpec
 
 from jaxae import hparams as hparams_lib
 from jaxae import keys as keys_lib
@@ -220,35 +220,41 @@ def train_chunk(
     return _train_slots(spec, pop, train_x, steps, num_steps=num_steps, group=group)
 
 
+def _member_chunk(spec: TrainSpec, train_x: jax.Array, m: Population, num_steps: int,
+                  steps: jax.Array | None = None) -> tuple[Population, jax.Array]:
+    """One member (no slot axis) through a chunk of at most ``num_steps`` steps (``steps`` of
+    them, a dynamic count; None: all): the new member and its losses [num_steps]."""
+    # All the chunk's batches are drawn up front, in one vectorised call: a member takes at most
+    # one step per iteration, so steps [step, step + num_steps) cover every one it can take.
+    # (Drawn step by step, the PRNG's small kernels cost more than the matmuls.)
+    first = m.step
+    draws = jax.vmap(lambda s: draw_batch(spec, train_x.shape[0], m.data_key, first + s))(
+        jnp.arange(num_steps))
+
+    def step(c: Population, _):
+        i = jnp.minimum(c.step - first, num_steps - 1)
+        return member_step(spec, train_x, c, jax.tree.map(lambda a: a[i], draws))
+
+    if steps is None:
+        return jax.lax.scan(step, m, None, length=num_steps)
+
+    # A loop of ``steps`` iterations (not batched: every slot runs the same count).
+    def body(i, carry):
+        c, losses = carry
+        c, loss = step(c, None)
+        return c, jax.lax.dynamic_update_index_in_dim(losses, loss, i, 0)
+
+    # Derived from the member, so that inside shard_map the buffer varies over the slot axis like
+    # the losses written into it (a while loop's carry must keep its type).
+    losses = jnp.full((num_steps,), jnp.nan, jnp.float32) + jnp.zeros_like(first, jnp.float32)
+    return jax.lax.fori_loop(0, steps, body, (m, losses))
+
+
 def _train_slots(spec: TrainSpec, pop: Population, train_x: jax.Array,
                  steps: jax.Array | None = None, *, num_steps: int, per_device: bool = False,
                  group: int | None = None) -> tuple[Population, jax.Array]:
-    def member_chunk(m: Population) -> tuple[Population, jax.Array]:
-        # All the chunk's batches are drawn up front, in one vectorised call: a member takes at
-        # most one step per iteration, so steps [step, step + num_steps) cover every one it can
-        # take. (Drawn step by step, the PRNG's small kernels cost more than the matmuls.)
-        first = m.step
-        draws = jax.vmap(lambda s: draw_batch(spec, train_x.shape[0], m.data_key, first + s))(
-            jnp.arange(num_steps))
-
-        def step(c: Population, _):
-            i = jnp.minimum(c.step - first, num_steps - 1)
-            return member_step(spec, train_x, c, jax.tree.map(lambda a: a[i], draws))
-
-        if steps is None:
-            return jax.lax.scan(step, m, None, length=num_steps)
-
-        # A loop of ``steps`` iterations (not batched: every slot runs the same count).
-        def body(i, carry):
-            c, losses = carry
-            c, loss = step(c, None)
-            return c, jax.lax.dynamic_update_index_in_dim(losses, loss, i, 0)
-
-        # Derived from the member, so that inside shard_map the buffer varies over the slot axis
-        # like the losses written into it (a while loop's carry must keep its type).
-        losses = jnp.full((num_steps,), jnp.nan, jnp.float32) + jnp.zeros_like(first, jnp.float32)
-        return jax.lax.fori_loop(0, steps, body, (m, losses))
-
+    member_chunk = functools.partial(_member_chunk, spec, train_x, num_steps=num_steps,
+                                     steps=steps)
     slots = pop.size
     group = group_size(spec, slots, per_device=per_device) if group is None else group
     if group == slots:
@@ -270,30 +276,41 @@ def evaluate(spec: TrainSpec, pop: Population, x: jax.Array) -> dict[str, jax.Ar
     validation sets. Non-finite results stay non-finite (the caller marks them diverged).
     """
     TRACES["evaluate"] += 1
-    metrics_fn = make_metrics(spec.model)
+    return jax.vmap(functools.partial(_evaluate_member, spec, _blocks(x)))(pop)
+
+
+def _blocks(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``x`` [n, features] as ``EVAL_BLOCK``-sized blocks [blocks, block, features] and their
+    example weights [blocks, block] (0 on the padding)."""
     n = x.shape[0]
     block = min(n, EVAL_BLOCK)
     num_blocks = -(-n // block)
     pad = num_blocks * block - n
     xb = jnp.pad(x, ((0, pad), (0, 0))).reshape(num_blocks, block, x.shape[1])
     weight = (jnp.arange(num_blocks * block) < n).astype(jnp.float32).reshape(num_blocks, block)
+    return xb, weight
 
-    def member(m: Population) -> dict[str, jax.Array]:
-        def one_block(args):
-            i, xi, wi = args
-            out = metrics_fn(m.params, xi, jax.random.fold_in(m.eval_key, i), m.hparams, m.stats)
-            return {k: jnp.sum(v * wi) for k, v in out.items()}
 
-        sums = jax.lax.map(one_block, (jnp.arange(num_blocks), xb, weight))
-        return {k: jnp.sum(v) / n for k, v in sums.items()}
+def _evaluate_member(spec: TrainSpec, blocks: tuple[jax.Array, jax.Array], m: Population
+                     ) -> dict[str, jax.Array]:
+    """One member's (no slot axis) mean validation metrics over ``_blocks``' data."""
+    metrics_fn = make_metrics(spec.model)
+    xb, weight = blocks
 
-    return jax.vmap(member)(pop)
+    def one_block(args):
+        i, xi, wi = args
+        out = metrics_fn(m.params, xi, jax.random.fold_in(m.eval_key, i), m.hparams, m.stats)
+        return {k: jnp.sum(v * wi) for k, v in out.items()}
+
+    sums = jax.lax.map(one_block, (jnp.arange(xb.shape[0]), xb, weight))
+    total = jnp.sum(weight)
+    return {k: jnp.sum(v) / total for k, v in sums.items()}
 
 
 @functools.partial(jax.jit, static_argnums=(0, 5, 6), static_argnames=("mesh", "group"),
                    donate_argnums=(1,))
 def run_chunk(spec: TrainSpec, pop: Population, train_x: jax.Array, val_x: jax.Array,
-              idx: jax.Array | None, length: int, rounds: int, steps: jax.Array,
+              groups: jax.Array, length: int, rounds: int, steps: jax.Array,
               mesh: Mesh | None = None, group: int | None = None
               ) -> tuple[Population, dict[str, jax.Array]]:
     """A sweep's chunk: up to ``rounds`` rounds of ``length`` steps, each followed by an
@@ -302,50 +319,94 @@ def run_chunk(spec: TrainSpec, pop: Population, train_x: jax.Array, val_x: jax.A
 
     One call of several rounds keeps learning curves at every ``length`` steps while the host's
     fixed cost of a call (dispatch, reading results back) is paid once per ``rounds`` rounds.
+    Only the groups named in ``groups`` compute: capacity follows demand (a thinning
+    multi-fidelity tail pays for its busy groups only) with one program for any number of them,
+    and each member still computes in a group of the usual size, so its numbers never depend on
+    how many groups ran.
 
     Args:
         spec: the static program settings.
         pop: the population; its buffers are donated.
         train_x, val_x: training and validation data, on device.
-        idx: [width] distinct slots to train (gathered into a narrower program and scattered
-            back: a thinning multi-fidelity tail pays for its busy slots only); None: all.
+        groups: int32 [slots // group], sharded like the slots: each device's share lists the
+            device's groups to train (local indices, group ``g`` is its slots
+            ``[g * group, (g + 1) * group)``), in order, then -1 for the rest.
         length: steps per round (static), the sweep's curve interval.
         rounds: the most rounds per call (static).
         steps: int32 scalar, the steps this call trains, at most ``length * rounds``.
-        mesh, group: as ``train_chunk`` (a narrower program keeps the full one's group size,
-            so its members compute exactly what they would there).
+        mesh: when the slots are sharded over this mesh's ``"pop"`` axis, each device runs its
+            own groups (``shard_map``).
+        group: slots per group on each device, a divisor of the device's slots; None:
+            ``grouping.group_size``'s.
 
     Returns:
-        The new population and, per round and trained slot (``idx``'s order),
-        ``{"train": [rounds, width] mean training loss (NaN: none), "val": [rounds, width],
-        "step": [rounds, width], "diverged": [rounds, width]}``; rows past the last round run
-        keep their initial values. Every member's numbers are those of ``train_chunk`` alone.
+        The new population and, per round and slot, ``{"train": [rounds, slots] mean training
+        loss (NaN: none), "val": [rounds, slots], "step": [rounds, slots], "diverged": [rounds,
+        slots]}``; slots of groups that did not run, and rounds past the last one run, keep NaN
+        losses and the slot's step and divergence as the chunk found them. Every member's
+        numbers are those of ``train_chunk`` alone.
     """
     TRACES["run_chunk"] += 1
-    sub = pop if idx is None else jax.tree.map(lambda a: a[idx], pop)
-    if idx is not None and mesh is not None and mesh.size > 1:
-        sub = jax.lax.with_sharding_constraint(sub, NamedSharding(mesh, PartitionSpec(AXIS)))
-    width = sub.size
-    out = {"train": jnp.full((rounds, width), jnp.nan, jnp.float32),
-           "val": jnp.full((rounds, width), jnp.nan, jnp.float32),
-           "step": jnp.zeros((rounds, width), jnp.int32),
-           "diverged": jnp.zeros((rounds, width), bool)}
+    TRACES["run_chunk", spec] += 1
+    local = functools.partial(_run_groups, spec, length=length, rounds=rounds, group=group,
+                              per_device=mesh is not None and mesh.size > 1)
+    if mesh is not None and mesh.size > 1:
+        local = jax.shard_map(
+            local, mesh=mesh,
+            in_specs=(PartitionSpec(AXIS), PartitionSpec(), PartitionSpec(), PartitionSpec(AXIS),
+                      PartitionSpec()),
+            out_specs=(PartitionSpec(AXIS), PartitionSpec(None, AXIS)))
+    return local(pop, train_x, val_x, groups, steps)
 
-    def one_round(r, carry):
-        sub, out = carry
-        n = jnp.clip(steps - r * length, 0, length).astype(jnp.int32)
-        sub, losses = train_chunk(spec, sub, train_x, length, mesh=mesh, steps=n, group=group)
-        finite = jnp.isfinite(losses)
-        count = finite.sum(axis=1)
-        train = jnp.where(finite, losses, 0.0).sum(axis=1) / jnp.where(count > 0, count, jnp.nan)
-        new = {"train": train, "val": evaluate(spec, sub, val_x)["val_loss"],
-               "step": sub.step, "diverged": sub.diverged}
-        return sub, {k: out[k].at[r].set(new[k]) for k in out}
 
-    sub, out = jax.lax.fori_loop(0, (steps + length - 1) // length, one_round, (sub, out))
-    if idx is None:
-        return sub, out
-    return jax.tree.map(lambda a, b: a.at[idx].set(b), pop, sub), out
+def _run_groups(spec: TrainSpec, pop: Population, train_x: jax.Array, val_x: jax.Array,
+                groups: jax.Array, steps: jax.Array, *, length: int, rounds: int,
+                group: int | None, per_device: bool) -> tuple[Population, dict[str, jax.Array]]:
+    """``run_chunk`` on one device's slots: a loop over the listed groups, each through every
+    round (its state stays in cache for the whole chunk)."""
+    slots = pop.size
+    group = group_size(spec, slots, per_device=per_device) if group is None else group
+    num_groups = slots // group
+    split = lambda a: a.reshape((num_groups, group, *a.shape[1:]))  # noqa: E731
+    by_group = jax.tree.map(split, pop)
+    blocks = _blocks(val_x)
+    as_rounds = lambda a: jnp.broadcast_to(split(a), (rounds, num_groups, group))  # noqa: E731
+    # NaN derived from the slots' steps, so that inside shard_map it varies over the slot axis
+    # like the losses written into it (a while loop's carry must keep its type).
+    nan = jnp.full((rounds, num_groups, group), jnp.nan, jnp.float32) + jnp.zeros_like(
+        as_rounds(pop.step), jnp.float32)
+    out = {"train": nan, "val": nan, "step": as_rounds(pop.step),
+           "diverged": as_rounds(pop.diverged)}
+    num_rounds = (steps + length - 1) // length
+
+    def one_group(i, carry):
+        by_group, out = carry
+        g = groups[i]
+        members = jax.tree.map(lambda a: a[g], by_group)
+
+        def one_round(r, carry):
+            members, out = carry
+            n = jnp.clip(steps - r * length, 0, length).astype(jnp.int32)
+            members, losses = jax.vmap(
+                functools.partial(_member_chunk, spec, train_x, num_steps=length, steps=n)
+            )(members)
+            finite = jnp.isfinite(losses)
+            count = finite.sum(axis=1)
+            train = jnp.where(finite, losses, 0.0).sum(axis=1) / jnp.where(count > 0, count,
+                                                                            jnp.nan)
+            val = jax.vmap(functools.partial(_evaluate_member, spec, blocks))(members)
+            new = {"train": train, "val": val["val_loss"], "step": members.step,
+                   "diverged": members.diverged}
+            return members, {k: out[k].at[r, g].set(new[k]) for k in out}
+
+        members, out = jax.lax.fori_loop(0, num_rounds, one_round, (members, out))
+        return jax.tree.map(lambda a, b: a.at[g].set(b), by_group, members), out
+
+    count = jnp.sum(groups >= 0)
+    by_group, out = jax.lax.fori_loop(0, count, one_group, (by_group, out))
+    merge = lambda a: a.reshape((slots, *a.shape[2:]))  # noqa: E731
+    return (jax.tree.map(merge, by_group),
+            {k: v.reshape((rounds, slots)) for k, v in out.items()})
 
 
 class Plan(NamedTuple):

@@ -143,23 +143,49 @@ def test_a_paused_trial_continues_from_its_parking_row_as_if_never_paused():
     assert not driver.paused and all(b.free_rows for b in driver.buckets.values())
 
 
-def test_the_thinning_tail_trains_in_a_narrower_program_with_the_same_numbers():
+def test_a_thinning_tail_computes_only_its_busy_groups_with_the_same_numbers():
     config = config_lib.build({**_small_config().to_dict(), "population": 64, "trials": 64})
     dataset = data_lib.load("digits")
     configs = [{"learning_rate": float(lr)} for lr in np.geomspace(1e-3, 1e-2, 3)]
-    # Three trials, one of them long: 64 slots with at most 3 busy -> the smallest class, whole
-    # groups of the full program's size on every device.
+    # Three trials, one of them long, in 64 slots: they share one group, the only one computed.
     jobs = [Job(t, configs[t], b) for t, b in zip(range(3), (10, 20, 30), strict=True)]
     driver = driver_lib.Driver(config, dataset)
     driver.scheduler = FakeScheduler(jobs, final={0: 10, 1: 20, 2: 30})
     while not driver.done:
         driver.step()
     (bucket,) = driver.buckets.values()
-    unit = driver.mesh.size * driver._group(bucket)
-    assert unit < 64 and driver.slot_steps <= unit * 30  # never the whole bucket
+    assert bucket.group < 64 and driver.slot_steps == bucket.group * 30  # never the whole bucket
     for trial, budget, loss in driver.scheduler.told:
         np.testing.assert_allclose(loss, _straight(config, dataset, configs[trial], trial, budget),
                                    rtol=2e-6)
+
+
+def test_only_the_listed_groups_train_and_the_rest_keep_their_state():
+    config = _small_config("random")
+    dataset = data_lib.load("digits")
+    spec = train_spec(config, dataset.features, bucket_of(config))
+    members = [pop_lib.Member(t, hparams.resolve("ae", {"hidden": 16, "latent_dim": 4,
+                                                        "batch_size": 16,
+                                                        "learning_rate": 3e-3}),
+                              20, pop_lib.trial_keys(0, t), horizon=30) for t in range(4)]
+    x, val = jax.numpy.asarray(dataset.train.x), jax.numpy.asarray(dataset.val.x)
+    start = pop_lib.assign(spec, pop_lib.create(spec, 4), range(4), members)
+    before = jax.device_get(start)
+    # Groups of two slots; only group 1 (slots 2, 3) runs, 12 steps in rounds of 5.
+    pop, out = pop_lib.run_chunk(spec, start, x, val, np.array([1, -1], np.int32), 5, 3,
+                                 np.int32(12), group=2)
+    out = jax.device_get(out)
+    np.testing.assert_array_equal(out["step"][:, :2], 0)
+    assert np.isnan(out["val"][:, :2]).all() and np.isnan(out["train"][:, :2]).all()
+    np.testing.assert_array_equal(out["step"][:, 2:], [[5, 5], [10, 10], [12, 12]])
+    for a, b in zip(jax.tree.leaves(jax.device_get(pop.params)), jax.tree.leaves(before.params),
+                    strict=True):
+        np.testing.assert_array_equal(a[:2], b[:2])
+    # The trained slots: as train_chunk alone, and evaluated as evaluate alone.
+    alone = pop_lib.assign(spec, pop_lib.create(spec, 4), range(4), members)
+    alone, _ = pop_lib.train_chunk(spec, alone, x, 12, group=2)
+    want = jax.device_get(pop_lib.evaluate(spec, alone, val)["val_loss"])
+    np.testing.assert_allclose(out["val"][2, 2:], want[2:], rtol=2e-6)
 
 
 def test_activations_are_a_per_slot_choice_with_each_activations_own_numbers():
@@ -198,3 +224,36 @@ def test_bucket_capacity_shares_the_population_in_whole_replicate_groups():
 
 def sharding_round(n, mesh):
     return -(-n // mesh.size) * mesh.size
+
+
+def _bucket_with(owned, group, devices):
+    n = len(owned)
+    return buckets_lib.Bucket(
+        ("k",), None, None, [(i, 0) if o else None for i, o in enumerate(owned)], hparams={},
+        keys={}, target=np.full(n, 10, np.int32), trial=np.where(owned, 0, -1).astype(np.int32),
+        step=np.zeros(n, np.int32), diverged=np.zeros(n, bool), devices=devices, group=group)
+
+
+def test_new_members_fill_occupied_groups_before_opening_one_on_the_idler_device():
+    # 2 devices x 2 groups of 4. Device 0: group 0 has 3 members, group 1 is empty; device 1:
+    # group 2 has 1 member, group 3 is empty.
+    owned = [1, 1, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0]
+    bucket = _bucket_with(np.array(owned, bool), group=4, devices=2)
+    free = bucket.free_slots()
+    assert free[:4] == [3, 9, 10, 11]  # the fullest occupied group first, then the other
+    # Then empty groups, both devices running one: the lowest slot first.
+    assert free[4:] == [4, 5, 6, 7, 12, 13, 14, 15]
+    assert bucket.free_slots(device=1)[:3] == [9, 10, 11]
+    # Groups of 2, every occupied one full: device 0 runs two, device 1 one, so a new group
+    # opens on device 1.
+    owned = np.array([1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0], bool)
+    assert _bucket_with(owned, group=2, devices=2).free_slots()[:3] == [10, 11, 12]
+
+
+def test_the_groups_to_run_are_each_devices_busy_groups_in_order():
+    owned = np.array([0, 0, 0, 0, 0, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1], bool)
+    bucket = _bucket_with(owned, group=2, devices=2)
+    np.testing.assert_array_equal(bucket.groups_to_run(2), [2, -1, -1, -1, 0, 3, -1, -1])
+    np.testing.assert_array_equal(bucket.groups_to_run(1), [2, 4, 7, -1, -1, -1, -1, -1])
+    bucket.step[5] = 10  # its job has ended: not busy
+    np.testing.assert_array_equal(bucket.groups_to_run(2), [-1, -1, -1, -1, 0, 3, -1, -1])
