@@ -50,6 +50,10 @@ CHECKPOINT = "checkpoint.msgpack"
 # not measurements of this run, so a sweep's schedule is the same on every machine of a platform.
 CHUNK_HOST_S = {"cpu": 2e-3, "gpu": 1e-3, "tpu": 1e-3}
 DEVICE_FLOPS = {"cpu": 4e10, "gpu": 4e13, "tpu": 4e13}
+# Device memory a bucket's parking lot (paused members) starts with at most; it grows past it only
+# when more members are paused at once.
+PARKING_BYTES = 256 * 2**20
+
 # The most rounds of ``chunk`` steps one program call trains (``population.run_chunk``): a call's
 # fixed cost is paid once per this many evaluations. Accelerators, whose calls cost more than
 # their steps, take more.
@@ -187,7 +191,13 @@ class Driver:
                 step=np.zeros(n, np.int32), diverged=np.zeros(n, bool), devices=self.mesh.size,
                 group=self._group(spec, n))
             if self.pauses:
-                self._grow_parking(bucket, n // self.mesh.size)
+                # As many rows as members can be paused at once (every trial's), within
+                # PARKING_BYTES: each growth copies the lot and compiles another placement
+                # program, which a sweep then pays for at most a few times instead of at every
+                # doubling.
+                most = self.config.trials * self.repeats
+                fit = PARKING_BYTES // max(grouping.state_bytes(spec), 1)
+                self._grow_parking(bucket, -(-min(most, max(n, fit)) // self.mesh.size))
             self.buckets[key] = bucket
         return self.buckets[key]
 

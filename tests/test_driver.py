@@ -121,7 +121,11 @@ def _straight(config, dataset, job_config, trial, steps):
     return float(pop_lib.evaluate(spec, pop, jax.numpy.asarray(dataset.val.x))["val_loss"][0])
 
 
-def test_a_paused_trial_continues_from_its_parking_row_as_if_never_paused():
+@pytest.mark.parametrize("parking_bytes", [driver_lib.PARKING_BYTES, 1])
+def test_a_paused_trial_continues_from_its_parking_row_as_if_never_paused(parking_bytes,
+                                                                          monkeypatch):
+    # 1 byte: the lot starts with a row per slot and grows (copying its rows) when it must.
+    monkeypatch.setattr(driver_lib, "PARKING_BYTES", parking_bytes)
     config = _small_config()
     dataset = data_lib.load("digits")
     configs = [{"learning_rate": lr} for lr in (2e-3, 5e-3, 8e-3)]
@@ -141,6 +145,30 @@ def test_a_paused_trial_continues_from_its_parking_row_as_if_never_paused():
     assert [e.status for e in events if e.trial == 0] == ["running", "running", "running",
                                                           "completed"]
     assert not driver.paused and all(b.free_rows for b in driver.buckets.values())
+    rows = {b.rows for b in driver.buckets.values()}
+    assert rows == ({driver.capacity} if parking_bytes == 1 else  # one row per slot
+                    {driver_lib.sharding_lib.round_up(config.trials, driver.mesh)})  # per trial
+
+
+def test_the_parking_lot_grows_past_its_first_size_keeping_every_paused_member(monkeypatch):
+    monkeypatch.setattr(driver_lib, "PARKING_BYTES", 1)  # starts with a row per slot
+    config = config_lib.build({**_small_config().to_dict(), "trials": 8})
+    dataset = data_lib.load("digits")
+    configs = [{"learning_rate": float(lr)} for lr in np.geomspace(1e-3, 1e-2, 8)]
+    # Eight trials pause at 10 steps in 4 slots, then all continue to 20.
+    jobs = [Job(t, configs[t], 10) for t in range(8)] + [Job(t, configs[t], 20)
+                                                         for t in range(8)]
+    driver = driver_lib.Driver(config, dataset)
+    driver.scheduler = FakeScheduler(jobs, final=dict.fromkeys(range(8), 20))
+    while not driver.done:
+        driver.step()
+    (bucket,) = driver.buckets.values()
+    assert bucket.rows > driver.capacity  # it grew
+    told = {(t, b): loss for t, b, loss in driver.scheduler.told}
+    assert len(told) == 16
+    for t in range(8):
+        np.testing.assert_allclose(told[t, 20], _straight(config, dataset, configs[t], t, 20),
+                                   rtol=2e-6)
 
 
 def test_a_thinning_tail_computes_only_its_busy_groups_with_the_same_numbers():
