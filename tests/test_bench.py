@@ -7,7 +7,7 @@ that must start processes (throughput's child cases, time_to_quality, whose modu
 JAX listener and clears JAX's caches) run as subprocesses; the long ones are marked ``slow``.
 """
 
-import importlib
+import importlib.util
 import json
 import math
 import os
@@ -228,3 +228,51 @@ def test_sweep_bench_reports_the_sweep_against_the_trainer(bench):
             r["member_steps"] / (r["wall_s"] - r["compile_s"]))
     # Random search trains every trial to the full budget; ASHA stops most of them early.
     assert rows[0]["member_steps"] == 6 * 30 > rows[1]["member_steps"]
+
+
+def test_searchers_autoencoders_traces_each_sweep_and_scans_a_grid(bench):
+    # Optuna's GPSampler joins where PyTorch is installed (its first trials are its random startup).
+    torch = importlib.util.find_spec("torch") is not None
+    searchers = "grid" + (",optuna-gp" if torch else "")
+    rows = bench("searchers_autoencoders", "--kinds", "vae", "--searchers", searchers,
+                 "--seeds", "0", "--trials", "4", "--population", "2", "--steps", "2",
+                 "--chunk", "2", "--grid-num", "2", "--trace", "--space", '{"hidden": 8}')
+    runs = {r["searcher"]: r for r in rows if not r.get("summary")}
+    assert list(runs) == searchers.split(",")
+    for r in runs.values():
+        losses = [t["val_loss"] for t in r["trace"]]
+        assert r["completed"] == len(losses) == 4 and sorted(t["trial"] for t in r["trace"]) == [
+            0, 1, 2, 3]
+        best = min(r["trace"], key=lambda t: t["val_loss"])
+        assert r["best_val_loss"] == best["val_loss"] and r["best_trial"] == best["trial"]
+        assert r["best_params"] == {k: best[k] for k in ("learning_rate", "weight_decay", "beta")}
+    # --grid-num 2: every searched value is an end of its range (4 of the grid's 8 points).
+    ends = {"learning_rate": (1e-4, 3e-2), "weight_decay": (1e-6, 1e-2), "beta": (0.1, 4.0)}
+    points = set()
+    for t in runs["grid"]["trace"]:
+        assert all(any(math.isclose(t[k], e) for e in ends[k]) for k in ends)
+        points.add(tuple(t[k] for k in ends))
+    assert len(points) == 4
+    summary = {r["searcher"]: r for r in rows if r.get("summary")}
+    assert summary["grid"]["median_best"] == runs["grid"]["best_val_loss"]
+
+
+@pytest.mark.parametrize(("script", "flag", "name"), [
+    ("searchers_autoencoders", "--searchers", "optuna-gp"),
+    ("searchers_gp", "--methods", "optuna-gp"),
+])
+def test_searcher_benches_refuse_an_optuna_gp_run_without_torch(monkeypatch, capsys, script,
+                                                                flag, name):
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError
+    module = importlib.import_module(script)
+    assert module.main([flag, f"random,{name}", "--seeds", "0"]) == 2
+    out = capsys.readouterr()
+    assert out.out == "" and out.err.count("\n") == 1 and out.err.startswith(f"{name} cannot run")
+    # Left to its default list, the GP bench says it skips the method and runs the others.
+    if script == "searchers_gp":
+        assert module.main(["--problems", "branin", "--evaluations", "2", "--seeds", "0"]) == 0
+        rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert rows[0]["method"] == name and "PyTorch" in rows[0]["skipped"]
+        assert name not in {r["method"] for r in rows[1:]}
