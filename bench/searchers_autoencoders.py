@@ -25,9 +25,9 @@ oversubscribe a small CPU).
 
 Output: one JSON line per (kind, seed, searcher) with ``best_val_loss`` (the best completed
 trial's validation loss; NaN / diverged trials never count), ``best_trial``, ``best_params``,
-``completed`` and ``wall_s`` (with ``--trace``, ``trace``: every completed trial's ``trial``,
-``val_loss`` and params, in completion order), then one ``"summary":
-true`` line per (kind, searcher) with the median best loss over seeds and
+``completed``, ``wall_s``, ``space`` (the ``--space`` override, if any) and, with ``--trace``,
+``trace`` (every completed trial's ``trial``, ``val_loss`` and params, in completion order);
+then one ``"summary": true`` line per (kind, searcher) with the median best loss over seeds and
 ``improvement_vs_random``: ``1 - median(best) / median(best of random)`` (positive: better than
 random; item 4 asks for >= 0.02 on every kind).
 
@@ -246,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
                         "best_params": None if top is None else {
                             k: v for k, v in top.items() if k not in ("trial", "val_loss")},
                         "completed": len(trace), "wall_s": round(wall, 1)}
+                if args.space:
+                    line["space"] = args.space
                 if args.trace:
                     line["trace"] = trace
                 print(json.dumps(line), flush=True)
