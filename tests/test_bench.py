@@ -15,6 +15,7 @@ import pathlib
 import subprocess
 import sys
 
+import jax
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -32,9 +33,13 @@ def bench(monkeypatch, capsys):
     """``bench(script, *args)``: runs ``bench/<script>.py``'s ``main(args)`` in this process and
     returns its JSON lines. The scripts import their siblings from ``bench/`` and may set
     ``XLA_FLAGS`` (``runtime.use_cpu_cores``): both are undone after the test, so no later
-    subprocess inherits a device count."""
+    subprocess inherits a device count. JAX's backends start before the script runs, so its
+    flags never change this process's devices either: a bench test that ran first would
+    otherwise leave one device per core to every later in-process test (test_sweep's resume
+    after SIGKILL, whose child runs on one device, then failed on an indivisible sharding)."""
     monkeypatch.syspath_prepend(str(ROOT / "bench"))
     monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
+    jax.devices()
 
     def run(script: str, *args: str) -> list[dict]:
         capsys.readouterr()
@@ -264,7 +269,6 @@ def test_searchers_autoencoders_traces_each_sweep_and_scans_a_grid(bench):
 def test_searcher_benches_refuse_an_optuna_gp_run_without_torch(monkeypatch, capsys, script,
                                                                 flag, name):
     monkeypatch.syspath_prepend(str(ROOT / "bench"))
-    monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
     monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError
     module = importlib.import_module(script)
     assert module.main([flag, f"random,{name}", "--seeds", "0"]) == 2
