@@ -72,7 +72,7 @@ from throughput import int_list  # the sibling bench script: python puts bench/ 
 from jaxae import buckets as buckets_lib
 from jaxae import config as config_lib
 from jaxae import data as data_lib
-from jaxae import hparams, runtime
+from jaxae import hparams, placement, runtime
 from jaxae import population as P
 from searchers import RandomSearch
 
@@ -109,9 +109,10 @@ def train_arm(args: argparse.Namespace, cfg: config_lib.SweepConfig, configs: li
     bucket = tuple(configs[0][name] for name in hparams.BUCKET_NAMES)
     spec = buckets_lib.train_spec(cfg, int(train_x.shape[1]), bucket)
     total = max(args.budgets)
-    members = [P.Member(t, c, total, member_keys(cfg, t, r, fix))
-               for t, c in enumerate(configs) for r in range(k)]
-    pop = P.assign(spec, P.create(spec, len(members)), list(range(len(members))), members)
+    members = [placement.Member(t, c, total, member_keys(cfg, t, r, fix))
+                       for t, c in enumerate(configs) for r in range(k)]
+    pop = placement.assign(spec, placement.create(spec, len(members)),
+                           list(range(len(members))), members)
     chunk = math.gcd(*args.budgets)
     out = {}
     for done in range(chunk, total + 1, chunk):

@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from sklearn.datasets import load_digits
 
-from jaxae import hparams
+from jaxae import hparams, placement
 from jaxae import population as P
 from jaxae.models import ModelSpec
 
@@ -58,9 +58,10 @@ def case_setup(case: str, args: argparse.Namespace) -> tuple[P.TrainSpec, list[d
 
 
 def fresh(spec: P.TrainSpec, configs: list[dict], args: argparse.Namespace) -> P.Population:
-    members = [P.Member(t, c, 10**9, P.trial_keys(args.seed, t), horizon=args.steps)
-               for t, c in enumerate(configs)]
-    return P.assign(spec, P.create(spec, len(members)), list(range(len(members))), members)
+    members = [placement.Member(t, c, 10**9, P.trial_keys(args.seed, t), horizon=args.steps)
+                       for t, c in enumerate(configs)]
+    return placement.assign(spec, placement.create(spec, len(members)),
+                            list(range(len(members))), members)
 
 
 def timed(program, pop: P.Population, x: jax.Array) -> float:

@@ -61,7 +61,7 @@ from throughput import (  # the sibling bench script: python puts bench/ on sys.
     load_data,
 )
 
-from jaxae import grouping, hparams, runtime
+from jaxae import grouping, hparams, placement, runtime
 from jaxae import population as P
 from jaxae.models import ModelSpec
 
@@ -81,15 +81,15 @@ def log_uniform_ints(rng: np.random.Generator, low: int, high: int, n: int) -> n
 
 
 def make_members(args: argparse.Namespace, hidden: Sequence[int], latent: Sequence[int]
-                 ) -> list[P.Member]:
+                 ) -> list[placement.Member]:
     """Members t = 0..P-1 of the given sizes; learning rates log-spaced over [1e-4, 1e-2]."""
     n = len(hidden)
     lrs = np.geomspace(1e-4, 1e-2, n) if n > 1 else np.array([1e-3])
     return [
-        P.Member(
+        placement.Member(
             t,
             hparams.resolve("ae", {"hidden": int(h), "latent_dim": int(z),
-                                   "learning_rate": float(lr), "batch_size": args.batch}),
+                                           "learning_rate": float(lr), "batch_size": args.batch}),
             args.steps,
             P.trial_keys(args.seed, t),
         )
@@ -128,8 +128,8 @@ def run(args: argparse.Namespace) -> list[dict]:
         spec = P.TrainSpec(ModelSpec("ae", features, ph, pz, 1, "relu", "mse"), "adam",
                            args.batch)
         members = make_members(args, *c["sizes"])
-        pop = P.assign(spec, P.create(spec, args.population), list(range(args.population)),
-                       members)
+        pop = placement.assign(spec, placement.create(spec, args.population),
+                               list(range(args.population)), members)
         host = jax.device_get(pop)  # the initial state every round starts from
         t0 = time.perf_counter()
         compiled = P.train_chunk.lower(spec, pop, x, steps).compile()

@@ -28,7 +28,7 @@ import jax
 import numpy as np
 from throughput import load_data  # the sibling bench script
 
-from jaxae import hparams, runtime
+from jaxae import hparams, placement, runtime
 from jaxae import population as P
 from jaxae.models import PRECISIONS, ModelSpec
 
@@ -40,11 +40,12 @@ def train(args: argparse.Namespace, x: np.ndarray, val: np.ndarray, precision: s
                       hparams.defaults(args.model)["loss"], precision)
     spec = P.TrainSpec(model, "adam", args.batch, clip_gradients=False)  # no member clips
     lrs = np.geomspace(1e-4, 1e-2, args.population)
-    members = [P.Member(t, hparams.resolve(args.model, {"learning_rate": float(lr),
-                                                        "hidden": args.hidden,
-                                                        "latent_dim": args.latent}),
-                        args.steps, P.trial_keys(seed, t)) for t, lr in enumerate(lrs)]
-    pop = P.assign(spec, P.create(spec, args.population), list(range(args.population)), members)
+    members = [placement.Member(t, hparams.resolve(args.model, {"learning_rate": float(lr),
+                                                                "hidden": args.hidden,
+                                                                "latent_dim": args.latent}),
+                                args.steps, P.trial_keys(seed, t)) for t, lr in enumerate(lrs)]
+    pop = placement.assign(spec, placement.create(spec, args.population),
+                           list(range(args.population)), members)
     xd = jax.device_put(x)
     chunk = P.train_chunk.lower(spec, pop, xd, args.steps).compile()
     t0 = time.perf_counter()

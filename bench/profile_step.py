@@ -25,8 +25,8 @@ import jax
 import numpy as np
 from throughput import load_data, make_members  # the sibling bench script
 
+from jaxae import placement, runtime
 from jaxae import population as P
-from jaxae import runtime
 from jaxae.models import PRECISION_NAMES, ModelSpec
 
 
@@ -67,7 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     spec = P.TrainSpec(model, "adam", args.batch, clip_gradients=False)  # no member clips
     ns = argparse.Namespace(model="ae", latent=args.latent, steps=args.steps, seed=args.seed)
     members = make_members(ns, args.hidden, args.population)
-    pop = P.assign(spec, P.create(spec, args.population), list(range(args.population)), members)
+    pop = placement.assign(spec, placement.create(spec, args.population),
+                           list(range(args.population)), members)
     host = jax.device_get(pop)
     chunk = P.train_chunk.lower(spec, jax.device_put(host), x, args.steps).compile()
     jax.block_until_ready(chunk(jax.device_put(host), x))

@@ -105,7 +105,7 @@ def trainer_timer(args: argparse.Namespace, dataset):
     import numpy as np
 
     from jaxae import buckets as buckets_lib
-    from jaxae import hparams, sharding
+    from jaxae import hparams, placement, sharding
     from jaxae import population as P
 
     config = sweep_config(args, "random")
@@ -118,12 +118,13 @@ def trainer_timer(args: argparse.Namespace, dataset):
     size = args.population if mesh is None else sharding.round_up(args.population, mesh)
     lrs = np.geomspace(1e-4, 1e-2, size)
     sizes = {"hidden": spec.model.hidden, "latent_dim": spec.model.latent_dim}
-    members = [P.Member(t, hparams.resolve(args.model, {**sizes, "learning_rate": float(lr),
-                                                        "batch_size": args.batch,
-                                                        **dict(zip(hparams.BUCKET_NAMES,
-                                                                   first_bucket, strict=True))}),
-                        10**9, P.trial_keys(args.seed, t)) for t, lr in enumerate(lrs)]
-    host = jax.device_get(P.assign(spec, P.create(spec, size), list(range(size)), members))
+    bucket = dict(zip(hparams.BUCKET_NAMES, first_bucket, strict=True))
+    members = [placement.Member(t, hparams.resolve(args.model, {**sizes, "learning_rate": float(lr),
+                                                                "batch_size": args.batch,
+                                                                **bucket}),
+                                10**9, P.trial_keys(args.seed, t)) for t, lr in enumerate(lrs)]
+    host = jax.device_get(placement.assign(spec, placement.create(spec, size),
+                                           list(range(size)), members))
     if mesh is None:
         place, x, local = jax.device_put, jax.device_put(dataset.train.x), None
     else:

@@ -87,7 +87,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxae import hparams, optimizers, runtime, sharding
+from jaxae import hparams, optimizers, placement, runtime, sharding
 from jaxae import population as P
 from jaxae.data import load_digits
 from jaxae.models import (
@@ -241,13 +241,13 @@ def call_timer(compiled: Callable, fresh_state: Callable[[], object], x: jax.Arr
     return timer
 
 
-def make_members(args: argparse.Namespace, hidden: int, population: int) -> list[P.Member]:
+def make_members(args: argparse.Namespace, hidden: int, population: int) -> list[placement.Member]:
     """The benchmarked members: learning rates log-spaced over [1e-4, 1e-2], keys from the seed."""
     lrs = np.geomspace(1e-4, 1e-2, population) if population > 1 else np.array([1e-3])
     sizes = {"hidden": hidden, "latent_dim": args.latent,
              "grad_clip": getattr(args, "grad_clip", 0.0)}
     return [
-        P.Member(
+        placement.Member(
             t,
             hparams.resolve(args.model, {**sizes, "learning_rate": float(lr)}),
             args.steps,
@@ -265,7 +265,8 @@ def run_point(args: argparse.Namespace, x: jax.Array, population: int, hidden: i
     # As the sweep builds it: the gradient-norm pass only where some member clips.
     spec = P.TrainSpec(model, args.optimizer, args.batch, clip_gradients=args.grad_clip > 0)
     members = make_members(args, hidden, population)
-    pop = P.assign(spec, P.create(spec, population), list(range(population)), members)
+    pop = placement.assign(spec, placement.create(spec, population), list(range(population)),
+                           members)
     host = jax.device_get(pop)  # the initial state every round starts from
     steps = args.steps
 
@@ -437,7 +438,7 @@ def add_ratios(rows: list[dict]) -> None:
         r["ratio_vs_best_fair_sequential"] = r["member_steps_per_s"] / max(fair) if fair else None
 
 
-def reference_program(spec: P.TrainSpec, x: jax.Array, members: Sequence[P.Member]):
+def reference_program(spec: P.TrainSpec, x: jax.Array, members: Sequence[placement.Member]):
     """A plain population trainer as a user would write it in ~40 lines, the yardstick of the
     ``reference`` case: flax ``nn.Dense`` layers, ``optax.inject_hyperparams(optax.adam)`` with
     a per-member learning rate, ``jit(vmap(scan))``, the batch drawn inside the step; no masks,

@@ -88,7 +88,7 @@ from jaxae import buckets as buckets_lib
 from jaxae import config as config_lib
 from jaxae import data as data_lib
 from jaxae import driver as driver_lib
-from jaxae import hparams, runtime
+from jaxae import hparams, placement, runtime
 from jaxae import population as P
 from jaxae.store import TrialStore
 
@@ -200,7 +200,7 @@ def run_optuna(pruned: bool, args: argparse.Namespace, dataset: data_lib.Dataset
                                  tuple(base[n] for n in hparams.BUCKET_NAMES))
     step_fn = jax.jit(P.member_step, static_argnums=(0,), donate_argnums=(2,))
     # Built once: ``create`` traces (eval_shape) on every call, and ``assign`` donates its input.
-    empty = jax.device_get(P.create(spec, 1))
+    empty = jax.device_get(placement.create(spec, 1))
     counts = {"completed": 0, "pruned": 0, "diverged": 0}
     member_steps = [0]
 
@@ -215,9 +215,9 @@ def run_optuna(pruned: bool, args: argparse.Namespace, dataset: data_lib.Dataset
             "latent_dim": trial.suggest_int("latent_dim", LOW_LATENT, HIGH_LATENT, log=True),
         }
         resolved = hparams.resolve(config.model, {**config_lib.fixed(config), **params})
-        member = P.Member(trial.number, resolved, args.steps,
-                          buckets_lib.member_keys(config, trial.number, 0))
-        pop = P.assign(spec, jax.device_put(empty), [0], [member])
+        member = placement.Member(trial.number, resolved, args.steps,
+                                  buckets_lib.member_keys(config, trial.number, 0))
+        pop = placement.assign(spec, jax.device_put(empty), [0], [member])
         m = jax.tree.map(lambda a: a[0], pop)
         for step in range(1, args.steps + 1):
             m, loss = step_fn(spec, train_x, m)

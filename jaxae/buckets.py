@@ -18,7 +18,7 @@ import math
 import jax
 import numpy as np
 
-from jaxae import hparams
+from jaxae import hparams, placement
 from jaxae import population as pop_lib
 from jaxae import sharding as sharding_lib
 from jaxae.config import SweepConfig, count_buckets, value_range
@@ -180,10 +180,10 @@ class Bucket:
         """[slots] bool: the slots the next chunk trains."""
         return (self.trial >= 0) & (self.step < self.target) & ~self.diverged
 
-    def plan(self) -> pop_lib.Plan:
+    def plan(self) -> placement.Plan:
         """The pending placements, parking rows counted from the first row of each device."""
         per_device = max(self.rows // self.devices, 1)
         local = lambda r: np.where(r >= 0, r % per_device, -1).astype(np.int32)  # noqa: E731
-        return pop_lib.Plan(self.new, local(self.park), local(self.restore), self.hparams,
-                            self.keys["init_key"], self.keys["data_key"], self.keys["eval_key"],
-                            self.target, self.trial)
+        return placement.Plan(self.new, local(self.park), local(self.restore), self.hparams,
+                              self.keys["init_key"], self.keys["data_key"], self.keys["eval_key"],
+                              self.target, self.trial)

@@ -31,7 +31,7 @@ import numpy as np
 from flax import serialization
 
 from jaxae import buckets as buckets_lib
-from jaxae import grouping, hparams
+from jaxae import grouping, hparams, placement
 from jaxae import population as pop_lib
 from jaxae import sharding as sharding_lib
 from jaxae.buckets import Bucket, member_keys, train_spec
@@ -179,7 +179,7 @@ class Driver:
     def _bucket(self, key: tuple) -> Bucket:
         if key not in self.buckets:
             spec = train_spec(self.config, self.features, key)
-            pop = sharding_lib.shard(pop_lib.create(spec, self.capacity), self.slots)
+            pop = sharding_lib.shard(placement.create(spec, self.capacity), self.slots)
             host = sharding_lib.to_host({"hparams": pop.hparams})
             n = self.capacity
             bucket = Bucket(
@@ -296,7 +296,7 @@ class Driver:
     def _place(self, job: Job, config: dict, bucket: Bucket, slots: list[int]) -> None:
         paused = self.paused.pop(job.trial_id, None)
         values = pop_lib.hparam_arrays([config])
-        pop_lib.check_fits(bucket.spec, values, [0])
+        placement.check_fits(bucket.spec, values, [0])
         for r, slot in enumerate(slots):
             for name, v in values.items():
                 bucket.hparams[name][slot] = v[0]
@@ -326,8 +326,8 @@ class Driver:
         if not bucket.dirty:
             return
         plan = jax.device_put(bucket.plan(), self.slots)
-        bucket.pop, bucket.parked = pop_lib.place(bucket.spec, bucket.pop, bucket.parked, plan,
-                                                   mesh=self.local_mesh)
+        bucket.pop, bucket.parked = placement.place(bucket.spec, bucket.pop, bucket.parked, plan,
+                                                     mesh=self.local_mesh)
         bucket.free_rows.extend(bucket.releasing)
         bucket.releasing = []
         bucket._clear_plan()

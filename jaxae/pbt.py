@@ -34,7 +34,7 @@ import jax
 import numpy as np
 from flax import serialization
 
-from jaxae import hparams
+from jaxae import hparams, placement
 from jaxae import population as pop_lib
 from jaxae import sharding as sharding_lib
 from jaxae.buckets import member_keys, train_spec
@@ -136,14 +136,14 @@ class PBTDriver:
         for key, n in counts.items():
             spec = train_spec(config, self.features, key)
             size = sharding_lib.round_up(n, self.mesh)
-            pop = sharding_lib.shard(pop_lib.create(spec, size), self.slots)
+            pop = sharding_lib.shard(placement.create(spec, size), self.slots)
             self.buckets[key] = Group(key, spec, pop, [None] * size)
         for key, bucket in self.buckets.items():
             members = [i for i, (k, _) in enumerate(self.where) if k == key]
             slots = [self.where[i][1] for i in members]
-            bucket.pop = pop_lib.assign(bucket.spec, bucket.pop, slots, [
-                pop_lib.Member(i, self.configs[i], config.steps, member_keys(config, i, 0),
-                               horizon=config.steps) for i in members])
+            bucket.pop = placement.assign(bucket.spec, bucket.pop, slots, [
+                placement.Member(i, self.configs[i], config.steps, member_keys(config, i, 0),
+                                 horizon=config.steps) for i in members])
             for i, slot in zip(members, slots, strict=True):
                 bucket.owner[slot] = (i, 0)
         self.chunk = 0

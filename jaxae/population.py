@@ -2,8 +2,9 @@
 
 Every leaf of a ``Population`` has the slot axis first. ``train_chunk`` trains all slots for K
 steps in one call (``vmap`` over slots, ``lax.scan`` over steps); ``evaluate`` gives per-slot
-validation metrics; ``assign`` puts new trials into slots without recompiling, because their
-hyperparameters are array leaves, not Python constants.
+validation metrics; ``run_chunk`` is a sweep's chunk of both. Putting trials into slots without
+recompiling (their hyperparameters are array leaves, not Python constants) is
+``jaxae.placement``.
 
 A slot trains while ``step < target`` and it has not diverged. A step whose loss or new parameters
 are not finite is discarded and the slot is frozen and flagged ``diverged``: nothing a slot computes
@@ -19,7 +20,7 @@ import collections
 import dataclasses
 import functools
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -32,10 +33,10 @@ from jaxae import hparams as hparams_lib
 from jaxae import keys as keys_lib
 from jaxae import optimizers
 from jaxae.grouping import group_size
-from jaxae.models import ModelSpec, init_params, init_stats, make_masks
+from jaxae.models import ModelSpec
 from jaxae.objectives import make_metrics, make_objective
 from jaxae.schedules import learning_rate_at
-from jaxae.sharding import AXIS, to_host
+from jaxae.sharding import AXIS
 
 # How many times each jitted program was traced (a trace precedes every compilation), by name and
 # by (name, spec): tests use it to prove that assigning new hyperparameters does not recompile and
@@ -125,12 +126,6 @@ def hparam_arrays(configs: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]
             [hparams_lib.array_value(name, c.get(name, default)) for c in configs], np.float32
         )
     return out
-
-
-def _init_member(spec: TrainSpec, init_key: jax.Array, hp: dict) -> tuple[dict, Any]:
-    masks = make_masks(spec.model, hp["hidden"], hp["latent_dim"], hp["activation"])
-    params = init_params(spec.model, init_key, masks)
-    return params, optimizers.init(spec.optimizer, params)
 
 
 def draw_batch(spec: TrainSpec, num_examples: int, data_key: jax.Array, step: jax.Array
@@ -407,176 +402,3 @@ def _run_groups(spec: TrainSpec, pop: Population, train_x: jax.Array, val_x: jax
     merge = lambda a: a.reshape((slots, *a.shape[2:]))  # noqa: E731
     return (jax.tree.map(merge, by_group),
             {k: v.reshape((rounds, slots)) for k, v in out.items()})
-
-
-class Plan(NamedTuple):
-    """One call's placements for every slot of a population (``place``); leaves are [slots].
-
-    The host keeps the authoritative copy of each slot's hyperparameters, keys, target and trial
-    (small arrays) and sends them whole: the device never reads them back.
-    """
-
-    new: jax.Array  # bool: the slot starts its trial from scratch (init from init_key, hparams)
-    park: jax.Array  # int32: parking row that first saves the slot's member; -1: none
-    restore: jax.Array  # int32: parking row whose member the slot continues; -1: none
-    hparams: dict  # name -> float32, as Population.hparams
-    init_key: jax.Array  # [slots, 2] uint32
-    data_key: jax.Array  # [slots, 2] uint32
-    eval_key: jax.Array  # [slots, 2] uint32
-    target: jax.Array  # int32
-    trial: jax.Array  # int32, -1 when empty
-
-
-@functools.partial(jax.jit, static_argnums=(0,), static_argnames=("mesh",),
-                   donate_argnums=(1, 2))
-def place(spec: TrainSpec, pop: Population, parked: Population | None, plan: Plan,
-          mesh: Mesh | None = None) -> tuple[Population, Population | None]:
-    """Applies ``plan`` in one program: park, restore, start, then the host's slot arrays.
-
-    ``parked`` is a population whose rows hold paused members (the driver's parking lot, on the
-    device: pausing and continuing a trial moves no parameters through the host). Parking comes
-    first, so a slot whose trial pauses can take a new member in the same call. With ``mesh``
-    (slots and rows sharded over its devices) each device places its own share: ``plan.park`` and
-    ``plan.restore`` then name rows of the slot's own device, counted from its first row, and no
-    parameter crosses devices.
-    """
-    TRACES["place"] += 1
-    local = functools.partial(_place_local, spec)
-    if mesh is not None and mesh.size > 1:
-        shard = PartitionSpec(AXIS)
-        local = jax.shard_map(local, mesh=mesh, in_specs=(shard, shard, shard),
-                              out_specs=(shard, shard))
-    return local(pop, parked, plan)
-
-
-def _place_local(spec: TrainSpec, pop: Population, parked: Population | None, plan: Plan
-                 ) -> tuple[Population, Population | None]:
-    if parked is not None:
-        rows = parked.step.shape[0]
-        dest = jnp.where(plan.park >= 0, plan.park, rows)  # out of range: dropped
-        parked = jax.tree.map(lambda a, b: a.at[dest].set(b, mode="drop"), parked, pop)
-        src = jnp.clip(plan.restore, 0, rows - 1)
-        pop = jax.lax.cond(
-            jnp.any(plan.restore >= 0),
-            lambda p: _select(plan.restore >= 0, jax.tree.map(lambda a: a[src], parked), p),
-            lambda p: p, pop)
-
-    def start(p: Population) -> Population:
-        params, opt_state = jax.vmap(functools.partial(_init_member, spec))(
-            plan.init_key, plan.hparams)
-        fresh = p.replace(params=params, opt_state=opt_state, stats=_fresh_stats(spec, p.size),
-                          step=jnp.zeros_like(p.step), diverged=jnp.zeros_like(p.diverged))
-        return _select(plan.new, fresh, p)
-
-    pop = jax.lax.cond(jnp.any(plan.new), start, lambda p: p, pop)
-    pop = pop.replace(hparams=plan.hparams, init_key=plan.init_key, data_key=plan.data_key,
-                      eval_key=plan.eval_key, target=plan.target, trial=plan.trial)
-    return pop, parked
-
-
-def _select(mask: jax.Array, a: Any, b: Any) -> Any:
-    """Per slot, ``a`` where ``mask`` [slots] else ``b`` (trees of [slots, ...] leaves)."""
-    return jax.tree.map(
-        lambda x, y: jnp.where(mask.reshape((-1,) + (1,) * (x.ndim - 1)), x, y), a, b)
-
-
-def create(spec: TrainSpec, num_slots: int) -> Population:
-    """An empty population of ``num_slots`` slots (no trial, nothing to train)."""
-    default = hparams_lib.defaults(spec.model.kind)
-    hp = {k: jnp.asarray(v) for k, v in hparam_arrays([default] * num_slots).items()}
-    hp["hidden"] = jnp.full((num_slots,), spec.model.hidden, jnp.float32)
-    hp["latent_dim"] = jnp.full((num_slots,), spec.model.latent_dim, jnp.float32)
-    hp["horizon"] = jnp.ones((num_slots,), jnp.float32)
-    keys = jnp.zeros((num_slots, 2), jnp.uint32)
-    # Empty slots never train, so zeros of the right shapes do; eval_shape compiles nothing.
-    shapes = jax.eval_shape(jax.vmap(functools.partial(_init_member, spec)), keys, hp)
-    params, opt_state = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-    return Population(
-        params=params,
-        opt_state=opt_state,
-        stats=_fresh_stats(spec, num_slots),
-        hparams=hp,
-        # Distinct buffers: the population is donated leaf by leaf.
-        init_key=keys,
-        data_key=jnp.zeros_like(keys),
-        eval_key=jnp.zeros_like(keys),
-        step=jnp.zeros((num_slots,), jnp.int32),
-        target=jnp.zeros((num_slots,), jnp.int32),
-        diverged=jnp.zeros((num_slots,), bool),
-        trial=jnp.full((num_slots,), -1, jnp.int32),
-    )
-
-
-def _fresh_stats(spec: TrainSpec, num_slots: int) -> dict:
-    return jax.tree.map(lambda a: jnp.broadcast_to(a, (num_slots, *a.shape)),
-                        init_stats(spec.model))
-
-
-@dataclasses.dataclass(frozen=True)
-class Member:
-    """What ``assign`` needs to start one trial in a slot."""
-
-    trial: int
-    config: Mapping[str, Any]  # a resolved configuration (hparams.resolve)
-    target: int  # train until this many steps
-    keys: Mapping[str, np.ndarray]  # trial_keys(...), possibly with a shared data_key
-    # The sweep's maximum budget, the learning-rate schedule's horizon (None: ``target``).
-    horizon: int | None = None
-
-
-def assign(spec: TrainSpec, pop: Population, slots: Sequence[int], members: Sequence[Member]
-           ) -> Population:
-    """Starts ``members`` from scratch in ``slots``; other slots are untouched. Never recompiles:
-    it is one ``place`` call, whose arguments have the full slot shape whatever ``len(slots)``."""
-    if len(slots) != len(members):
-        raise ValueError("one slot per member")
-    if not slots:
-        return pop
-    new = np.zeros(pop.size, bool)
-    new[list(slots)] = True
-    host = to_host(
-        {
-            "hparams": pop.hparams,
-            "init_key": pop.init_key,
-            "data_key": pop.data_key,
-            "eval_key": pop.eval_key,
-            "target": pop.target,
-            "trial": pop.trial,
-        }
-    )
-    fresh = {k: np.array(v) for k, v in host.items() if k != "hparams"}
-    fresh["hparams"] = {k: np.array(v) for k, v in host["hparams"].items()}
-    arrays = hparam_arrays([m.config for m in members])
-    for i, (slot, m) in enumerate(zip(slots, members, strict=True)):
-        for name in hparams_lib.ARRAY_NAMES:
-            fresh["hparams"][name][slot] = arrays[name][i]
-        for name in ("init_key", "data_key", "eval_key"):
-            fresh[name][slot] = m.keys[name]
-        fresh["target"][slot] = m.target
-        fresh["hparams"]["horizon"][slot] = m.target if m.horizon is None else m.horizon
-        fresh["trial"][slot] = m.trial
-    check_fits(spec, fresh["hparams"], slots)
-    none = np.full(pop.size, -1, np.int32)
-    plan = Plan(new, none, none, fresh["hparams"], fresh["init_key"], fresh["data_key"],
-                fresh["eval_key"], fresh["target"], fresh["trial"])
-    # Placed like the population's own slot arrays: a differently placed argument is a jit cache
-    # miss, i.e. a second compilation of the same program.
-    pop, _ = place(spec, pop, None, jax.device_put(plan, pop.step.sharding))
-    return pop
-
-
-def check_fits(spec: TrainSpec, hp: dict, slots: Sequence[int]) -> None:
-    """Refuses hyperparameters ``hp`` ([slots] arrays) that ``spec``'s program cannot train in
-    ``slots``: sizes above its padded maximum, dropout in a program built without it."""
-    for name, cap in (("hidden", spec.model.hidden), ("latent_dim", spec.model.latent_dim)):
-        if np.any(hp[name][list(slots)] > cap):
-            raise ValueError(f"{name} exceeds the padded maximum {cap} of this population")
-    if not spec.model.dropout and np.any(hp["dropout"][list(slots)] > 0):
-        raise ValueError("dropout > 0 in a program built without dropout (ModelSpec.dropout)")
-
-
-def set_targets(pop: Population, slots: Sequence[int], targets: Sequence[int]) -> Population:
-    """Lets trials already in ``slots`` train on, up to ``targets`` steps in total."""
-    target = to_host(pop.target).copy()
-    target[list(slots)] = targets
-    return pop.replace(target=jax.device_put(target, pop.target.sharding))

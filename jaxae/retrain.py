@@ -196,6 +196,7 @@ def downstream(sweep: Sweep, *, top_k: int = 3, anomaly_class: int = 0,
     from jaxae import buckets as buckets_lib
     from jaxae import data as data_lib
     from jaxae import downstream as metrics_lib
+    from jaxae import placement
     from jaxae import population as pop_lib
     from jaxae import sharding as sharding_lib
 
@@ -232,10 +233,10 @@ def downstream(sweep: Sweep, *, top_k: int = 3, anomaly_class: int = 0,
         groups.setdefault(tuple(t["params"][n] for n in hparams.BUCKET_NAMES), []).append(t)
     for key, trials in groups.items():
         spec = buckets_lib.train_spec(sweep.config, dataset.features, key)
-        members = [pop_lib.Member(t["trial_id"], t["params"], t["steps"],
-                                  buckets_lib.member_keys(sweep.config, t["trial_id"], 0),
-                                  horizon=sweep.config.steps)
-                   for t in trials]
+        members = [placement.Member(t["trial_id"], t["params"], t["steps"],
+                                    buckets_lib.member_keys(sweep.config, t["trial_id"], 0),
+                                    horizon=sweep.config.steps)
+                     for t in trials]
         # The sweep's own layout (slots per bucket, devices), so the members reproduce their
         # trials exactly; scoring then uses only the members' slots.
         pop = retrain(spec, members, train_rep, sweep.config.chunk, slots=slots, mesh=mesh)
@@ -304,6 +305,7 @@ def retrain(spec: Any, members: Sequence[Any], train_x: Any, chunk: int,
     Returns:
         The trained ``population.Population`` (slot i holds members[i]).
     """
+    from jaxae import placement
     from jaxae import population as pop_lib
     from jaxae import sharding as sharding_lib
 
@@ -311,8 +313,8 @@ def retrain(spec: Any, members: Sequence[Any], train_x: Any, chunk: int,
     sharded = mesh is not None and mesh.size > 1
     if sharded:
         size = sharding_lib.round_up(size, mesh)
-    pop = pop_lib.create(spec, size)
-    pop = pop_lib.assign(spec, pop, list(range(len(members))), members)
+    pop = placement.create(spec, size)
+    pop = placement.assign(spec, pop, list(range(len(members))), members)
     for _ in range(math.ceil(max(m.target for m in members) / chunk)):
         if sharded:
             pop = sharding_lib.shard(pop, sharding_lib.slot_sharding(mesh))

@@ -44,6 +44,7 @@ import numpy as np  # noqa: E402
 from jaxae import buckets as buckets_lib  # noqa: E402
 from jaxae import data as data_lib  # noqa: E402
 from jaxae import driver as driver_lib  # noqa: E402
+from jaxae import placement  # noqa: E402
 from jaxae import population as pop_lib  # noqa: E402
 from searchers import Job  # noqa: E402
 
@@ -114,9 +115,9 @@ def _straight(config, dataset, job_config, trial, steps):
     """``trial`` trained alone, in one program call, straight to ``steps``: its final val loss."""
     resolved = hparams.resolve(config.model, {**config_lib.fixed(config), **job_config})
     spec = train_spec(config, dataset.features, tuple(resolved[n] for n in hparams.BUCKET_NAMES))
-    member = pop_lib.Member(trial, resolved, steps, buckets_lib.member_keys(config, trial, 0),
-                            horizon=config.steps)
-    pop = pop_lib.assign(spec, pop_lib.create(spec, 1), [0], [member])
+    member = placement.Member(trial, resolved, steps, buckets_lib.member_keys(config, trial, 0),
+                              horizon=config.steps)
+    pop = placement.assign(spec, placement.create(spec, 1), [0], [member])
     pop, _ = pop_lib.train_chunk(spec, pop, jax.numpy.asarray(dataset.train.x), steps)
     return float(pop_lib.evaluate(spec, pop, jax.numpy.asarray(dataset.val.x))["val_loss"][0])
 
@@ -192,12 +193,12 @@ def test_only_the_listed_groups_train_and_the_rest_keep_their_state():
     config = _small_config("random")
     dataset = data_lib.load("digits")
     spec = train_spec(config, dataset.features, bucket_of(config))
-    members = [pop_lib.Member(t, hparams.resolve("ae", {"hidden": 16, "latent_dim": 4,
-                                                        "batch_size": 16,
-                                                        "learning_rate": 3e-3}),
-                              20, pop_lib.trial_keys(0, t), horizon=30) for t in range(4)]
+    members = [placement.Member(t, hparams.resolve("ae", {"hidden": 16, "latent_dim": 4,
+                                                          "batch_size": 16,
+                                                          "learning_rate": 3e-3}),
+                                20, pop_lib.trial_keys(0, t), horizon=30) for t in range(4)]
     x, val = jax.numpy.asarray(dataset.train.x), jax.numpy.asarray(dataset.val.x)
-    start = pop_lib.assign(spec, pop_lib.create(spec, 4), range(4), members)
+    start = placement.assign(spec, placement.create(spec, 4), range(4), members)
     before = jax.device_get(start)
     # Groups of two slots; only group 1 (slots 2, 3) runs, 12 steps in rounds of 5.
     pop, out = pop_lib.run_chunk(spec, start, x, val, np.array([1, -1], np.int32), 5, 3,
@@ -210,7 +211,7 @@ def test_only_the_listed_groups_train_and_the_rest_keep_their_state():
                     strict=True):
         np.testing.assert_array_equal(a[:2], b[:2])
     # The trained slots: as train_chunk alone, and evaluated as evaluate alone.
-    alone = pop_lib.assign(spec, pop_lib.create(spec, 4), range(4), members)
+    alone = placement.assign(spec, placement.create(spec, 4), range(4), members)
     alone, _ = pop_lib.train_chunk(spec, alone, x, 12, group=2)
     want = jax.device_get(pop_lib.evaluate(spec, alone, val)["val_loss"])
     np.testing.assert_allclose(out["val"][2, 2:], want[2:], rtol=2e-6)
@@ -225,13 +226,13 @@ def test_activations_are_a_per_slot_choice_with_each_activations_own_numbers():
     for t, act in enumerate(itertools.islice(itertools.cycle(["tanh", "relu"]), 4)):
         resolved = hparams.resolve("ae", {"hidden": 16, "latent_dim": 4, "batch_size": 16,
                                           "activation": act, "learning_rate": 3e-3})
-        member = pop_lib.Member(t, resolved, 20, pop_lib.trial_keys(0, t), horizon=30)
-        both = pop_lib.assign(spec, pop_lib.create(spec, 4), [t], [member])
+        member = placement.Member(t, resolved, 20, pop_lib.trial_keys(0, t), horizon=30)
+        both = placement.assign(spec, placement.create(spec, 4), [t], [member])
         both, _ = pop_lib.train_chunk(spec, both, x, 20)
         alone_spec = train_spec(config_lib.build({**config.to_dict(), "space": {
             **config.space, "activation": act}}), dataset.features, bucket_of(config))
         assert alone_spec.model.activation == act
-        alone = pop_lib.assign(alone_spec, pop_lib.create(alone_spec, 1), [0], [member])
+        alone = placement.assign(alone_spec, placement.create(alone_spec, 1), [0], [member])
         alone, _ = pop_lib.train_chunk(alone_spec, alone, x, 20)
         got = pop_lib.evaluate(spec, both, val)["val_loss"][t]
         want = pop_lib.evaluate(alone_spec, alone, val)["val_loss"][0]

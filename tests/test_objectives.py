@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxae import hparams
+from jaxae import hparams, placement
 from jaxae import objectives as O
 from jaxae import population as P
 from jaxae.models import ModelSpec, apply_fn, init_params, kernel_matrix, make_masks
@@ -100,10 +100,10 @@ def test_every_kind_lowers_its_training_and_validation_loss(kind, digits):
                        "adam", 32)
     base = {"learning_rate": 1e-2, **SIZES}
     members = [
-        P.Member(t, hparams.resolve(kind, {**base, **values}), STEPS, P.trial_keys(0, t))
+        placement.Member(t, hparams.resolve(kind, {**base, **values}), STEPS, P.trial_keys(0, t))
         for t, values in enumerate(SLOT_CONFIGS[kind])
     ]
-    pop = P.assign(spec, P.create(spec, 4), [0, 1, 2, 3], members)
+    pop = placement.assign(spec, placement.create(spec, 4), [0, 1, 2, 3], members)
     before = np.asarray(P.evaluate(spec, pop, digits)["val_loss"])
     pop, losses = P.train_chunk(spec, pop, digits, STEPS)
     after = np.asarray(P.evaluate(spec, pop, digits)["val_loss"])

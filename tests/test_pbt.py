@@ -21,8 +21,8 @@ from jaxae import config as config_lib
 from jaxae import driver as driver_lib
 from jaxae import lineage as lineage_lib
 from jaxae import pbt as pbt_lib
+from jaxae import placement, report
 from jaxae import population as P
-from jaxae import report
 from jaxae import sweep as sweep_lib
 from jaxae.data import load
 from jaxae.models import ModelSpec
@@ -152,7 +152,7 @@ def test_exploit_equals_a_numpy_copy_of_the_source_members():
                        "adam", 16)
     # Every slot's state distinct (random values stand in for trained ones; no training needed).
     rng = np.random.default_rng(0)
-    pop = P.create(spec, 4)
+    pop = placement.create(spec, 4)
     fill = lambda a: jax.numpy.asarray(rng.normal(size=a.shape).astype(a.dtype))  # noqa: E731
     pop = pop.replace(params=jax.tree.map(fill, pop.params),
                       opt_state=jax.tree.map(fill, pop.opt_state),

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxae import grouping, hparams
+from jaxae import grouping, hparams, placement
 from jaxae import population as P
 from jaxae.models import ModelSpec, kernel_matrix
 
@@ -14,11 +14,11 @@ SPEC = P.TrainSpec(ModelSpec("ae", 64, hidden=32, latent_dim=8), "adam", 32)
 def member(trial, seed=0, target=40, spec=SPEC, **values):
     sizes = {"hidden": spec.model.hidden, "latent_dim": spec.model.latent_dim}
     config = hparams.resolve(spec.model.kind, {**sizes, **values})
-    return P.Member(trial, config, target, P.trial_keys(seed, trial))
+    return placement.Member(trial, config, target, P.trial_keys(seed, trial))
 
 
 def run(spec, members, slots, size, data, steps):
-    pop = P.assign(spec, P.create(spec, size), slots, members)
+    pop = placement.assign(spec, placement.create(spec, size), slots, members)
     pop, losses = P.train_chunk(spec, pop, data, steps)
     return pop, np.asarray(losses)
 
@@ -66,15 +66,15 @@ def test_solo_run_matches_a_hand_written_training_loop(digits):
 
 
 def test_assigning_new_hyperparameters_does_not_recompile(digits):
-    pop = P.create(SPEC, 4)
-    pop = P.assign(SPEC, pop, [0, 1, 2, 3], [member(t) for t in range(4)])
+    pop = placement.create(SPEC, 4)
+    pop = placement.assign(SPEC, pop, [0, 1, 2, 3], [member(t) for t in range(4)])
     pop, _ = P.train_chunk(SPEC, pop, digits, 5)
     P.evaluate(SPEC, pop, digits)
     before = dict(P.TRACES)
     for round_ in range(3):
         news = [member(10 + round_, learning_rate=0.01 * (round_ + 1), b1=0.5, weight_decay=1e-4,
                        grad_clip=1.0, latent_dim=4, hidden=16)]
-        pop = P.assign(SPEC, pop, [round_], news)
+        pop = placement.assign(SPEC, pop, [round_], news)
         pop, _ = P.train_chunk(SPEC, pop, digits, 5)
         P.evaluate(SPEC, pop, digits)
     assert dict(P.TRACES) == before
@@ -83,7 +83,7 @@ def test_assigning_new_hyperparameters_does_not_recompile(digits):
 def test_diverging_slot_is_frozen_flagged_and_harmless(digits):
     members = [member(t, learning_rate=1e-3 * (t + 1)) for t in range(4)]
     clean_pop, clean = run(SPEC, members, [0, 1, 2, 3], 4, digits, 30)
-    pop = P.assign(SPEC, P.create(SPEC, 4), [0, 1, 2, 3], members)
+    pop = placement.assign(SPEC, placement.create(SPEC, 4), [0, 1, 2, 3], members)
     bad = jax.tree.map(lambda a: a.at[2].set(jnp.nan) if a.dtype == jnp.float32 else a, pop.params)
     pop = pop.replace(params=bad)
     frozen_params = jax.tree.map(lambda a: np.asarray(a[2]), pop.params)
@@ -102,7 +102,8 @@ def test_diverging_slot_is_frozen_flagged_and_harmless(digits):
 
 def test_huge_learning_rate_diverges_only_its_slot(digits):
     blowup = member(1)
-    members = [member(0), P.Member(1, {**blowup.config, "learning_rate": 1e30}, 40, blowup.keys)]
+    members = [member(0), placement.Member(1, {**blowup.config, "learning_rate": 1e30}, 40,
+                                           blowup.keys)]
     pop, losses = run(SPEC, members, [0, 1], 2, digits, 40)
     assert np.asarray(pop.diverged).tolist() == [False, True]
     assert np.isfinite(losses[0]).all()
@@ -110,11 +111,11 @@ def test_huge_learning_rate_diverges_only_its_slot(digits):
 
 def test_slots_train_until_their_target_and_can_be_continued(digits):
     members = [member(0, target=10), member(1, target=25)]
-    pop = P.assign(SPEC, P.create(SPEC, 2), [0, 1], members)
+    pop = placement.assign(SPEC, placement.create(SPEC, 2), [0, 1], members)
     pop, losses = P.train_chunk(SPEC, pop, digits, 20)
     assert np.asarray(pop.step).tolist() == [10, 20]
     assert np.isnan(np.asarray(losses)[0, 10:]).all()
-    pop = P.set_targets(pop, [0], [20])
+    pop = placement.set_targets(pop, [0], [20])
     pop, _ = P.train_chunk(SPEC, pop, digits, 20)
     assert np.asarray(pop.step).tolist() == [20, 25]
     # Training 10 + 10 steps equals training 20 in one go (keys come from the step counter).
@@ -126,7 +127,7 @@ def test_slots_train_until_their_target_and_can_be_continued(digits):
 
 
 def test_place_parks_a_paused_trial_and_restores_it_in_another_slot(digits):
-    pop = P.assign(SPEC, P.create(SPEC, 3), [1], [member(7, target=10)])
+    pop = placement.assign(SPEC, placement.create(SPEC, 3), [1], [member(7, target=10)])
     pop, _ = P.train_chunk(SPEC, pop, digits, 10)
     host = jax.device_get(pop)
     parked = jax.tree.map(lambda a: np.zeros((4, *a.shape[1:]), a.dtype), host)
@@ -140,17 +141,17 @@ def test_place_parks_a_paused_trial_and_restores_it_in_another_slot(digits):
         hp = {k: np.array(v) for k, v in host.hparams.items()}
         for k in hp:
             hp[k][2] = hp[k][1]
-        return P.Plan(np.zeros(3, bool), park, restore, hp, keys["init_key"], keys["data_key"],
-                      keys["eval_key"], np.asarray(target, np.int32),
-                      np.asarray(trial, np.int32))
+        return placement.Plan(np.zeros(3, bool), park, restore, hp, keys["init_key"],
+                              keys["data_key"], keys["eval_key"], np.asarray(target, np.int32),
+                              np.asarray(trial, np.int32))
 
     # Pause: slot 1 parks in row 3 and empties; continue: row 3 comes back in slot 2.
-    pop, parked = P.place(SPEC, pop, parked, plan(np.array([-1, 3, -1], np.int32), none,
-                                                  [-1, -1, -1], [0, 10, 0]))
+    pop, parked = placement.place(SPEC, pop, parked, plan(np.array([-1, 3, -1], np.int32), none,
+                                                          [-1, -1, -1], [0, 10, 0]))
     np.testing.assert_array_equal(np.asarray(parked.params["enc_0"]["kernel"])[3],
                                   np.asarray(host.params["enc_0"]["kernel"])[1])
-    pop, parked = P.place(SPEC, pop, parked, plan(none, np.array([-1, -1, 3], np.int32),
-                                                  [-1, -1, 7], [0, 10, 20]))
+    pop, parked = placement.place(SPEC, pop, parked, plan(none, np.array([-1, -1, 3], np.int32),
+                                                          [-1, -1, 7], [0, 10, 20]))
     assert np.asarray(pop.step).tolist()[2] == 10
     pop, _ = P.train_chunk(SPEC, pop, digits, 10)
     straight, _ = run(SPEC, [member(7, target=20)], [0], 1, digits, 20)
@@ -164,8 +165,8 @@ def test_masked_latent_and_width_equal_an_unpadded_model(digits):
     padded = P.TrainSpec(ModelSpec("ae", 64, hidden=48, latent_dim=16, depth=2), "adam", 32)
     small = P.TrainSpec(ModelSpec("ae", 64, hidden=20, latent_dim=8, depth=2), "adam", 32)
     m = member(4, spec=padded, latent_dim=8, hidden=20, learning_rate=3e-3)
-    pop = P.assign(padded, P.create(padded, 3), [1], [m])
-    small_pop = P.assign(small, P.create(small, 1), [0], [m])
+    pop = placement.assign(padded, placement.create(padded, 3), [1], [m])
+    small_pop = placement.assign(small, placement.create(small, 1), [0], [m])
     # Same key, same initial weights: the used block of the padded slot is the small model, and
     # nothing lives outside it.
     for name in pop.params:
@@ -185,7 +186,8 @@ def test_masked_latent_and_width_equal_an_unpadded_model(digits):
 
 def test_init_variance_follows_the_true_width():
     spec = P.TrainSpec(ModelSpec("ae", 64, hidden=512, latent_dim=64), "adam", 32)
-    pop = P.assign(spec, P.create(spec, 1), [0], [member(0, spec=spec, hidden=32, latent_dim=64)])
+    pop = placement.assign(spec, placement.create(spec, 1), [0],
+                           [member(0, spec=spec, hidden=32, latent_dim=64)])
     kernel = np.asarray(kernel_matrix(spec.model, pop.params, "output")[0])[:32]  # 32 used inputs
     # LeCun normal (truncated at 2 std, rescaled): variance 1 / fan_in with the *used* fan-in.
     assert kernel.var() == pytest.approx(1 / 32, rel=0.1)
@@ -235,7 +237,7 @@ def test_a_population_that_never_clips_skips_the_norm_and_changes_no_number(digi
     no_clip = P.TrainSpec(SPEC.model, SPEC.optimizer, SPEC.batch_size, clip_gradients=False)
     blowup = member(2)
     members = [member(t, learning_rate=1e-3 * (t + 1)) for t in range(2)]
-    members.append(P.Member(2, {**blowup.config, "learning_rate": 1e30}, 40, blowup.keys))
+    members.append(placement.Member(2, {**blowup.config, "learning_rate": 1e30}, 40, blowup.keys))
     results = [run(spec, members, [0, 1, 2], 3, digits, 40) for spec in (SPEC, no_clip)]
     (pop_a, losses_a), (pop_b, losses_b) = results
     np.testing.assert_array_equal(losses_a[:2], losses_b[:2])
@@ -264,7 +266,7 @@ def test_norm_dropout_and_schedule_keep_population_and_padding_invariance(norm, 
     width gives the same losses, validation loss and batch statistics."""
     padded, small = regularised(norm), regularised(norm, hidden=20, latent_dim=6)
     config = hparams.resolve("ae", REGULARISED)
-    trial = P.Member(9, config, 20, P.trial_keys(0, 9), horizon=30)
+    trial = placement.Member(9, config, 20, P.trial_keys(0, 9), horizon=30)
     others = [member(t, spec=padded, dropout=0.5, learning_rate=1e-2) for t in range(3)]
     crowd_pop, crowd = run(padded, [others[0], others[1], trial, others[2]], [0, 1, 2, 3], 4,
                            digits, 20)
@@ -281,8 +283,8 @@ def test_norm_dropout_and_schedule_keep_population_and_padding_invariance(norm, 
                                     jax.tree.map(lambda a: a[0], small_pop.stats),
                                     rtol=2e-5, atol=1e-6)
     # Dropout and the schedule did something: without them the trial trains differently.
-    plain = P.Member(9, hparams.resolve("ae", {**REGULARISED, "dropout": 0.0}), 20,
-                     P.trial_keys(0, 9), horizon=30)
+    plain = placement.Member(9, hparams.resolve("ae", {**REGULARISED, "dropout": 0.0}), 20,
+                             P.trial_keys(0, 9), horizon=30)
     _, without = run(padded, [plain], [0], 1, digits, 20)
     assert not np.allclose(without[0], alone[0], rtol=1e-3)
 
@@ -290,7 +292,7 @@ def test_norm_dropout_and_schedule_keep_population_and_padding_invariance(norm, 
 def test_batch_statistics_move_only_while_a_slot_trains_and_serve_evaluation(digits):
     spec = regularised("batch")
     members = [member(0, spec=spec, target=5), member(1, spec=spec, target=0)]
-    pop = P.assign(spec, P.create(spec, 2), [0, 1], members)
+    pop = placement.assign(spec, placement.create(spec, 2), [0, 1], members)
     initial = jax.tree.map(np.asarray, pop.stats)
     pop, _ = P.train_chunk(spec, pop, digits, 8)
     stats = jax.tree.map(np.asarray, pop.stats)
@@ -313,14 +315,15 @@ def test_batch_statistics_move_only_while_a_slot_trains_and_serve_evaluation(dig
 
 def test_new_schedules_and_dropout_rates_do_not_recompile(digits):
     spec = regularised("layer")
-    pop = P.assign(spec, P.create(spec, 2), [0, 1], [member(t, spec=spec) for t in range(2)])
+    pop = placement.assign(spec, placement.create(spec, 2), [0, 1],
+                           [member(t, spec=spec) for t in range(2)])
     pop, _ = P.train_chunk(spec, pop, digits, 5)
     P.evaluate(spec, pop, digits)
     before = dict(P.TRACES)
     for i, kind in enumerate(hparams.SCHEDULES):
         news = [member(10 + i, spec=spec, schedule=kind, warmup=i, final_lr_ratio=0.5,
                        dropout=0.1 * i)]
-        pop = P.assign(spec, pop, [i % 2], news)
+        pop = placement.assign(spec, pop, [i % 2], news)
         pop, _ = P.train_chunk(spec, pop, digits, 5)
         P.evaluate(spec, pop, digits)
     assert dict(P.TRACES) == before
@@ -328,4 +331,4 @@ def test_new_schedules_and_dropout_rates_do_not_recompile(digits):
 
 def test_dropout_in_a_program_without_dropout_is_refused():
     with pytest.raises(ValueError, match="dropout"):
-        P.assign(SPEC, P.create(SPEC, 1), [0], [member(0, dropout=0.1)])
+        placement.assign(SPEC, placement.create(SPEC, 1), [0], [member(0, dropout=0.1)])

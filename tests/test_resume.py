@@ -325,14 +325,13 @@ def test_a_model_too_large_for_memory_is_refused_naming_the_numbers(tmp_path, ca
 def test_the_state_estimate_bounds_a_real_population():
     from jaxae import buckets as buckets_lib
     from jaxae import config as config_lib
-    from jaxae import hparams
-    from jaxae import population as pop_lib
+    from jaxae import hparams, placement
 
     config = config_lib.build({"population": 4, "space": {"hidden": 32, "latent_dim": 8}})
     key = tuple(config_lib.value_range(config, n)[0] for n in hparams.BUCKET_NAMES)
     spec = buckets_lib.train_spec(config, 64, key)
     e = memory.estimate(config, 64, 100, 20, slots=4)
-    pop = pop_lib.create(spec, 4)
+    pop = placement.create(spec, 4)
     real = sum(leaf.nbytes for leaf in jax.tree_util.tree_leaves(pop))
     # Every array of every slot is counted, with a small margin (at most 4 KiB per member).
     assert real <= e.state <= real + 4 * 4096

@@ -9,7 +9,7 @@ from sklearn.metrics import roc_auc_score
 
 from jaxae import buckets as buckets_lib
 from jaxae import data as data_lib
-from jaxae import hparams, retrain
+from jaxae import hparams, placement, retrain
 from jaxae import population as pop_lib
 from jaxae.results import load_sweep
 
@@ -63,9 +63,9 @@ def _members(sweep, trial_ids, dataset):
     trials = [rows[t] for t in trial_ids]
     key = tuple(trials[0]["params"][n] for n in hparams.BUCKET_NAMES)
     spec = buckets_lib.train_spec(sweep.config, dataset.features, key)
-    members = [pop_lib.Member(t["trial_id"], t["params"], t["steps"],
-                              pop_lib.trial_keys(sweep.config.seed, t["trial_id"], 0))
-               for t in trials]
+    members = [placement.Member(t["trial_id"], t["params"], t["steps"],
+                                pop_lib.trial_keys(sweep.config.seed, t["trial_id"], 0))
+                 for t in trials]
     return spec, members
 
 

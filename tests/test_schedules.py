@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxae import hparams
+from jaxae import hparams, placement
 from jaxae import population as P
 from jaxae.models import ModelSpec
 from jaxae.schedules import learning_rate_at
@@ -73,7 +73,8 @@ def test_trainer_follows_the_schedule_like_an_optax_loop(digits):
               "warmup": 4, "final_lr_ratio": 0.0}
     config = hparams.resolve("ae", values)
     keys = P.trial_keys(0, 3)
-    pop = P.assign(SPEC, P.create(SPEC, 1), [0], [P.Member(3, config, 12, keys, horizon=12)])
+    pop = placement.assign(SPEC, placement.create(SPEC, 1), [0],
+        [placement.Member(3, config, 12, keys, horizon=12)])
     _, losses = P.train_chunk(SPEC, pop, digits, 12)
     params = init_params(SPEC.model, keys["init_key"], make_masks(SPEC.model, 32, 8))
     opt = optax.adam(optax_schedule("cosine", 1e-2, 4, 0.0, 12))
@@ -98,15 +99,18 @@ def test_a_promoted_trial_continues_the_same_curve(digits):
     config = hparams.resolve("ae", {"hidden": 32, "latent_dim": 8, "schedule": "exponential",
                                     "final_lr_ratio": 0.01, "learning_rate": 1e-2})
     keys = P.trial_keys(0, 5)
-    rung = P.assign(SPEC, P.create(SPEC, 1), [0], [P.Member(5, config, 10, keys, horizon=25)])
+    rung = placement.assign(SPEC, placement.create(SPEC, 1), [0],
+        [placement.Member(5, config, 10, keys, horizon=25)])
     rung, first = P.train_chunk(SPEC, rung, digits, 25)
-    rung = P.set_targets(rung, [0], [25])
+    rung = placement.set_targets(rung, [0], [25])
     rung, second = P.train_chunk(SPEC, rung, digits, 25)
-    straight = P.assign(SPEC, P.create(SPEC, 1), [0], [P.Member(5, config, 25, keys, horizon=25)])
+    straight = placement.assign(SPEC, placement.create(SPEC, 1), [0],
+        [placement.Member(5, config, 25, keys, horizon=25)])
     straight, whole = P.train_chunk(SPEC, straight, digits, 25)
     stitched = np.concatenate([np.asarray(first)[0, :10], np.asarray(second)[0, :15]])
     np.testing.assert_allclose(stitched, np.asarray(whole)[0], rtol=1e-6)
     # Had the rung been the horizon, the curve would have decayed faster.
-    early = P.assign(SPEC, P.create(SPEC, 1), [0], [P.Member(5, config, 25, keys, horizon=10)])
+    early = placement.assign(SPEC, placement.create(SPEC, 1), [0],
+        [placement.Member(5, config, 25, keys, horizon=10)])
     _, other = P.train_chunk(SPEC, early, digits, 25)
     assert not np.allclose(np.asarray(other)[0, 12:], np.asarray(whole)[0, 12:], rtol=1e-4)

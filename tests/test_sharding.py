@@ -28,7 +28,8 @@ FOUR_DEVICES = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_cou
 SCRIPT = textwrap.dedent("""
     import json, jax, numpy as np
     from sklearn.datasets import load_digits
-    from jaxae import hparams, population as P, sharding
+    from jaxae import hparams, placement, sharding
+    from jaxae import population as P
     from jaxae.models import ModelSpec
 
     assert jax.device_count() == 4
@@ -36,12 +37,12 @@ SCRIPT = textwrap.dedent("""
     spec = P.TrainSpec(ModelSpec("ae", 64, hidden=16, latent_dim=4), "adam", 32)
     mesh = sharding.slot_mesh()
     slots = sharding.round_up(6, mesh)  # 6 members padded to 8 slots
-    members = [P.Member(t, hparams.resolve("ae", {"hidden": 16, "latent_dim": 4,
-                                                   "learning_rate": 1e-3 * (t + 1)}),
-                        30, P.trial_keys(0, t)) for t in range(6)]
+    members = [placement.Member(t, hparams.resolve("ae", {"hidden": 16, "latent_dim": 4,
+                                                           "learning_rate": 1e-3 * (t + 1)}),
+                                30, P.trial_keys(0, t)) for t in range(6)]
 
     def train(place, mesh=None):
-        pop = place(P.assign(spec, P.create(spec, slots), list(range(6)), members))
+        pop = place(placement.assign(spec, placement.create(spec, slots), list(range(6)), members))
         pop, losses = P.train_chunk(spec, pop, x, 30, mesh=mesh)
         val = P.evaluate(spec, pop, x)["val_loss"]
         return pop, np.asarray(losses)[:6].tolist(), np.asarray(val)[:6].tolist()
