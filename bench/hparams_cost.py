@@ -105,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             pop = fresh(spec, configs, args)
             jax.block_until_ready(pop)
             if case == "no-schedule" and r == 0:
-                P.learning_rate_at = lambda hp, step, max_budget: hp["learning_rate"]
+                P.learning_rate_at = lambda learning_rate, hp, step: learning_rate
             try:
                 seconds = timed(programs[case], pop, x)
             finally:

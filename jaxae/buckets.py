@@ -99,7 +99,7 @@ class Bucket:
     spec: pop_lib.TrainSpec
     pop: pop_lib.Population
     owner: list[tuple[int, int] | None]  # (trial, replicate) in each slot, None when free
-    hparams: dict[str, np.ndarray]  # name -> [slots] float32, the slots' hyperparameters
+    hparams: hparams.SlotHParams  # leaves [slots] float32 (numpy), the slots' hyperparameters
     keys: dict[str, np.ndarray]  # init_key / data_key / eval_key -> [slots, 2] uint32
     target: np.ndarray  # [slots] int32
     trial: np.ndarray  # [slots] int32, -1 when free

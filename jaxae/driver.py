@@ -170,8 +170,9 @@ class Driver:
     # -- configuration --------------------------------------------------------------------------
 
     def resolve(self, job_config: Mapping[str, Any]) -> dict[str, Any]:
-        """A trial's full configuration: defaults < the space's fixed values < the searched ones."""
-        return hparams.resolve(self.config.model, {**fixed(self.config), **job_config})
+        """A trial's full configuration: defaults < the space's fixed values < the searched ones
+        (all checked once, by ``config.build`` and the searchers' ranges: not again here)."""
+        return hparams.complete(self.config.model, {**fixed(self.config), **job_config})
 
     def bucket_key(self, config: Mapping[str, Any]) -> tuple:
         return tuple(config[name] for name in hparams.BUCKET_NAMES)
@@ -184,7 +185,7 @@ class Driver:
             n = self.capacity
             bucket = Bucket(
                 key, spec, pop, [None] * n,
-                hparams={k: np.array(v) for k, v in host["hparams"].items()},
+                hparams=jax.tree.map(np.array, host["hparams"]),
                 keys={k: np.zeros((n, 2), np.uint32)
                       for k in ("init_key", "data_key", "eval_key")},
                 target=np.zeros(n, np.int32), trial=np.full(n, -1, np.int32),
@@ -295,12 +296,12 @@ class Driver:
 
     def _place(self, job: Job, config: dict, bucket: Bucket, slots: list[int]) -> None:
         paused = self.paused.pop(job.trial_id, None)
-        values = pop_lib.hparam_arrays([config])
+        values = hparams.slot_hparams([config], [self.config.steps])
+        # The per-trial path's one guard: a resumed checkpoint's searcher state is the one way a
+        # value can arrive from outside the validated space, and this is what it could break.
         placement.check_fits(bucket.spec, values, [0])
+        hparams.set_rows(bucket.hparams, slots, values)
         for r, slot in enumerate(slots):
-            for name, v in values.items():
-                bucket.hparams[name][slot] = v[0]
-            bucket.hparams["horizon"][slot] = self.config.steps
             for name, key in self.member_keys(job.trial_id)[r].items():
                 bucket.keys[name][slot] = key
             bucket.target[slot] = job.budget
@@ -514,7 +515,7 @@ class Driver:
                                                  arrays["buckets"][str(i)])
             bucket.pop = sharding_lib.shard(host, self.slots)
             bucket.owner = [tuple(o) if o is not None else None for o in b["owner"]]
-            bucket.hparams = {k: np.array(v) for k, v in host.hparams.items()}
+            bucket.hparams = jax.tree.map(np.array, host.hparams)
             bucket.keys = {k: np.array(getattr(host, k))
                            for k in ("init_key", "data_key", "eval_key")}
             bucket.target = np.array(host.target)

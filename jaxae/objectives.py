@@ -1,10 +1,12 @@
 """Training objectives, one per autoencoder kind, and the validation metrics.
 
-Every objective is a pure function ``loss_fn(params, x, key, hp, stats) -> (loss, aux)`` of one
-member: ``x`` is a batch [batch, features] in [0, 1], ``key`` a PRNG key for the step's noise
-(denoising, VAE sampling, dropout), ``hp`` a dict of scalar hyperparameters
-(``hparams.ARRAY_NAMES``), ``stats`` the batch-norm running statistics (``models.init_stats``;
-``aux["stats"]`` holds them after this batch). The population trainer vmaps it over slots.
+Every objective is a pure function ``loss_fn(params, x, key, model_hp, penalty_hp, stats) ->
+(loss, aux)`` of one member: ``x`` is a batch [batch, features] in [0, 1], ``key`` a PRNG key for
+the step's noise (denoising, VAE sampling, dropout), ``model_hp`` the slot's
+``hparams.ModelHParams`` (masked sizes, activation, dropout) and ``penalty_hp`` its
+``hparams.PenaltyHParams`` (scalars), ``stats`` the batch-norm running statistics
+(``models.init_stats``; ``aux["stats"]`` holds them after this batch). The population trainer
+vmaps it over slots.
 
 Conventions (the textbook ones: Ng's sparse-autoencoder notes, Rifai et al. 2011, Kingma & Welling
 2014): the reconstruction term is a per-example *sum* over features, averaged over the batch, so
@@ -19,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxae.hparams import ModelHParams, PenaltyHParams
 from jaxae.models import DROPOUT_STREAM, Masks, ModelSpec, Train, apply_fn, make_masks, train_fn
 
 Objective = Callable[..., tuple[jax.Array, dict]]
@@ -82,22 +85,23 @@ def contractive_penalty(encode: Callable[[jax.Array], jax.Array], x: jax.Array) 
     return jnp.sum(jnp.square(jac), axis=(-2, -1))
 
 
-def _masks(spec: ModelSpec, hp: dict) -> Masks:
-    return make_masks(spec, hp["hidden"], hp["latent_dim"], hp.get("activation"))
+def _masks(spec: ModelSpec, hp: ModelHParams) -> Masks:
+    return make_masks(spec, hp.hidden, hp.latent_dim, hp.activation)
 
 
 def make_objective(spec: ModelSpec) -> Objective:
-    """The training loss of ``spec.kind``: ``loss_fn(params, x, key, hp, stats=None) -> (loss,
-    aux)``, computed by a training pass (dropout at the slot's rate, batch norm on the batch's
-    statistics). The contractive penalty is the Jacobian of the encoder without dropout."""
+    """The training loss of ``spec.kind``: ``loss_fn(params, x, key, model_hp, penalty_hp,
+    stats=None) -> (loss, aux)``, computed by a training pass (dropout at the slot's rate, batch
+    norm on the batch's statistics). The contractive penalty is the Jacobian of the encoder
+    without dropout."""
     encode, decode = train_fn(spec, "encode"), train_fn(spec, "decode")
     clean_encode = apply_fn(spec, "encode")
 
-    def loss_fn(params: dict, x: jax.Array, key: jax.Array, hp: dict, stats: dict | None = None
-                ) -> tuple[jax.Array, dict]:
-        masks = _masks(spec, hp)
+    def loss_fn(params: dict, x: jax.Array, key: jax.Array, model_hp: ModelHParams,
+                hp: PenaltyHParams, stats: dict | None = None) -> tuple[jax.Array, dict]:
+        masks = _masks(spec, model_hp)
         kind = spec.kind
-        train = Train(hp["dropout"], jax.random.fold_in(key, DROPOUT_STREAM))
+        train = Train(model_hp.dropout, jax.random.fold_in(key, DROPOUT_STREAM))
         stats = {} if stats is None else stats
         if kind == "vae":
             (mu, logvar), stats = encode(params, x, masks, stats, train)
@@ -106,28 +110,29 @@ def make_objective(spec: ModelSpec) -> Objective:
             logits, stats = decode(params, z, masks, stats, train)
             recon = reconstruction(logits, x, spec.loss)
             kl = gaussian_kl(mu, logvar)
-            loss = jnp.mean(recon + hp["beta"] * kl)
+            loss = jnp.mean(recon + hp.beta * kl)
             return loss, {"recon": jnp.mean(recon), "kl": jnp.mean(kl), "stats": stats}
-        x_in = corrupt(x, key, hp["noise"], hp["noise_kind"]) if kind == "denoising" else x
+        x_in = corrupt(x, key, hp.noise, hp.noise_kind) if kind == "denoising" else x
         z, stats = encode(params, x_in, masks, stats, train)
         logits, stats = decode(params, z, masks, stats, train)
         recon = jnp.mean(reconstruction(logits, x, spec.loss))
         penalty = jnp.zeros(())
         if kind == "sparse":
-            penalty = hp["l1"] * jnp.mean(l1_activity(z)) + hp["sparsity_weight"] * kl_sparsity(
-                z, hp["rho"], masks.latent
+            penalty = hp.l1 * jnp.mean(l1_activity(z)) + hp.sparsity_weight * kl_sparsity(
+                z, hp.rho, masks.latent
             )
         elif kind == "contractive":
             # hparams.check_combination keeps batch norm out: no statistics to pass here.
             jac_norm = contractive_penalty(lambda xi: clean_encode(params, xi, masks), x)
-            penalty = hp["contractive"] * jnp.mean(jac_norm)
+            penalty = hp.contractive * jnp.mean(jac_norm)
         return recon + penalty, {"recon": recon, "penalty": penalty, "stats": stats}
 
     return loss_fn
 
 
-def make_metrics(spec: ModelSpec) -> Callable[[dict, jax.Array, jax.Array, dict], dict]:
-    """Validation metrics of one member: ``fn(params, x, key, hp, stats=None) -> {name: [batch]}``
+def make_metrics(spec: ModelSpec) -> Callable[..., dict]:
+    """Validation metrics of one member: ``fn(params, x, key, model_hp, stats=None) -> {name:
+    [batch]}``
     (an evaluation pass: no dropout, batch norm from the running ``stats``).
 
     ``recon`` is the reconstruction error of the clean input (for a VAE, through the mean code);
@@ -136,9 +141,9 @@ def make_metrics(spec: ModelSpec) -> Callable[[dict, jax.Array, jax.Array, dict]
     """
     encode, decode = apply_fn(spec, "encode"), apply_fn(spec, "decode")
 
-    def metrics(params: dict, x: jax.Array, key: jax.Array, hp: dict, stats: dict | None = None
-                ) -> dict:
-        masks = _masks(spec, hp)
+    def metrics(params: dict, x: jax.Array, key: jax.Array, model_hp: ModelHParams,
+                stats: dict | None = None) -> dict:
+        masks = _masks(spec, model_hp)
         if spec.kind != "vae":
             z = encode(params, x, masks, stats)
             recon = reconstruction(decode(params, z, masks, stats), x, spec.loss)

@@ -24,7 +24,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-OPTIMIZER_HPARAMS = ("learning_rate", "weight_decay", "b1", "b2")
+from jaxae.hparams import OptHParams
+
 EPS = 1e-8  # optax's default for Adam (outside the square root) and RMSProp (inside)
 
 # Whether the new moments are stored behind an ``optimization_barrier`` before the parameters read
@@ -70,7 +71,7 @@ def init(family: str, params: Any) -> OptState:
 
 
 def update(
-    family: str, grads: Any, state: OptState, params: Any, hp: dict, train: jax.Array,
+    family: str, grads: Any, state: OptState, params: Any, hp: OptHParams, train: jax.Array,
     *, settle_moments: bool | None = None,
 ) -> tuple[Any, OptState]:
     """New ``(params, state)`` after one step, or the old ones where ``train`` is false.
@@ -80,7 +81,8 @@ def update(
         grads: the (clipped) gradient; it must be finite where ``train`` is false (zero it).
         state: the slot's ``OptState``.
         params: the slot's parameters.
-        hp: the slot's hyperparameter arrays (``OPTIMIZER_HPARAMS`` are read).
+        hp: the slot's optimizer settings (scalars; ``grad_clip`` is not read: the caller
+            clips), with the scheduled learning rate of this step.
         train: bool scalar.
         settle_moments: store the new moments behind a barrier before the parameters read them
             (default: ``settles_moments()``, by backend). The results are the same either way.
@@ -88,7 +90,7 @@ def update(
     _check(family)
     if settle_moments is None:
         settle_moments = settles_moments()
-    lr, wd, b1, b2 = (hp[name] for name in OPTIMIZER_HPARAMS)
+    lr, wd, b1, b2 = hp.learning_rate, hp.weight_decay, hp.b1, hp.b2
     on = train.astype(jnp.float32)
     keep = lambda new, old: on * new + (1.0 - on) * old  # noqa: E731
     count = state.count + 1  # the update's count, as optax's (used only when the update is kept)

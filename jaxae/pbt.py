@@ -89,13 +89,13 @@ def exploit(pop: pop_lib.Population, src: jax.Array) -> pop_lib.Population:
                        stats=gather(pop.stats), step=pop.step[src], diverged=pop.diverged[src])
 
 
-def set_hparams(pop: pop_lib.Population, configs: list[Mapping[str, Any]]) -> pop_lib.Population:
+def set_hparams(pop: pop_lib.Population, configs: list[Mapping[str, Any]], horizon: int
+                ) -> pop_lib.Population:
     """The population with every slot's per-slot hyperparameters from ``configs`` (one resolved
-    configuration per slot; an empty slot's may be any). Placed like the population's slots, so
-    the next chunk finds its compiled program."""
-    arrays = pop_lib.hparam_arrays(configs)
-    placed = jax.device_put(arrays, pop.step.sharding)
-    return pop.replace(hparams={**pop.hparams, **placed})
+    configuration per slot; an empty slot's may be any) and the schedule's ``horizon``. Placed
+    like the population's slots, so the next chunk finds its compiled program."""
+    arrays = hparams.slot_hparams(configs, [horizon] * len(configs))
+    return pop.replace(hparams=jax.device_put(arrays, pop.step.sharding))
 
 
 @dataclasses.dataclass
@@ -158,7 +158,7 @@ class PBTDriver:
 
     def resolve(self, job_config: Mapping[str, Any]) -> dict[str, Any]:
         """A member's full configuration: defaults < the space's fixed values < the searched."""
-        return hparams.resolve(self.config.model, {**fixed(self.config), **job_config})
+        return hparams.complete(self.config.model, {**fixed(self.config), **job_config})
 
     def bucket_key(self, config: Mapping[str, Any]) -> tuple:
         return tuple(config[name] for name in hparams.BUCKET_NAMES)
@@ -272,7 +272,7 @@ class PBTDriver:
             # An empty slot (padding to the device count) never trains: any member's will do.
             first = next(c for c in owned if c is not None)
             slot_configs = [first if c is None else c for c in owned]
-            bucket.pop = set_hparams(bucket.pop, slot_configs)
+            bucket.pop = set_hparams(bucket.pop, slot_configs, self.config.steps)
         return events
 
     def record(self, store: TrialStore, events: list[Event], curves: list[tuple]) -> None:

@@ -22,13 +22,14 @@ from jax.sharding import Mesh, PartitionSpec
 from jaxae import hparams as hparams_lib
 from jaxae import optimizers
 from jaxae.models import init_params, init_stats, make_masks
-from jaxae.population import TRACES, Population, TrainSpec, hparam_arrays
+from jaxae.population import TRACES, Population, TrainSpec
 from jaxae.sharding import AXIS, to_host
 
 
-def init_member(spec: TrainSpec, init_key: jax.Array, hp: dict) -> tuple[dict, Any]:
+def init_member(spec: TrainSpec, init_key: jax.Array, hp: hparams_lib.ModelHParams
+                ) -> tuple[dict, Any]:
     """One member's fresh parameters and optimizer state (no slot axis)."""
-    masks = make_masks(spec.model, hp["hidden"], hp["latent_dim"], hp["activation"])
+    masks = make_masks(spec.model, hp.hidden, hp.latent_dim, hp.activation)
     params = init_params(spec.model, init_key, masks)
     return params, optimizers.init(spec.optimizer, params)
 
@@ -43,7 +44,7 @@ class Plan(NamedTuple):
     new: jax.Array  # bool: the slot starts its trial from scratch (init from init_key, hparams)
     park: jax.Array  # int32: parking row that first saves the slot's member; -1: none
     restore: jax.Array  # int32: parking row whose member the slot continues; -1: none
-    hparams: dict  # name -> float32, as Population.hparams
+    hparams: hparams_lib.SlotHParams  # leaves float32, as Population.hparams
     init_key: jax.Array  # [slots, 2] uint32
     data_key: jax.Array  # [slots, 2] uint32
     eval_key: jax.Array  # [slots, 2] uint32
@@ -87,7 +88,7 @@ def _place_local(spec: TrainSpec, pop: Population, parked: Population | None, pl
 
     def start(p: Population) -> Population:
         params, opt_state = jax.vmap(functools.partial(init_member, spec))(
-            plan.init_key, plan.hparams)
+            plan.init_key, plan.hparams.model)
         fresh = p.replace(params=params, opt_state=opt_state, stats=_fresh_stats(spec, p.size),
                           step=jnp.zeros_like(p.step), diverged=jnp.zeros_like(p.diverged))
         return _select(plan.new, fresh, p)
@@ -107,13 +108,12 @@ def _select(mask: jax.Array, a: Any, b: Any) -> Any:
 def create(spec: TrainSpec, num_slots: int) -> Population:
     """An empty population of ``num_slots`` slots (no trial, nothing to train)."""
     default = hparams_lib.defaults(spec.model.kind)
-    hp = {k: jnp.asarray(v) for k, v in hparam_arrays([default] * num_slots).items()}
-    hp["hidden"] = jnp.full((num_slots,), spec.model.hidden, jnp.float32)
-    hp["latent_dim"] = jnp.full((num_slots,), spec.model.latent_dim, jnp.float32)
-    hp["horizon"] = jnp.ones((num_slots,), jnp.float32)
+    sizes = {"hidden": spec.model.hidden, "latent_dim": spec.model.latent_dim}
+    hp = jax.tree.map(jnp.asarray, hparams_lib.slot_hparams([{**default, **sizes}] * num_slots,
+                                                            [1.0] * num_slots))
     keys = jnp.zeros((num_slots, 2), jnp.uint32)
     # Empty slots never train, so zeros of the right shapes do; eval_shape compiles nothing.
-    shapes = jax.eval_shape(jax.vmap(functools.partial(init_member, spec)), keys, hp)
+    shapes = jax.eval_shape(jax.vmap(functools.partial(init_member, spec)), keys, hp.model)
     params, opt_state = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
     return Population(
         params=params,
@@ -141,7 +141,7 @@ class Member:
     """What ``assign`` needs to start one trial in a slot."""
 
     trial: int
-    config: Mapping[str, Any]  # a resolved configuration (hparams.resolve)
+    config: Mapping[str, Any]  # a full configuration (hparams.resolve / hparams.complete)
     target: int  # train until this many steps
     keys: Mapping[str, np.ndarray]  # trial_keys(...), possibly with a shared data_key
     # The sweep's maximum budget, the learning-rate schedule's horizon (None: ``target``).
@@ -168,16 +168,14 @@ def assign(spec: TrainSpec, pop: Population, slots: Sequence[int], members: Sequ
             "trial": pop.trial,
         }
     )
-    fresh = {k: np.array(v) for k, v in host.items() if k != "hparams"}
-    fresh["hparams"] = {k: np.array(v) for k, v in host["hparams"].items()}
-    arrays = hparam_arrays([m.config for m in members])
-    for i, (slot, m) in enumerate(zip(slots, members, strict=True)):
-        for name in hparams_lib.ARRAY_NAMES:
-            fresh["hparams"][name][slot] = arrays[name][i]
+    fresh = jax.tree.map(np.array, host)
+    hparams_lib.set_rows(fresh["hparams"], slots, hparams_lib.slot_hparams(
+        [m.config for m in members],
+        [m.target if m.horizon is None else m.horizon for m in members]))
+    for slot, m in zip(slots, members, strict=True):
         for name in ("init_key", "data_key", "eval_key"):
             fresh[name][slot] = m.keys[name]
         fresh["target"][slot] = m.target
-        fresh["hparams"]["horizon"][slot] = m.target if m.horizon is None else m.horizon
         fresh["trial"][slot] = m.trial
     check_fits(spec, fresh["hparams"], slots)
     none = np.full(pop.size, -1, np.int32)
@@ -189,13 +187,14 @@ def assign(spec: TrainSpec, pop: Population, slots: Sequence[int], members: Sequ
     return pop
 
 
-def check_fits(spec: TrainSpec, hp: dict, slots: Sequence[int]) -> None:
-    """Refuses hyperparameters ``hp`` ([slots] arrays) that ``spec``'s program cannot train in
+def check_fits(spec: TrainSpec, hp: hparams_lib.SlotHParams, slots: Sequence[int]) -> None:
+    """Refuses hyperparameters ``hp`` ([slots] leaves) that ``spec``'s program cannot train in
     ``slots``: sizes above its padded maximum, dropout in a program built without it."""
+    model = hp.model
     for name, cap in (("hidden", spec.model.hidden), ("latent_dim", spec.model.latent_dim)):
-        if np.any(hp[name][list(slots)] > cap):
+        if np.any(np.asarray(getattr(model, name))[list(slots)] > cap):
             raise ValueError(f"{name} exceeds the padded maximum {cap} of this population")
-    if not spec.model.dropout and np.any(hp["dropout"][list(slots)] > 0):
+    if not spec.model.dropout and np.any(np.asarray(model.dropout)[list(slots)] > 0):
         raise ValueError("dropout > 0 in a program built without dropout (ModelSpec.dropout)")
 
 

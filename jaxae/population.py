@@ -19,14 +19,13 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import struct
+from flax import serialization, struct
 from jax.sharding import Mesh, PartitionSpec
 
 from jaxae import hparams as hparams_lib
@@ -73,9 +72,8 @@ class Population:
     opt_state: Any  # leaves [slots, ...]
     # Batch-norm running statistics (models.init_stats), leaves [slots, hidden]; {} without.
     stats: dict
-    # name -> [slots] float32, for every name in hparams.ARRAY_NAMES, and "horizon": the sweep's
-    # maximum budget, which the learning-rate schedule is relative to.
-    hparams: dict
+    # Leaves [slots] float32 (hparams.slot_hparams); a checkpoint holds them by name.
+    hparams: hparams_lib.SlotHParams
     init_key: jax.Array  # [slots, 2] uint32
     data_key: jax.Array  # [slots, 2] uint32: batch order and step noise
     eval_key: jax.Array  # [slots, 2] uint32: VAE posterior samples in evaluation
@@ -92,6 +90,28 @@ class Population:
     def active(self) -> jax.Array:
         """[slots] bool: the slots that the next step will train."""
         return (self.step < self.target) & ~self.diverged & (self.trial >= 0)
+
+
+def _population_state(pop: Population) -> dict[str, Any]:
+    state = {f.name: serialization.to_state_dict(getattr(pop, f.name))
+             for f in dataclasses.fields(pop)}
+    state["hparams"] = serialization.to_state_dict(hparams_lib.by_name(pop.hparams))
+    return state
+
+
+def _population_from_state(pop: Population, state: dict[str, Any]) -> Population:
+    named = serialization.from_state_dict(hparams_lib.by_name(pop.hparams), state["hparams"],
+                                          name="hparams")
+    rest = {f.name: serialization.from_state_dict(getattr(pop, f.name), state[f.name],
+                                                  name=f.name)
+            for f in dataclasses.fields(pop) if f.name != "hparams"}
+    return pop.replace(hparams=hparams_lib.from_names(named), **rest)
+
+
+# A checkpoint (checkpoint.FORMAT 2) holds a population's hyperparameters as name -> [slots], the
+# form they had before they were grouped: checkpoints written before still load.
+serialization.register_serialization_state(Population, _population_state, _population_from_state,
+                                           override=True)
 
 
 def trial_keys(seed: int, trial: int, replicate: int = 0) -> dict[str, np.ndarray]:
@@ -114,20 +134,6 @@ def _jax_fold_in(key: np.ndarray, data: int) -> np.ndarray:
     return np.asarray(jax.random.fold_in(jnp.asarray(key), np.uint32(data)))
 
 
-def hparam_arrays(configs: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
-    """Per-slot float32 arrays of the array / masked hyperparameters of ``configs``.
-
-    Names a config lacks (they do not apply to its model) take their default.
-    """
-    out = {}
-    for name in hparams_lib.ARRAY_NAMES:
-        default = hparams_lib.HPARAMS[name].default
-        out[name] = np.asarray(
-            [hparams_lib.array_value(name, c.get(name, default)) for c in configs], np.float32
-        )
-    return out
-
-
 def draw_batch(spec: TrainSpec, num_examples: int, data_key: jax.Array, step: jax.Array
                ) -> tuple[jax.Array, jax.Array]:
     """The example indices [batch] and the noise key of one member's training step ``step``:
@@ -143,8 +149,9 @@ def member_step(spec: TrainSpec, train_x: jax.Array, m: Population,
     objective = make_objective(spec.model)
     active = (m.step < m.target) & ~m.diverged & (m.trial >= 0)
     idx, k_noise = draw_batch(spec, train_x.shape[0], m.data_key, m.step) if draw is None else draw
+    hp = m.hparams
     (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(
-        m.params, train_x[idx], k_noise, m.hparams, m.stats
+        m.params, train_x[idx], k_noise, hp.model, hp.penalty, m.stats
     )
     if spec.clip_gradients:
         # One reduction serves both the divergence check and global-norm clipping: finite loss
@@ -153,7 +160,7 @@ def member_step(spec: TrainSpec, train_x: jax.Array, m: Population,
         # costs a full extra pass over them every step.)
         g_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(g_norm)
-        clip = m.hparams["grad_clip"]
+        clip = hp.opt.grad_clip
         scale = jnp.where(g_norm > clip, clip / g_norm, 1.0)
     else:
         # Nothing clips, so no pass over the gradient for its norm: a non-finite gradient behind a
@@ -163,9 +170,8 @@ def member_step(spec: TrainSpec, train_x: jax.Array, m: Population,
     ok = active & finite
     # Zero where the slot does not train: the optimizer blends old and new state arithmetically.
     grads = jax.tree.map(lambda g: jnp.where(ok, g * scale, 0.0), grads)
-    hp = {**m.hparams,
-          "learning_rate": learning_rate_at(m.hparams, m.step, m.hparams["horizon"])}
-    params, opt_state = optimizers.update(spec.optimizer, grads, m.opt_state, m.params, hp, ok)
+    opt = hp.opt._replace(learning_rate=learning_rate_at(hp.opt.learning_rate, hp.schedule, m.step))
+    params, opt_state = optimizers.update(spec.optimizer, grads, m.opt_state, m.params, opt, ok)
     m = m.replace(
         params=params,
         opt_state=opt_state,
@@ -294,7 +300,8 @@ def _evaluate_member(spec: TrainSpec, blocks: tuple[jax.Array, jax.Array], m: Po
 
     def one_block(args):
         i, xi, wi = args
-        out = metrics_fn(m.params, xi, jax.random.fold_in(m.eval_key, i), m.hparams, m.stats)
+        out = metrics_fn(m.params, xi, jax.random.fold_in(m.eval_key, i), m.hparams.model,
+                         m.stats)
         return {k: jnp.sum(v * wi) for k, v in out.items()}
 
     sums = jax.lax.map(one_block, (jnp.arange(xb.shape[0]), xb, weight))

@@ -374,9 +374,9 @@ def _programs() -> tuple[Any, Any]:
         encode = apply_fn(spec.model, "encode")
 
         def member(m):
-            z = encode(m.params, x, make_masks(spec.model, m.hparams["hidden"],
-                                               m.hparams["latent_dim"], m.hparams["activation"]),
-                       m.stats)
+            hp = m.hparams.model
+            z = encode(m.params, x, make_masks(spec.model, hp.hidden, hp.latent_dim,
+                                               hp.activation), m.stats)
             return z[0] if spec.model.variational else z
 
         return jax.vmap(member)(pop)
@@ -384,7 +384,7 @@ def _programs() -> tuple[Any, Any]:
     @functools.partial(jax.jit, static_argnums=(0,))
     def recon_fn(spec, pop, x):
         metrics = make_metrics(spec.model)
-        return jax.vmap(lambda m: metrics(m.params, x, m.eval_key, m.hparams, m.stats)["recon"])(
-            pop)
+        return jax.vmap(
+            lambda m: metrics(m.params, x, m.eval_key, m.hparams.model, m.stats)["recon"])(pop)
 
     return codes_fn, recon_fn

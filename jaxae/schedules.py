@@ -18,33 +18,30 @@ a trial is running: a trial promoted from one rung to the next continues the sam
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import jax
 import jax.numpy as jnp
 
-from jaxae.hparams import SCHEDULES
+from jaxae.hparams import SCHEDULES, ScheduleHParams
 
 _COSINE, _EXPONENTIAL = SCHEDULES.index("cosine"), SCHEDULES.index("exponential")
 
 
-def learning_rate_at(hp: Mapping[str, jax.Array], step: jax.Array, max_budget: jax.Array
+def learning_rate_at(learning_rate: jax.Array, hp: ScheduleHParams, step: jax.Array
                      ) -> jax.Array:
     """The learning rate of the update made at ``step`` (0 for the first update, as optax counts).
 
     Args:
-        hp: one slot's hyperparameters; ``learning_rate``, ``schedule``, ``warmup`` and
-            ``final_lr_ratio`` are read (scalars).
+        learning_rate: scalar, the slot's base rate.
+        hp: the slot's schedule (scalars); ``horizon`` is the sweep's maximum budget in steps.
         step: scalar, steps trained before this update.
-        max_budget: scalar, the sweep's maximum budget in steps.
 
     Returns:
         A float32 scalar.
     """
-    lr, kind = hp["learning_rate"], jnp.round(hp["schedule"])
-    warmup, ratio = hp["warmup"], hp["final_lr_ratio"]
+    lr, kind = learning_rate, jnp.round(hp.schedule)
+    warmup, ratio = hp.warmup, hp.final_lr_ratio
     t = jnp.asarray(step, jnp.float32)
-    decay = jnp.maximum(jnp.asarray(max_budget, jnp.float32) - warmup, 1.0)
+    decay = jnp.maximum(jnp.asarray(hp.horizon, jnp.float32) - warmup, 1.0)
     # Past the maximum budget the rate stays at its final value (optax's clipping).
     done = jnp.clip(t - warmup, 0.0, decay) / decay
     cosine = ratio + (1.0 - ratio) * 0.5 * (1.0 + jnp.cos(jnp.pi * done))

@@ -56,7 +56,7 @@ def np_decode_logits(params, z, mh, ml):
 def hp_of(kind, **values):
     """Scalar hyperparameter arrays of one member (no slot axis), as the trainer passes them."""
     config = hparams.resolve(kind, values)
-    return {k: jnp.asarray(v[0]) for k, v in P.hparam_arrays([config]).items()}
+    return jax.tree.map(lambda a: jnp.asarray(a[0]), hparams.slot_hparams([config], [1]))
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
@@ -172,7 +172,8 @@ def test_contractive_objective_is_reconstruction_plus_weighted_penalty():
     masks = make_masks(spec, 8, 3)
     params = perturbed_params(spec, masks, jax.random.PRNGKey(4))
     x = jax.random.uniform(jax.random.PRNGKey(5), (6, 10))
-    loss, aux = jax.jit(O.make_objective(spec))(params, x, jax.random.PRNGKey(0), hp)
+    loss, aux = jax.jit(O.make_objective(spec))(params, x, jax.random.PRNGKey(0), hp.model,
+                                                 hp.penalty)
 
     @jax.jit
     def reference(params, x):
@@ -230,7 +231,7 @@ def test_vae_objective_is_the_beta_elbo_written_out_in_numpy():
     spec, masks, params, x = vae_setup()
     hp = hp_of("vae", beta=2.5, hidden=12, latent_dim=3)
     key = jax.random.PRNGKey(8)
-    loss, aux = jax.jit(O.make_objective(spec))(params, x, key, hp)
+    loss, aux = jax.jit(O.make_objective(spec))(params, x, key, hp.model, hp.penalty)
 
     p, xn = np64(params, spec), np.asarray(x, np.float64)
     mh, ml = np.asarray(masks.hidden, np.float64), np.asarray(masks.latent, np.float64)
@@ -249,7 +250,7 @@ def test_vae_validation_loss_is_the_beta_one_negative_elbo():
     spec, masks, params, x = vae_setup()
     hp = hp_of("vae", beta=3.0, hidden=12, latent_dim=3)  # beta must not matter here
     key = jax.random.PRNGKey(9)
-    out = jax.jit(O.make_metrics(spec))(params, x, key, hp)
+    out = jax.jit(O.make_metrics(spec))(params, x, key, hp.model)
 
     p, xn = np64(params, spec), np.asarray(x, np.float64)
     mh, ml = np.asarray(masks.hidden, np.float64), np.asarray(masks.latent, np.float64)

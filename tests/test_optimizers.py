@@ -7,9 +7,16 @@ import optax
 import pytest
 
 from jaxae import hparams, optimizers
+from jaxae.hparams import OptHParams, PenaltyHParams
 
 FAMILIES = hparams.OPTIMIZERS
 HP = {"learning_rate": 3e-2, "weight_decay": 0.05, "b1": 0.8, "b2": 0.95}
+
+
+def opt_hp(**values):
+    """The optimizer's settings as the trainer passes them (grad_clip is the trainer's, before)."""
+    return OptHParams(grad_clip=jnp.float32(jnp.inf),
+                      **{k: jnp.float32(v) for k, v in values.items()})
 
 
 def optax_chain(family, learning_rate, weight_decay, b1, b2):
@@ -41,7 +48,7 @@ def test_update_matches_the_optax_chain(family):
     chain = optax_chain(family, **HP)
     ref_state = chain.init(params)
     state = optimizers.init(family, ours)
-    hp = {k: jnp.float32(v) for k, v in HP.items()}
+    hp = opt_hp(**HP)
     update = jax.jit(lambda g, s, p: optimizers.update(family, g, s, p, hp, jnp.bool_(True)))
     for step in range(12):
         updates, ref_state = chain.update(grads_of(params, step), ref_state, params)
@@ -56,7 +63,7 @@ def test_update_matches_the_optax_chain(family):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_a_step_that_does_not_train_leaves_everything_bit_equal(family):
     params = tree(jax.random.PRNGKey(1))
-    hp = {k: jnp.float32(v) for k, v in HP.items()}
+    hp = opt_hp(**HP)
     state = optimizers.init(family, params)
     for step in range(3):  # non-zero moments
         params, state = optimizers.update(family, grads_of(params, step), state, params, hp,
@@ -76,7 +83,7 @@ def test_the_moment_barrier_changes_no_number(family):
     """The barrier is a per-backend performance choice: with or without it, every step gives the
     same parameters and moments, bit for bit, training or frozen."""
     params = tree(jax.random.PRNGKey(2))
-    hp = {k: jnp.float32(v) for k, v in HP.items()}
+    hp = opt_hp(**HP)
     runs = []
     for settle in (True, False):
         update = jax.jit(lambda g, s, p, t, settle=settle: optimizers.update(
@@ -97,3 +104,15 @@ def test_the_barrier_is_chosen_by_backend(monkeypatch):
     assert not optimizers.settles_moments()
     monkeypatch.setenv("JAXAE_SETTLE_MOMENTS", "on")
     assert optimizers.settles_moments()
+
+
+def test_the_update_sees_the_optimizers_settings_and_no_penalty():
+    """The optimizer is given its own group of the per-slot structure, never beta or the other
+    objective weights."""
+    import inspect
+
+    annotation = inspect.signature(optimizers.update).parameters["hp"].annotation
+    assert annotation in ("OptHParams", OptHParams)
+    assert not set(OptHParams._fields) & set(PenaltyHParams._fields)
+    assert not {"beta", "l1", "rho", "noise", "contractive"} & set(OptHParams._fields)
+    assert {hparams.HPARAMS[n].group for n in OptHParams._fields} == {"opt"}

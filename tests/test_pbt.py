@@ -196,8 +196,9 @@ def test_exploited_members_hold_their_parents_weights_and_new_hparams(tmp_path):
                     np.testing.assert_array_equal(leaf[dst], leaf[src])
                 after = d.configs[dec.dst]
                 assert all(space[k].contains(after[k]) for k in space)
-                assert host.hparams["learning_rate"][dst] == np.float32(after["learning_rate"])
-                assert host.hparams["weight_decay"][dst] == np.float32(after["weight_decay"])
+                opt = host.hparams.opt
+                assert opt.learning_rate[dst] == np.float32(after["learning_rate"])
+                assert opt.weight_decay[dst] == np.float32(after["weight_decay"])
                 assert after["latent_dim"] == d.configs[dec.src]["latent_dim"]
     assert [step for step, _ in decisions] == [10, 20, 30]  # every ready step, not at the end
     lineage = store.lineage()
@@ -220,9 +221,9 @@ def test_a_diverged_member_is_revived_by_exploiting(tmp_path):
     d = make_driver()
     (bucket,) = d.buckets.values()
     # Member 0 diverges at once: an absurd learning rate in its slot.
-    hp = {**bucket.pop.hparams}
-    hp["learning_rate"] = hp["learning_rate"].at[d.where[0][1]].set(1e30)
-    bucket.pop = bucket.pop.replace(hparams=hp)
+    hp = bucket.pop.hparams
+    lr = hp.opt.learning_rate.at[d.where[0][1]].set(1e30)
+    bucket.pop = bucket.pop.replace(hparams=hp._replace(opt=hp.opt._replace(learning_rate=lr)))
     d.step()
     assert [x.dst for x in d.policy.decisions if x.dst == 0] == [0]
     host = jax.tree.map(np.asarray, bucket.pop)

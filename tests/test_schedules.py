@@ -26,9 +26,10 @@ def optax_schedule(kind, lr, warmup, ratio, horizon):
     return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), decay], [warmup])
 
 
-def hp_of(**values):
+def hp_of(horizon=1, **values):
+    """One member's ``SlotHParams`` (scalar leaves), as the trainer passes them."""
     config = hparams.resolve("ae", values)
-    return {k: jnp.asarray(v[0]) for k, v in P.hparam_arrays([config]).items()}
+    return jax.tree.map(lambda a: jnp.asarray(a[0]), hparams.slot_hparams([config], [horizon]))
 
 
 CASES = [
@@ -41,9 +42,10 @@ CASES = [
 @pytest.mark.parametrize(("kind", "warmup", "ratio", "horizon"), CASES)
 def test_learning_rate_matches_optax_at_every_step(kind, warmup, ratio, horizon):
     lr = 3e-3
-    hp = hp_of(schedule=kind, warmup=warmup, final_lr_ratio=ratio, learning_rate=lr)
+    hp = hp_of(horizon, schedule=kind, warmup=warmup, final_lr_ratio=ratio, learning_rate=lr)
     steps = jnp.arange(horizon + 10)  # past the horizon too: the rate stays at its final value
-    got = jax.jit(jax.vmap(lambda s: learning_rate_at(hp, s, horizon)))(steps)
+    got = jax.jit(jax.vmap(lambda s: learning_rate_at(hp.opt.learning_rate, hp.schedule, s)))(
+        steps)
     reference = optax_schedule(kind, lr, warmup, ratio, horizon)
     want = np.array([float(reference(int(s))) for s in steps])
     np.testing.assert_allclose(np.asarray(got), want, rtol=2e-5, atol=1e-10)
@@ -54,8 +56,8 @@ def test_learning_rate_matches_optax_at_every_step(kind, warmup, ratio, horizon)
 def test_kinds_differ_per_slot_in_one_program():
     configs = [hparams.resolve("ae", {"schedule": k, "final_lr_ratio": 0.1})
                for k in hparams.SCHEDULES]
-    hp = {k: jnp.asarray(v) for k, v in P.hparam_arrays(configs).items()}
-    rates = jax.vmap(lambda h: learning_rate_at(h, 25, 50))(hp)
+    hp = jax.tree.map(jnp.asarray, hparams.slot_hparams(configs, [50] * len(configs)))
+    rates = jax.vmap(lambda h: learning_rate_at(h.opt.learning_rate, h.schedule, 25))(hp)
     lr = 1e-3
     np.testing.assert_allclose(np.asarray(rates),
                                [lr, lr * (0.1 + 0.9 * 0.5), lr * 0.1**0.5], rtol=1e-5)
@@ -86,7 +88,7 @@ def test_trainer_follows_the_schedule_like_an_optax_loop(digits):
         k_batch, k_noise = jax.random.split(jax.random.fold_in(keys["data_key"], step))
         idx = jax.random.randint(k_batch, (SPEC.batch_size,), 0, digits.shape[0])
         (loss, _), grads = jax.value_and_grad(objective, has_aux=True)(
-            params, digits[idx], k_noise, hp)
+            params, digits[idx], k_noise, hp.model, hp.penalty)
         updates, state = opt.update(grads, state, params)
         params = optax.apply_updates(params, updates)
         expected.append(float(loss))
