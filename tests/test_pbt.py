@@ -7,7 +7,6 @@ import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 import tomllib
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from test_sweep import live_rows, rows
+from test_sweep import live_rows, rows, sweep_command
 
 from jaxae import config as config_lib
 from jaxae import driver as driver_lib
@@ -365,8 +364,8 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     total = rows(tmp_path / "straight", "SELECT count(*) FROM curves")[0][0]
     out = tmp_path / "killed"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "jaxae.sweep", *args, "--out", str(out), "--checkpoint-every",
-         "0"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        sweep_command(*args, "--out", out, "--checkpoint-every", "0"),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]),
              "JAXAE_CPU_DEVICES": "1"})  # one device, as in this process: identical numbers
     deadline = time.monotonic() + 180

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 from sklearn.datasets import load_digits
-from test_sweep import live_rows, rows, sweep, write_config
+from test_sweep import live_rows, rows, sweep, sweep_command, write_config
 
 from jaxae import checkpoint as checkpoint_lib
 from jaxae import memory
@@ -23,9 +23,8 @@ from jaxae.sweep import main
 
 ROOT = Path(__file__).parents[1]
 QUIET = ["--no-report", "--no-progress"]
-# Long enough that a signal lands mid-sweep (ASHA rungs at 10, 30, 90, 270 steps).
-# The best trial's tail (270 -> 810 steps alone, in chunks of 10) leaves a signal sent at a third
-# of the curve points many chunks to interrupt, however fast the chunks run.
+# Several rungs (ASHA at 10, 30, 90 steps) and chunks: a signal sent at a third of the curve points
+# lands mid-sweep (the child's chunks start late: test_sweep.INTERRUPTIBLE).
 LONG = dict(searcher="asha", trials=9, steps=810, population=3)
 
 
@@ -35,8 +34,7 @@ def env():
 
 
 def start(config, out, *extra):
-    cmd = [sys.executable, "-m", "jaxae.sweep", "--config", str(config), "--out", str(out),
-           *QUIET, *extra]
+    cmd = sweep_command("--config", config, "--out", out, *QUIET, *extra)
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env(),
                             text=True)
 

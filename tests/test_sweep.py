@@ -57,6 +57,27 @@ def rows(out, sql="SELECT trial_id, status, params, val_loss, steps FROM trials 
         return db.execute(sql).fetchall()
 
 
+# A sweep in a child process that a test interrupts (SIGKILL, SIGINT, SIGTERM) once it has
+# written part of its rows: each chunk starts 0.1 s late, so however fast the chunks run, the sweep
+# is still running when the test's poll (every 0.05 s) sees those rows. Its numbers are unchanged.
+INTERRUPTIBLE = """
+import sys, time
+from jaxae import driver, pbt
+for cls in (driver.Driver, pbt.PBTDriver):
+    def step(self, *args, _step=cls.step, **kwargs):
+        time.sleep(0.1)
+        return _step(self, *args, **kwargs)
+    cls.step = step
+from jaxae.sweep import main
+raise SystemExit(main(sys.argv[1:]))
+"""
+
+
+def sweep_command(*args):
+    """``python -m jaxae.sweep *args``, each chunk delayed (``INTERRUPTIBLE``)."""
+    return [sys.executable, "-c", INTERRUPTIBLE, *map(str, args)]
+
+
 def live_rows(out, sql):
     """``rows`` of a sweep still running: opened read-only, so a poll that comes before the sweep
     has created its store never creates an empty ``trials.db`` for the sweep to refuse.
@@ -138,8 +159,8 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     total_points = rows(straight, "SELECT count(*) FROM curves")[0][0]
     config = write_config(tmp_path, "killed.toml", **kw)
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "jaxae.sweep", "--config", str(config), "--out", str(out),
-           "--no-report", "--no-progress", "--checkpoint-every", "0"]
+    cmd = sweep_command("--config", config, "--out", out, "--no-report", "--no-progress",
+                        "--checkpoint-every", "0")
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]),
                                  # one device, as the in-process resume: bit-identical numbers
