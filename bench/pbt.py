@@ -41,8 +41,12 @@ from bench.searchers_autoencoders import COMMON, PENALTY, median  # noqa: E402
 from jaxae import config as config_lib  # noqa: E402
 from jaxae import data as data_lib  # noqa: E402
 from jaxae import driver as driver_lib  # noqa: E402
+from jaxae import (
+    jobs,  # noqa: E402
+    runner,  # noqa: E402
+    runtime,  # noqa: E402
+)
 from jaxae import pbt as pbt_lib  # noqa: E402
-from jaxae import runtime  # noqa: E402
 from jaxae.store import TrialStore  # noqa: E402
 
 SEARCHERS = ("pbt", "random", "asha")
@@ -69,14 +73,14 @@ def sweep(kind: str, searcher: str, seed: int, args: argparse.Namespace,
             driver = (pbt_lib.PBTDriver(config, dataset) if searcher == "pbt"
                       else driver_lib.Driver(config, dataset))
 
-            def on_chunk(_: Any, events: list[driver_lib.Event]) -> None:
+            def on_chunk(_: Any, events: list[jobs.Event]) -> None:
                 nonlocal best
                 for e in events:
                     if (e.status == "completed" and e.steps == config.steps
                             and math.isfinite(e.val_loss)):
                         best = min(best, e.val_loss)
 
-            driver_lib.run(driver, store, None, on_chunk=on_chunk)
+            runner.run(driver, store, None, on_chunk=on_chunk)
         finally:
             store.close()
     return {"kind": kind, "seed": seed, "searcher": searcher, "trials": config.trials,

@@ -54,7 +54,11 @@ import numpy as np  # noqa: E402
 from jaxae import config as config_lib  # noqa: E402
 from jaxae import data as data_lib  # noqa: E402
 from jaxae import driver as driver_lib  # noqa: E402
-from jaxae import runtime  # noqa: E402
+from jaxae import (
+    jobs,  # noqa: E402
+    runner,  # noqa: E402
+    runtime,  # noqa: E402
+)
 from jaxae.store import TrialStore  # noqa: E402
 from searchers import Choice, Float, FullBudget, Searcher  # noqa: E402
 
@@ -172,13 +176,13 @@ def sweep_trace(kind: str, searcher: str, seed: int, args: argparse.Namespace,
                 driver.scheduler = FullBudget(source, max_budget=args.steps,
                                               max_trials=args.trials)
 
-            def on_chunk(_: driver_lib.Driver, events: list[driver_lib.Event]) -> None:
+            def on_chunk(_: driver_lib.Driver, events: list[jobs.Event]) -> None:
                 for e in events:
                     if e.status == "completed" and math.isfinite(e.val_loss):
                         trace.append({"trial": e.trial, "val_loss": e.val_loss,
                                       **{k: e.config[k] for k in searched}})
 
-            driver_lib.run(driver, store, None, on_chunk=on_chunk)
+            runner.run(driver, store, None, on_chunk=on_chunk)
         finally:
             store.close()
     return trace, time.perf_counter() - start

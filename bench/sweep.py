@@ -144,6 +144,7 @@ def trainer_timer(args: argparse.Namespace, dataset):
 
 def run_sweep(args: argparse.Namespace, searcher: str, dataset, meter: CompileMeter) -> dict:
     from jaxae import driver as driver_lib
+    from jaxae import runner
     from jaxae.store import TrialStore
 
     config = sweep_config(args, searcher)
@@ -160,7 +161,7 @@ def run_sweep(args: argparse.Namespace, searcher: str, dataset, meter: CompileMe
         store = TrialStore(out / "trials.db")
         try:
             driver = driver_lib.Driver(config, dataset)
-            driver_lib.run(driver, store, out, checkpoint_every=args.checkpoint_every,
+            runner.run(driver, store, out, checkpoint_every=args.checkpoint_every,
                            on_chunk=on_chunk)
             wall = time.perf_counter() - t0
             (finished,) = store.query("SELECT COUNT(*) FROM trials WHERE status IN "

@@ -88,7 +88,7 @@ from jaxae import buckets as buckets_lib
 from jaxae import config as config_lib
 from jaxae import data as data_lib
 from jaxae import driver as driver_lib
-from jaxae import hparams, placement, runtime
+from jaxae import hparams, jobs, placement, runner, runtime
 from jaxae import population as P
 from jaxae.store import TrialStore
 
@@ -161,7 +161,7 @@ def run_jaxae(searcher: str, args: argparse.Namespace, dataset: data_lib.Dataset
             tracker = BestSoFar()
             driver = driver_lib.Driver(config, dataset)
 
-            def on_chunk(d: driver_lib.Driver, events: list[driver_lib.Event]) -> None:
+            def on_chunk(d: driver_lib.Driver, events: list[jobs.Event]) -> None:
                 for e in events:
                     if e.status in counts:
                         counts[e.status] += 1
@@ -171,7 +171,7 @@ def run_jaxae(searcher: str, args: argparse.Namespace, dataset: data_lib.Dataset
                 if pending is not None:
                     pending_max[0] = max(pending_max[0] or 0, len(pending))
 
-            driver_lib.run(driver, store, None, on_chunk=on_chunk)
+            runner.run(driver, store, None, on_chunk=on_chunk)
             wall = tracker.elapsed()
         finally:
             store.close()

@@ -18,30 +18,24 @@ the checkpoint timing never change a trial's numbers, so a resumed sweep replays
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 import time
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
-from flax import serialization
 
 from jaxae import buckets as buckets_lib
-from jaxae import grouping, hparams, placement
+from jaxae import driver_state, grouping, hparams, placement, runner
 from jaxae import population as pop_lib
 from jaxae import sharding as sharding_lib
 from jaxae.buckets import Bucket, member_keys, train_spec
 from jaxae.config import SweepConfig, fixed, searched
 from jaxae.data import Dataset
-from jaxae.store import TrialStore, atomic_write_bytes
-from searchers import FullBudget, Job, Scheduler, make_scheduler, restore_scheduler
-
-CHECKPOINT = "checkpoint.msgpack"
-
+from jaxae.jobs import Event, Paused, Running, aggregate
+from jaxae.store import TrialStore
+from searchers import FullBudget, Job, Scheduler, make_scheduler
 
 # A chunk's fixed host cost (planning, dispatch, reading results back, the store's transaction),
 # in seconds, and the model FLOP/s a device of each platform sustains on these small models
@@ -59,44 +53,6 @@ PARKING_BYTES = 256 * 2**20
 # their steps, take more.
 ROUNDS = {"cpu": 4, "gpu": 16, "tpu": 16}
 
-
-@dataclasses.dataclass
-class Running:
-    """A job being trained: one slot per replicate."""
-
-    job: Job
-    config: dict[str, Any]  # the resolved configuration (defaults filled in)
-    bucket: tuple
-    slots: list[int]
-
-
-@dataclasses.dataclass
-class Paused:
-    """A trial waiting for a scheduler's decision, its members parked on the device."""
-
-    config: dict[str, Any]
-    bucket: tuple
-    rows: list[int]  # parking rows, one per replicate
-    step: int
-    budget: int
-    loss: float  # what the scheduler was told at `budget`
-    replicate_losses: list[float]
-
-
-@dataclasses.dataclass
-class Event:
-    """What happened to a trial during a chunk, for the store and the progress display."""
-
-    trial: int
-    status: str  # running, completed, pruned, diverged
-    config: dict[str, Any]
-    val_loss: float
-    steps: int
-    budget: int
-    bucket: tuple
-    replicate_losses: list[float]
-    told: bool  # whether the scheduler was told a loss at `budget` this chunk
-    keys: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (init, data) hex
 
 
 def chunk_length(remaining: np.ndarray, longest: int, overhead: float) -> int:
@@ -255,7 +211,7 @@ class Driver:
 
     def record(self, store: TrialStore, events: list[Event], curves: list[tuple]) -> None:
         """Writes one chunk's results (``step()``'s) in one transaction."""
-        record(store, self.config, events, curves)
+        runner.record(store, self.config, events, curves)
 
     def _fill(self) -> None:
         """Asks the scheduler for as many jobs as free member slots allow, then places what fits."""
@@ -426,7 +382,7 @@ class Driver:
                 continue  # other replicates still training
             diverged = any(d for _, _, d in results)
             losses = [math.nan if d else v for _, v, d in results]
-            loss = math.nan if diverged else _aggregate(losses, self.config.aggregate)
+            loss = math.nan if diverged else aggregate(losses, self.config.aggregate)
             self.scheduler.tell(trial, run.job.budget, loss)
             del self.running[trial]
             bucket = self.buckets[run.bucket]
@@ -466,186 +422,9 @@ class Driver:
     # -- checkpoints ------------------------------------------------------------------------------
 
     def state_bytes(self) -> bytes:
-        """Everything needed to continue this sweep exactly, as msgpack (no pickle)."""
-        self.flush()
-        meta = {
-            "chunk": self.chunk,
-            "member_steps": self.member_steps,
-            "scheduler": self.scheduler.state_dict(),
-            "buckets": [{"key": list(b.key), "owner": b.owner} for b in self.buckets.values()],
-            "running": [
-                {"trial": t, "budget": r.job.budget, "job_config": r.job.config,
-                 "config": r.config, "bucket": list(r.bucket), "slots": r.slots}
-                for t, r in self.running.items()
-            ],
-            "paused": [
-                {"trial": t, "config": p.config, "bucket": list(p.bucket), "budget": p.budget,
-                 "loss": _json_float(p.loss), "replicate_losses": [_json_float(v) for v in
-                                                                   p.replicate_losses]}
-                for t, p in self.paused.items()
-            ],
-            "queue": [{"trial": j.trial_id, "config": j.config, "budget": j.budget}
-                      for j in self.queue],
-        }
-        parked = {k: sharding_lib.to_host(b.parked) for k, b in self.buckets.items()
-                  if b.parked is not None and any(p.bucket == k for p in self.paused.values())}
-        arrays = {
-            "buckets": {str(i): serialization.to_state_dict(sharding_lib.to_host(b.pop))
-                        for i, b in enumerate(self.buckets.values())},
-            "paused": {str(t): {str(r): serialization.to_state_dict(
-                                    jax.tree.map(lambda a, row=row: a[row], parked[p.bucket]))
-                                for r, row in enumerate(p.rows)}
-                       for t, p in self.paused.items()},
-        }
-        return serialization.msgpack_serialize({"meta": json.dumps(meta), "arrays": arrays})
+        """Everything needed to continue this sweep exactly, as msgpack (``driver_state``)."""
+        return driver_state.save(self)
 
     def restore(self, data: bytes) -> None:
         """Continues from ``state_bytes()`` output."""
-        state = serialization.msgpack_restore(data)
-        meta = json.loads(state["meta"])
-        arrays = state["arrays"]
-        self.chunk = meta["chunk"]
-        self.member_steps = meta["member_steps"]
-        self.scheduler = restore_scheduler(searched(self.config), meta["scheduler"])
-        self.buckets = {}
-        for i, b in enumerate(meta["buckets"]):
-            key = tuple(b["key"])
-            bucket = self._bucket(key)
-            host = serialization.from_state_dict(sharding_lib.to_host(bucket.pop),
-                                                 arrays["buckets"][str(i)])
-            bucket.pop = sharding_lib.shard(host, self.slots)
-            bucket.owner = [tuple(o) if o is not None else None for o in b["owner"]]
-            bucket.hparams = jax.tree.map(np.array, host.hparams)
-            bucket.keys = {k: np.array(getattr(host, k))
-                           for k in ("init_key", "data_key", "eval_key")}
-            bucket.target = np.array(host.target)
-            bucket.trial = np.array(host.trial)
-            bucket.step = np.array(host.step)
-            bucket.diverged = np.array(host.diverged)
-        self.running = {
-            r["trial"]: Running(Job(r["trial"], r["job_config"], r["budget"]), r["config"],
-                                tuple(r["bucket"]), r["slots"])
-            for r in meta["running"]
-        }
-        self.paused = {}
-        by_bucket: dict[tuple, list[tuple[int, dict, list]]] = {}
-        for p in meta["paused"]:
-            members = [m for _, m in sorted(arrays["paused"][str(p["trial"])].items(),
-                                            key=lambda kv: int(kv[0]))]
-            by_bucket.setdefault(tuple(p["bucket"]), []).append((p["trial"], p, members))
-        for key, entries in by_bucket.items():
-            bucket = self._bucket(key)
-            devices = self.mesh.size
-            needed = sum(len(members) for _, _, members in entries)
-            self._grow_parking(bucket, -(-needed // devices))
-            host = jax.tree.map(np.array, sharding_lib.to_host(bucket.parked))
-            template = jax.tree.map(lambda a: a[0], host)
-            k = 0
-            for trial, p, members in entries:
-                rows = []
-                for m in members:
-                    row = bucket.take_row(k % devices)  # spread over the devices
-                    k += 1
-                    member = serialization.from_state_dict(template, m)
-                    jax.tree.map(lambda a, v, row=row: a.__setitem__(row, v), host, member)
-                    rows.append(row)
-                step = int(np.asarray(members[0]["step"]))
-                self.paused[trial] = Paused(
-                    p["config"], key, rows, step, p["budget"], _from_json(p["loss"]),
-                    [_from_json(v) for v in p["replicate_losses"]])
-            bucket.parked = sharding_lib.shard(host, self.slots)
-        self.queue = [Job(j["trial"], j["config"], j["budget"]) for j in meta["queue"]]
-
-
-
-
-def _json_float(v: float) -> float | None:
-    return v if math.isfinite(v) else None
-
-
-def _from_json(v: float | None) -> float:
-    return math.nan if v is None else float(v)
-
-
-def _aggregate(losses: list[float], how: str) -> float:
-    if not losses or any(not math.isfinite(v) for v in losses):
-        return math.nan
-    return float(np.mean(losses) if how == "mean" else np.median(losses))
-
-
-def record(store: TrialStore, config: SweepConfig, events: list[Event], curves: list[tuple]
-           ) -> None:
-    """Writes one chunk's results in one transaction."""
-    with store.transaction():
-        write(store, config, events, curves)
-
-
-def write(store: TrialStore, config: SweepConfig, events: list[Event], curves: list[tuple]
-          ) -> None:
-    """Writes one chunk's results inside the caller's transaction."""
-    store.put_curve(curves)
-    for e in events:
-        bucket = buckets_lib.bucket_json(e.bucket)
-        store.put_trial(e.trial, status=e.status, params=e.config, val_loss=e.val_loss,
-                        steps=e.steps, seed=config.seed, budget=e.budget, bucket=bucket)
-        for r, v in enumerate(e.replicate_losses):
-            status = "diverged" if not math.isfinite(v) else e.status
-            init_key, data_key = e.keys[r] if r < len(e.keys) else (None, None)
-            store.put_replicate(e.trial, r, status=status, val_loss=v, steps=e.steps,
-                                init_key=init_key, data_key=data_key)
-        if e.told:
-            store.put_rung(e.trial, e.budget, e.val_loss)
-
-
-# With several processes a checkpoint gathers every process's slots, so all processes must take it
-# at the same chunks: a chunk count replaces the (per-process) clock.
-MULTIPROCESS_CHECKPOINT_CHUNKS = 20
-
-
-def run(driver: Driver, store: TrialStore, out: Path | None, *, checkpoint_every: float = 30.0,
-        on_chunk: Callable[[Driver, list[Event]], None] | None = None,
-        write: bool = True, save: Callable[[bytes], None] | None = None,
-        should_stop: Callable[[], bool] | None = None) -> None:
-    """Steps ``driver`` to the end, recording every chunk and checkpointing into ``out`` every
-    ``checkpoint_every`` seconds (0: after every chunk) and at the end. ``write=False`` (processes
-    other than 0) takes the same checkpoints without writing them. ``save`` writes a checkpoint's
-    bytes in place of ``out / CHECKPOINT``; ``should_stop``, asked between chunks, ends the loop
-    early with a checkpoint (``driver.done`` then stays false)."""
-    multiprocess = jax.process_count() > 1
-    last = time.monotonic()
-
-    def checkpoint() -> None:
-        data = driver.state_bytes()
-        if write and save is not None:
-            save(data)
-        elif write and out is not None:
-            atomic_write_bytes(out / CHECKPOINT, data)
-
-    # A chunk's store rows are written while the next chunk trains (they change nothing the
-    # sweep decides), and always before a checkpoint, which records what the store holds.
-    # (``step`` calls ``write_rows`` before it changes anything ``record`` reads.)
-    unwritten: list[tuple[list[Event], list[tuple]]] = []
-
-    def write_rows() -> None:
-        while unwritten:
-            driver.record(store, *unwritten.pop(0))
-
-    while not driver.done:
-        events, curves = driver.step(while_training=write_rows)
-        write_rows()
-        unwritten.append((events, curves))
-        if on_chunk is not None:
-            on_chunk(driver, events)
-        if multiprocess:
-            due = driver.chunk % MULTIPROCESS_CHECKPOINT_CHUNKS == 0
-        else:
-            due = out is not None and time.monotonic() - last >= checkpoint_every
-        if due:
-            write_rows()
-            checkpoint()
-            last = time.monotonic()
-        if should_stop is not None and should_stop():
-            break
-    write_rows()
-    if out is not None or multiprocess:
-        checkpoint()
+        driver_state.load(self, data)

@@ -362,11 +362,10 @@ def _sweep(args: argparse.Namespace, config: config_lib.SweepConfig, dataset: An
     """The sweep proper, in a directory this process owns."""
     import jax
 
-    from jaxae import buckets
-    from jaxae import driver as driver_lib
+    from jaxae import buckets, runner
 
     sweep_json = out / "sweep.json"
-    checkpoint = out / driver_lib.CHECKPOINT
+    checkpoint = out / runner.CHECKPOINT
     if info is not None:
         store = _resume(driver, out, fingerprint)
         info["resumed"] = info.get("resumed", []) + [_now()]
@@ -392,7 +391,7 @@ def _sweep(args: argparse.Namespace, config: config_lib.SweepConfig, dataset: An
         progress = _Progress(config, driver, enabled=not args.no_progress)
         # Several processes must stop at the same chunk: there a signal interrupts at once.
         with stop.deferred(jax.process_count() == 1):
-            driver_lib.run(driver, store, out, checkpoint_every=args.checkpoint_every,
+            runner.run(driver, store, out, checkpoint_every=args.checkpoint_every,
                            on_chunk=progress.update, save=save, should_stop=stop.requested)
         progress.close()
         if not driver.done:
@@ -430,9 +429,9 @@ def _resume(driver: Any, out: Path, fingerprint: dict[str, str]) -> store_lib.Tr
     """Restores ``driver`` from the checkpoint in ``out`` and opens the store, refusing a
     checkpoint of another sweep or a damaged one, and a store that lost what the checkpoint
     recorded."""
-    from jaxae import driver as driver_lib
+    from jaxae import runner
 
-    checkpoint = out / driver_lib.CHECKPOINT
+    checkpoint = out / runner.CHECKPOINT
     db = out / "trials.db"
     what = f"--resume: checkpoint {str(checkpoint)!r}"
     try:
@@ -469,16 +468,16 @@ def _resume(driver: Any, out: Path, fingerprint: dict[str, str]) -> store_lib.Tr
 def _run_secondary(args: argparse.Namespace, driver: Any, out: Path,
                    fingerprint: dict[str, str]) -> int:
     """A non-zero process of a multi-process sweep: the same loop, nothing written."""
-    from jaxae import driver as driver_lib
+    from jaxae import runner
 
-    checkpoint = out / driver_lib.CHECKPOINT
+    checkpoint = out / runner.CHECKPOINT
     if args.resume and checkpoint.exists():
         what = f"--resume: checkpoint {str(checkpoint)!r}"
         driver.restore(checkpoint_lib.unwrap(checkpoint.read_bytes(), fingerprint,
                                              what=what).state)
     store = store_lib.TrialStore(":memory:")
     try:
-        driver_lib.run(driver, store, out, write=False)
+        runner.run(driver, store, out, write=False)
     finally:
         store.close()
     return 0

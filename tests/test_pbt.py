@@ -17,10 +17,9 @@ import pytest
 from test_sweep import live_rows, rows, sweep_command
 
 from jaxae import config as config_lib
-from jaxae import driver as driver_lib
 from jaxae import lineage as lineage_lib
 from jaxae import pbt as pbt_lib
-from jaxae import placement, report
+from jaxae import placement, report, runner
 from jaxae import population as P
 from jaxae import sweep as sweep_lib
 from jaxae.data import load
@@ -300,7 +299,7 @@ def test_ancestry_follows_the_weights_back_through_their_parents():
 def test_a_kill_after_a_checkpoint_replays_to_the_same_store(tmp_path):
     straight = make_driver()
     store_a = TrialStore(tmp_path / "a.db")
-    driver_lib.run(straight, store_a, None)
+    runner.run(straight, store_a, None)
     killed = make_driver()
     store_b = TrialStore(tmp_path / "b.db")
     saved = None
@@ -311,7 +310,7 @@ def test_a_kill_after_a_checkpoint_replays_to_the_same_store(tmp_path):
             saved = killed.state_bytes()
     resumed = make_driver()
     resumed.restore(saved)
-    driver_lib.run(resumed, store_b, None)
+    runner.run(resumed, store_b, None)
     for sql in ALL_TABLES:
         assert store_a.query(sql) == store_b.query(sql), sql
 
