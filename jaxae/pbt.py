@@ -40,7 +40,8 @@ from jaxae import sharding as sharding_lib
 from jaxae.buckets import member_keys, train_spec
 from jaxae.config import SweepConfig, fixed, searched
 from jaxae.data import Dataset
-from jaxae.driver import Event, write
+from jaxae.jobs import Event
+from jaxae.runner import write
 from jaxae.store import TrialStore
 from searchers import PBT
 
