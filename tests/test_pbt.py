@@ -21,6 +21,7 @@ from jaxae import lineage as lineage_lib
 from jaxae import pbt as pbt_lib
 from jaxae import placement, report, runner
 from jaxae import population as P
+from jaxae import signals as signals_lib
 from jaxae import sweep as sweep_lib
 from jaxae.data import load
 from jaxae.models import ModelSpec
@@ -262,7 +263,7 @@ def test_same_seed_gives_an_identical_store_and_a_stop_then_resume_matches(tmp_p
             self.signum = signal.SIGTERM
         return self.signum is not None
 
-    monkeypatch.setattr(sweep_lib._StopOnSignal, "requested", requested)
+    monkeypatch.setattr(signals_lib.StopOnSignal, "requested", requested)
     code, c = cli(tmp_path, "c", "--checkpoint-every", "3600")
     assert code == 128 + signal.SIGTERM
     assert rows(c, "SELECT max(step) FROM curves")[0][0] == 20
