@@ -111,6 +111,8 @@ class Bucket:
     new: np.ndarray | None = None
     park: np.ndarray | None = None
     restore: np.ndarray | None = None
+    share: np.ndarray | None = None  # [devices * migrate] rows handed to other devices
+    fetch: np.ndarray | None = None  # [slots] index of the handed row the slot continues
     dirty: bool = False
     releasing: list[int] = dataclasses.field(default_factory=list)  # rows restored by the plan
     first_chunk_s: float | None = None  # wall time of its first chunk: mostly compilation
@@ -120,6 +122,9 @@ class Bucket:
     # Slots per group of the program (``population.run_chunk``): a chunk computes whole groups,
     # those with a busy slot, so new members go where they open no new group.
     group: int = 1
+    # Paused members each device may hand to another per placement call (``placement.Plan``'s
+    # ``share``; 0: none move, as with one device).
+    migrate: int = 0
 
     def __post_init__(self) -> None:
         self._clear_plan()
@@ -146,7 +151,32 @@ class Bucket:
         self.new = np.zeros(n, bool)
         self.park = np.full(n, -1, np.int32)
         self.restore = np.full(n, -1, np.int32)
+        self.share = np.full(self.devices * self.migrate, -1, np.int32)
+        self.fetch = np.full(n, -1, np.int32)
         self.dirty = False
+
+    def share_row(self, row: int) -> int | None:
+        """Queues parking row ``row`` to be handed to another device in the next placement call;
+        returns its index in the call's gathered rows, or None when its device hands over as
+        many as it may already."""
+        device = self.row_device(row)
+        mine = self.share[device * self.migrate: (device + 1) * self.migrate]
+        free = np.flatnonzero(mine < 0)
+        if free.size == 0:
+            return None
+        mine[free[0]] = row % (self.rows // self.devices)
+        return device * self.migrate + int(free[0])
+
+    def slot_rank(self, slot: int) -> tuple[bool, int, int]:
+        """``free_slots``' order key of a free slot: (opens a group, -members already in its
+        group, groups its device runs); lower is better."""
+        occupied = np.array([o is not None for o in self.owner])
+        per_group = occupied.reshape(-1, self.group).sum(axis=1)
+        per_device = len(self.owner) // self.devices
+        group_device = np.arange(per_group.size) * self.group // per_device
+        groups_on = np.bincount(group_device[per_group > 0], minlength=self.devices)
+        filled = int(per_group[slot // self.group])
+        return filled == 0, -filled, int(groups_on[slot // per_device])
 
     def free_slots(self, device: int | None = None) -> list[int]:
         """The free slots (of ``device``, or all), in the order new members should take them:
@@ -186,4 +216,5 @@ class Bucket:
         local = lambda r: np.where(r >= 0, r % per_device, -1).astype(np.int32)  # noqa: E731
         return placement.Plan(self.new, local(self.park), local(self.restore), self.hparams,
                               self.keys["init_key"], self.keys["data_key"], self.keys["eval_key"],
-                              self.target, self.trial)
+                              self.target, self.trial,
+                              *((self.share, self.fetch) if self.migrate else ()))

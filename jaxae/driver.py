@@ -18,6 +18,7 @@ the checkpoint timing never change a trial's numbers, so a resumed sweep replays
 
 from __future__ import annotations
 
+import collections
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -146,7 +147,10 @@ class Driver:
                       for k in ("init_key", "data_key", "eval_key")},
                 target=np.zeros(n, np.int32), trial=np.full(n, -1, np.int32),
                 step=np.zeros(n, np.int32), diverged=np.zeros(n, bool), devices=self.mesh.size,
-                group=self._group(spec, n))
+                group=self._group(spec, n),
+                # Half a device's slots may move per call: enough for a rung's promotions to
+                # balance over the devices, while the call's gather stays small.
+                migrate=4 if self.pauses and self.local_mesh else 0)
             if self.pauses:
                 # As many rows as members can be paused at once (every trial's), within
                 # PARKING_BYTES: each growth copies the lot and compiles another placement
@@ -223,34 +227,54 @@ class Driver:
         for job in self.queue:
             config = self.resolve(job.config)
             bucket = self._bucket(self.bucket_key(config))
-            slots = self._free_slots_for(job, bucket)
-            if slots is None:
+            found = self._free_slots_for(job, bucket)
+            if found is None:
                 waiting.append(job)
                 continue
-            self._place(job, config, bucket, slots)
+            self._place(job, config, bucket, *found)
         self.queue = waiting
 
-    def _free_slots_for(self, job: Job, bucket: Bucket) -> list[int] | None:
-        """Free slots for ``job``'s members (a paused member's on its parking row's device), or
-        None when they are not free yet."""
+    def _free_slots_for(self, job: Job, bucket: Bucket
+                        ) -> tuple[list[int], list[bool]] | None:
+        """Free slots for ``job``'s members and, per member, whether it moves to another device
+        than the one that parked it; None when they are not free yet.
+
+        A paused member continues on its parking row's device unless a slot elsewhere adds less
+        computation (an occupied group, or a device running fewer groups) or its device is full,
+        and its device may still hand members over in this call (``Bucket.migrate``).
+        """
         paused = self.paused.get(job.trial_id)
         if paused is None:
             free = bucket.free_slots()
-            return free[: self.repeats] if len(free) >= self.repeats else None
-        slots = []
+            return (free[: self.repeats], [False] * self.repeats) if len(free) >= self.repeats \
+                else None
+        slots: list[int] = []
+        moved: list[bool] = []
+        handing = collections.Counter()
         for row in paused.rows:
-            free = bucket.free_slots(bucket.row_device(row))
-            slot = next((s for s in free if s not in slots), None)
+            device = bucket.row_device(row)
+            own = next((s for s in bucket.free_slots(device) if s not in slots), None)
+            best = next((s for s in bucket.free_slots() if s not in slots), None)
+            mine = bucket.share[device * bucket.migrate: (device + 1) * bucket.migrate]
+            can_move = bucket.migrate and (mine < 0).sum() > handing[device]
+            # Moving costs a gather, so a member moves when its device is full or when there it
+            # would open a group while a slot elsewhere joins an occupied one.
+            move = best is not None and can_move and bucket.slot_device(best) != device and (
+                own is None or bucket.slot_rank(own)[0] > bucket.slot_rank(best)[0])
+            slot = best if move else own
             if slot is None:
                 return None
+            handing[device] += move
             slots.append(slot)
-        return slots
+            moved.append(bool(move))
+        return slots, moved
 
     def _keys_hex(self, trial: int) -> list[tuple[str, str]]:
         return [(k["init_key"].tobytes().hex(), k["data_key"].tobytes().hex())
                 for k in self.member_keys(trial)]
 
-    def _place(self, job: Job, config: dict, bucket: Bucket, slots: list[int]) -> None:
+    def _place(self, job: Job, config: dict, bucket: Bucket, slots: list[int],
+               moved: list[bool]) -> None:
         paused = self.paused.pop(job.trial_id, None)
         values = hparams.slot_hparams([config], [self.config.steps])
         # The per-trial path's one guard: a resumed checkpoint's searcher state is the one way a
@@ -267,7 +291,10 @@ class Driver:
                 bucket.new[slot] = True
                 bucket.step[slot] = 0
             else:
-                bucket.restore[slot] = paused.rows[r]
+                if moved[r]:
+                    bucket.fetch[slot] = bucket.share_row(paused.rows[r])
+                else:
+                    bucket.restore[slot] = paused.rows[r]
                 bucket.releasing.append(paused.rows[r])
                 bucket.step[slot] = paused.step
             bucket.owner[slot] = (job.trial_id, r)

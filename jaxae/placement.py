@@ -50,6 +50,12 @@ class Plan(NamedTuple):
     eval_key: jax.Array  # [slots, 2] uint32
     target: jax.Array  # int32
     trial: jax.Array  # int32, -1 when empty
+    # Moving paused members between devices (only with ``place``'s ``mesh``): each device's share
+    # of ``share`` [devices * K] names K of its parking rows (counted from its first row; -1:
+    # none) whose members every device receives, and ``fetch`` [slots] picks one of those
+    # devices * K members (device d's k-th at d * K + k; -1: none) for the slot to continue.
+    share: jax.Array | None = None
+    fetch: jax.Array | None = None
 
 
 @functools.partial(jax.jit, static_argnums=(0,), static_argnames=("mesh",),
@@ -63,7 +69,9 @@ def place(spec: TrainSpec, pop: Population, parked: Population | None, plan: Pla
     first, so a slot whose trial pauses can take a new member in the same call. With ``mesh``
     (slots and rows sharded over its devices) each device places its own share: ``plan.park`` and
     ``plan.restore`` then name rows of the slot's own device, counted from its first row, and no
-    parameter crosses devices.
+    parameter crosses devices except the few members ``plan.share`` / ``plan.fetch`` move (one
+    all-gather of those rows, only in a call that moves any), so a paused member can continue on
+    the device with room.
     """
     TRACES["place"] += 1
     local = functools.partial(_place_local, spec)
@@ -85,6 +93,8 @@ def _place_local(spec: TrainSpec, pop: Population, parked: Population | None, pl
             jnp.any(plan.restore >= 0),
             lambda p: _select(plan.restore >= 0, jax.tree.map(lambda a: a[src], parked), p),
             lambda p: p, pop)
+        if plan.share is not None and plan.share.shape[0] > 0:
+            pop = _fetch(parked, plan, pop)
 
     def start(p: Population) -> Population:
         params, opt_state = jax.vmap(functools.partial(init_member, spec))(
@@ -97,6 +107,22 @@ def _place_local(spec: TrainSpec, pop: Population, parked: Population | None, pl
     pop = pop.replace(hparams=plan.hparams, init_key=plan.init_key, data_key=plan.data_key,
                       eval_key=plan.eval_key, target=plan.target, trial=plan.trial)
     return pop, parked
+
+
+def _fetch(parked: Population, plan: Plan, pop: Population) -> Population:
+    """Inside ``shard_map``: every device's shared rows gathered on every device, and each slot
+    that ``plan.fetch`` names takes its member. The gather runs only in a call that moves a member
+    on some device (a predicate all devices agree on)."""
+    rows = parked.step.shape[0]
+    moving = jax.lax.psum(jnp.any(plan.fetch >= 0).astype(jnp.int32), AXIS) > 0
+
+    def move(p: Population) -> Population:
+        mine = jax.tree.map(lambda a: a[jnp.clip(plan.share, 0, rows - 1)], parked)
+        pool = jax.tree.map(lambda a: jax.lax.all_gather(a, AXIS, tiled=True), mine)
+        j = jnp.clip(plan.fetch, 0, pool.step.shape[0] - 1)
+        return _select(plan.fetch >= 0, jax.tree.map(lambda a: a[j], pool), p)
+
+    return jax.lax.cond(moving, move, lambda p: p, pop)
 
 
 def _select(mask: jax.Array, a: Any, b: Any) -> Any:

@@ -37,6 +37,9 @@ def test_the_padded_shape_is_the_largest_the_space_allows():
 
 import itertools  # noqa: E402
 import json  # noqa: E402
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -169,6 +172,40 @@ def test_the_parking_lot_grows_past_its_first_size_keeping_every_paused_member(m
     assert len(told) == 16
     for t in range(8):
         np.testing.assert_allclose(told[t, 20], _straight(config, dataset, configs[t], t, 20),
+                                   rtol=2e-6)
+
+
+def test_a_paused_member_moves_to_another_device_and_continues_exactly(monkeypatch):
+    if jax.device_count() == 1:  # JAX fixes the device count at start-up: rerun on two
+        env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+        test = f"{__file__}::test_a_paused_member_moves_to_another_device_and_continues_exactly"
+        done = subprocess.run([sys.executable, "-m", "pytest", "-o", "addopts=", "-q", "-p",
+                               "no:cacheprovider", test], env=env, capture_output=True, text=True,
+                              timeout=600)
+        assert done.returncode == 0 and "1 passed" in done.stdout, done.stdout + done.stderr
+        return
+    config = config_lib.build({**_small_config().to_dict(), "steps": 120})
+    dataset = data_lib.load("digits")
+    configs = [{"learning_rate": float(lr)} for lr in np.geomspace(2e-3, 8e-3, 5)]
+    # 4 slots, a group of 2 on each of 2 devices: trials 0, 1 on device 0, 2, 3 on device 1.
+    # After 10 steps 0 pauses and 2 completes; new trial 4 takes 0's slot (device 0, beside 1),
+    # so 0 continues in 2's slot, on the other device.
+    budgets = {0: 10, 1: 120, 2: 10, 3: 120, 4: 120}
+    jobs = [Job(t, configs[t], b) for t, b in budgets.items()] + [Job(0, configs[0], 30)]
+    driver = driver_lib.Driver(config, dataset)
+    assert driver.mesh.size == 2 and driver.capacity == 4
+    driver.scheduler = FakeScheduler(jobs, final={**budgets, 0: 30})
+    moves = []
+    share_row = buckets_lib.Bucket.share_row
+    monkeypatch.setattr(buckets_lib.Bucket, "share_row",
+                        lambda self, row: moves.append(row) or share_row(self, row))
+    while not driver.done:
+        driver.step()
+    assert len(moves) == 1  # trial 0 changed devices
+    told = {(t, b): loss for t, b, loss in driver.scheduler.told}
+    assert set(told) == {(0, 10), (0, 30), (1, 120), (2, 10), (3, 120), (4, 120)}
+    for (trial, budget), loss in told.items():
+        np.testing.assert_allclose(loss, _straight(config, dataset, configs[trial], trial, budget),
                                    rtol=2e-6)
 
 
