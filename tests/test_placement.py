@@ -4,24 +4,11 @@ empty population's hyperparameters, and the refusal of what a program cannot hol
 import jax
 import numpy as np
 import pytest
+from test_population import SPEC, member, run
 
 from jaxae import hparams, placement
 from jaxae import population as P
 from jaxae.models import ModelSpec, kernel_matrix
-
-SPEC = P.TrainSpec(ModelSpec("ae", 64, hidden=32, latent_dim=8), "adam", 32)
-
-
-def member(trial, seed=0, target=40, spec=SPEC, **values):
-    sizes = {"hidden": spec.model.hidden, "latent_dim": spec.model.latent_dim}
-    config = hparams.resolve(spec.model.kind, {**sizes, **values})
-    return placement.Member(trial, config, target, P.trial_keys(seed, trial))
-
-
-def run(spec, members, slots, size, data, steps):
-    pop = placement.assign(spec, placement.create(spec, size), slots, members)
-    pop, losses = P.train_chunk(spec, pop, data, steps)
-    return pop, np.asarray(losses)
 
 
 def test_an_empty_population_holds_defaults_at_the_padded_sizes():
