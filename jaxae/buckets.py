@@ -167,27 +167,26 @@ class Bucket:
         mine[free[0]] = row % (self.rows // self.devices)
         return device * self.migrate + int(free[0])
 
-    def slot_rank(self, slot: int) -> tuple[bool, int, int]:
-        """``free_slots``' order key of a free slot: (opens a group, -members already in its
-        group, groups its device runs); lower is better."""
+    def _occupancy(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """[slots] whether each slot holds a member, [groups] members per group, [devices]
+        groups each device runs."""
         occupied = np.array([o is not None for o in self.owner])
         per_group = occupied.reshape(-1, self.group).sum(axis=1)
-        per_device = len(self.owner) // self.devices
-        group_device = np.arange(per_group.size) * self.group // per_device
-        groups_on = np.bincount(group_device[per_group > 0], minlength=self.devices)
-        filled = int(per_group[slot // self.group])
-        return filled == 0, -filled, int(groups_on[slot // per_device])
+        group_device = np.arange(per_group.size) * self.group // (len(self.owner) // self.devices)
+        return occupied, per_group, np.bincount(group_device[per_group > 0],
+                                                minlength=self.devices)
+
+    def opens_group(self, slot: int) -> bool:
+        """Whether a member in free ``slot`` makes its group, empty so far, compute."""
+        return bool(self._occupancy()[1][slot // self.group] == 0)
 
     def free_slots(self, device: int | None = None) -> list[int]:
         """The free slots (of ``device``, or all), in the order new members should take them:
         first those of the fullest groups that are already occupied (they add no computation),
         then those of empty groups on the devices that run the fewest groups (devices work side
         by side, so the busiest one sets the chunk's time)."""
-        occupied = np.array([o is not None for o in self.owner])
-        per_group = occupied.reshape(-1, self.group).sum(axis=1)
+        occupied, per_group, groups_on = self._occupancy()
         per_device = len(self.owner) // self.devices
-        group_device = np.arange(per_group.size) * self.group // per_device
-        groups_on = np.bincount(group_device[per_group > 0], minlength=self.devices)
         free = np.flatnonzero(~occupied)
         if device is not None:
             free = free[free // per_device == device]

@@ -260,7 +260,7 @@ class Driver:
             # Moving costs a gather, so a member moves when its device is full or when there it
             # would open a group while a slot elsewhere joins an occupied one.
             move = best is not None and can_move and bucket.slot_device(best) != device and (
-                own is None or bucket.slot_rank(own)[0] > bucket.slot_rank(best)[0])
+                own is None or (bucket.opens_group(own) and not bucket.opens_group(best)))
             slot = best if move else own
             if slot is None:
                 return None
