@@ -337,13 +337,14 @@ class Driver:
             raise RuntimeError("scheduler handed out no job while nothing is running")
         busy = [b for b in self.buckets.values() if b.active().any()]
         remaining = np.concatenate([(b.target - b.step)[b.active()] for b in busy])
-        n = chunk_length(remaining, self.config.chunk * self.rounds, self._overhead(busy))
-        launched = []
         lists = 1 if self.local_mesh is None else self.mesh.size
+        to_run = {b.key: b.groups_to_run(lists) for b in busy}
+        n = chunk_length(remaining, self.config.chunk * self.rounds, self._overhead(busy, to_run))
+        launched = []
         for bucket in busy:
             self._apply(bucket)
             t0 = time.perf_counter()
-            groups = bucket.groups_to_run(lists)
+            groups = to_run[bucket.key]
             bucket.pop, out = pop_lib.run_chunk(
                 bucket.spec, bucket.pop, self.train_x, self.val_x,
                 jax.device_put(groups, self.slots) if lists > 1 else groups, self.config.chunk,
@@ -390,10 +391,9 @@ class Driver:
             return grouping.group_size(spec, slots)
         return grouping.group_size(spec, slots // self.mesh.size, per_device=True)
 
-    def _overhead(self, busy: list[Bucket]) -> float:
-        """A chunk's fixed host cost in population-steps of the busy buckets (``chunk_length``)."""
-        lists = 1 if self.local_mesh is None else self.mesh.size
-        flops = sum((b.groups_to_run(lists) >= 0).sum() * b.group * buckets_lib.step_flops(b.spec)
+    def _overhead(self, busy: list[Bucket], to_run: dict[tuple, np.ndarray]) -> float:
+        """A chunk's fixed host cost in steps of the groups it runs (``chunk_length``)."""
+        flops = sum((to_run[b.key] >= 0).sum() * b.group * buckets_lib.step_flops(b.spec)
                     for b in busy)
         step_s = flops / DEVICE_FLOPS.get(self.platform, DEVICE_FLOPS["gpu"])
         return CHUNK_HOST_S.get(self.platform, CHUNK_HOST_S["gpu"]) / max(step_s, 1e-12)
