@@ -160,12 +160,20 @@ class Bucket:
         returns its index in the call's gathered rows, or None when its device hands over as
         many as it may already."""
         device = self.row_device(row)
-        mine = self.share[device * self.migrate: (device + 1) * self.migrate]
+        mine = self._shares(device)
         free = np.flatnonzero(mine < 0)
         if free.size == 0:
             return None
         mine[free[0]] = row % (self.rows // self.devices)
         return device * self.migrate + int(free[0])
+
+    def _shares(self, device: int) -> np.ndarray:
+        """``device``'s part of ``share`` (a view): the rows it hands over in the next call."""
+        return self.share[device * self.migrate: (device + 1) * self.migrate]
+
+    def shares_left(self, device: int) -> int:
+        """How many more parked members ``device`` may hand over in the next placement call."""
+        return int((self._shares(device) < 0).sum())
 
     def _occupancy(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """[slots] whether each slot holds a member, [groups] members per group, [devices]

@@ -148,8 +148,8 @@ class Driver:
                 target=np.zeros(n, np.int32), trial=np.full(n, -1, np.int32),
                 step=np.zeros(n, np.int32), diverged=np.zeros(n, bool), devices=self.mesh.size,
                 group=self._group(spec, n),
-                # Half a device's slots may move per call: enough for a rung's promotions to
-                # balance over the devices, while the call's gather stays small.
+                # Paused members each device may hand to another per call: every call that
+                # moves any gathers this many rows from each device, so it stays small.
                 migrate=4 if self.pauses and self.local_mesh else 0)
             if self.pauses:
                 # As many rows as members can be paused at once (every trial's), within
@@ -239,9 +239,9 @@ class Driver:
         """Free slots for ``job``'s members and, per member, whether it moves to another device
         than the one that parked it; None when they are not free yet.
 
-        A paused member continues on its parking row's device unless a slot elsewhere adds less
-        computation (an occupied group, or a device running fewer groups) or its device is full,
-        and its device may still hand members over in this call (``Bucket.migrate``).
+        A paused member continues on its parking row's device unless that device is full, or
+        there it would open a group while a slot elsewhere joins an occupied one, and its device
+        may still hand members over in this call (``Bucket.migrate``).
         """
         paused = self.paused.get(job.trial_id)
         if paused is None:
@@ -255,8 +255,7 @@ class Driver:
             device = bucket.row_device(row)
             own = next((s for s in bucket.free_slots(device) if s not in slots), None)
             best = next((s for s in bucket.free_slots() if s not in slots), None)
-            mine = bucket.share[device * bucket.migrate: (device + 1) * bucket.migrate]
-            can_move = bucket.migrate and (mine < 0).sum() > handing[device]
+            can_move = bucket.shares_left(device) > handing[device]
             # Moving costs a gather, so a member moves when its device is full or when there it
             # would open a group while a slot elsewhere joins an occupied one.
             move = best is not None and can_move and bucket.slot_device(best) != device and (
