@@ -184,6 +184,89 @@ class Bucket:
         return occupied, per_group, np.bincount(group_device[per_group > 0],
                                                 minlength=self.devices)
 
+    def relocate(self, src: int, dst: int) -> bool:
+        """Queues the member in slot ``src`` (settled: not placed by the pending plan) to continue
+        in free slot ``dst`` after the next placement call: parked into a free row of its
+        device, then restored from it, or handed over when ``dst`` is on another device. The
+        copy is exact, so the member's numbers do not change. False, and nothing queued, when
+        its device has no free row or may hand over no more members in this call."""
+        device = self.slot_device(src)
+        across = self.slot_device(dst) != device
+        if across and self.shares_left(device) == 0:
+            return False
+        row = self.take_row(device)
+        if row is None:
+            return False
+        self.park[src] = row
+        if across:
+            self.fetch[dst] = self.share_row(row)
+        else:
+            self.restore[dst] = row
+        self.releasing.append(row)
+        for arr in (self.target, self.trial, self.step, self.diverged,
+                    *self.keys.values(), *jax.tree.leaves(self.hparams)):
+            arr[dst] = arr[src]
+        self.owner[dst], self.owner[src] = self.owner[src], None
+        self.trial[src] = -1
+        self.dirty = True
+        return True
+
+    def repack(self) -> list[tuple[int, int]]:
+        """Empties sparse groups of the device that runs the most, one at a time, while that
+        shortens the chunk (devices work side by side) or saves a group: a group's settled
+        members move into free slots of occupied groups, or all together into an empty group of
+        the device running the fewest when that one would still run fewer. Members finish at
+        different steps, so without this a thinning tail keeps one or two members in many
+        groups. Returns the ``(src, dst)`` moves queued (``relocate``)."""
+        moves: list[tuple[int, int]] = []
+        while step := self._repack_group():
+            moves += step
+        return moves
+
+    def _repack_group(self) -> list[tuple[int, int]]:
+        """``repack``'s one step: the moves that empty one group, queued; [] when none helps."""
+        occupied, per_group, groups_on = self._occupancy()
+        busiest, lightest = int(np.argmax(groups_on)), int(np.argmin(groups_on))
+        fewest_groups = -(-int(occupied.sum()) // self.group)
+        target = -(-fewest_groups // self.devices)  # groups on the busiest device, packed
+        per_device = len(self.owner) // self.devices
+        first = busiest * per_device // self.group
+        groups = [g for g in range(first, first + per_device // self.group) if per_group[g]]
+        rows = sum(self.row_device(r) == busiest for r in self.free_rows)
+        settled = self.settled()
+        for g in sorted(groups, key=lambda g: (per_group[g], g)):
+            members = np.flatnonzero(occupied[g * self.group: (g + 1) * self.group])
+            members += g * self.group
+            if not settled[members].all() or members.size > rows:
+                continue
+            free = [s for s in self.free_slots() if s // self.group != g]
+            joins = [s for s in free if per_group[s // self.group]]
+            if len(joins) >= members.size:
+                dst = joins[: members.size]
+            elif groups_on[busiest] > target and groups_on[lightest] + 1 < groups_on[busiest]:
+                dst = [s for s in free if self.slot_device(s) == lightest][: members.size]
+            else:
+                continue
+            across = sum(self.slot_device(d) != busiest for d in dst)
+            if len(dst) < members.size or across > self.shares_left(busiest):
+                continue
+            moves = list(zip(members.tolist(), dst, strict=True))
+            for src, to in moves:
+                if not self.relocate(src, to):  # rows and hand-overs were counted above
+                    raise RuntimeError(f"slot {src} could not move to {to}")
+            return moves
+        return []
+
+    def settled(self) -> np.ndarray:
+        """[slots] bool: slots whose member trains on and that the pending plan leaves alone
+        (``relocate``'s sources)."""
+        return (self.active() & np.array([o is not None for o in self.owner]) & ~self.new
+                & (self.park < 0) & (self.restore < 0) & (self.fetch < 0))
+
+    def groups_on(self, device: int) -> int:
+        """How many groups ``device`` runs (those holding a member)."""
+        return int(self._occupancy()[2][device])
+
     def opens_group(self, slot: int) -> bool:
         """Whether a member in free ``slot`` makes its group, empty so far, compute."""
         return bool(self._occupancy()[1][slot // self.group] == 0)

@@ -233,15 +233,21 @@ class Driver:
                 continue
             self._place(job, config, bucket, *found)
         self.queue = waiting
+        for bucket in self.buckets.values():
+            if bucket.parked is not None:
+                for src, dst in bucket.repack():
+                    trial, replicate = bucket.owner[dst]
+                    self.running[trial].slots[replicate] = dst
 
     def _free_slots_for(self, job: Job, bucket: Bucket
                         ) -> tuple[list[int], list[bool]] | None:
         """Free slots for ``job``'s members and, per member, whether it moves to another device
         than the one that parked it; None when they are not free yet.
 
-        A paused member continues on its parking row's device unless that device is full, or
-        there it would open a group while a slot elsewhere joins an occupied one, and its device
-        may still hand members over in this call (``Bucket.migrate``).
+        A paused member continues on its parking row's device unless moving shortens the chunk
+        (``Bucket.migrate`` members per device and call may move; each move costs a gather):
+        its device is full, or there it would open a group while a slot elsewhere joins an
+        occupied one, or opens a group on a device that runs fewer groups than its own.
         """
         paused = self.paused.get(job.trial_id)
         if paused is None:
@@ -256,10 +262,10 @@ class Driver:
             own = next((s for s in bucket.free_slots(device) if s not in slots), None)
             best = next((s for s in bucket.free_slots() if s not in slots), None)
             can_move = bucket.shares_left(device) > handing[device]
-            # Moving costs a gather, so a member moves when its device is full or when there it
-            # would open a group while a slot elsewhere joins an occupied one.
             move = best is not None and can_move and bucket.slot_device(best) != device and (
-                own is None or (bucket.opens_group(own) and not bucket.opens_group(best)))
+                own is None or (bucket.opens_group(own) and (
+                    not bucket.opens_group(best)
+                    or bucket.groups_on(bucket.slot_device(best)) < bucket.groups_on(device))))
             slot = best if move else own
             if slot is None:
                 return None

@@ -209,6 +209,41 @@ def test_a_paused_member_moves_to_another_device_and_continues_exactly(monkeypat
                                    rtol=2e-6)
 
 
+@pytest.mark.parametrize("devices", [1, 2])
+def test_running_members_leave_sparse_groups_and_continue_exactly(devices, monkeypatch):
+    if jax.device_count() != devices:  # JAX fixes the device count at start-up: rerun
+        env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+        test = (f"{__file__}::test_running_members_leave_sparse_groups_and_continue_exactly"
+                f"[{devices}]")
+        done = subprocess.run([sys.executable, "-m", "pytest", "-o", "addopts=", "-q", "-p",
+                               "no:cacheprovider", test], env=env, capture_output=True, text=True,
+                              timeout=600)
+        assert done.returncode == 0 and "1 passed" in done.stdout, done.stdout + done.stderr
+        return
+    monkeypatch.setattr(driver_lib.Driver, "_group", lambda self, spec, slots: 2)
+    monkeypatch.setattr(driver_lib.Driver, "_overhead", lambda self, busy, to_run: 0.0)
+    config = config_lib.build({**_small_config().to_dict(), "population": 8, "trials": 8,
+                               "steps": 40})
+    dataset = data_lib.load("digits")
+    configs = [{"learning_rate": float(lr)} for lr in np.geomspace(2e-3, 8e-3, 8)]
+    # Slots 0-7 in groups of 2 (on two devices: 0-3 and 4-7). After 10 steps only trials 1 and
+    # 5 train on, one per group: trial 1 joins trial 5's group (across devices on two), so the
+    # last 30 steps compute one group instead of two.
+    budgets = {t: 40 if t in (1, 5) else 10 for t in range(8)}
+    driver = driver_lib.Driver(config, dataset)
+    assert driver.capacity == 8 and driver.mesh.size == devices
+    driver.scheduler = FakeScheduler([Job(t, configs[t], b) for t, b in budgets.items()],
+                                     final=budgets)
+    while not driver.done:
+        driver.step()
+    (bucket,) = driver.buckets.values()
+    assert driver.running == {} and driver.slot_steps == 8 * 10 + 2 * 30
+    assert sorted(bucket.free_rows) == list(range(bucket.rows))  # every row handed back
+    for trial, budget, loss in driver.scheduler.told:
+        np.testing.assert_allclose(loss, _straight(config, dataset, configs[trial], trial, budget),
+                                   rtol=2e-6)
+
+
 def test_a_thinning_tail_computes_only_its_busy_groups_with_the_same_numbers():
     config = config_lib.build({**_small_config().to_dict(), "population": 64, "trials": 64})
     dataset = data_lib.load("digits")
