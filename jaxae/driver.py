@@ -314,7 +314,7 @@ class Driver:
         """Sends ``bucket``'s pending placements to the device (one program call)."""
         if not bucket.dirty:
             return
-        plan = jax.device_put(bucket.plan(), self.slots)
+        plan = jax.device_put(bucket.plan().pack(), self.slots)
         bucket.pop, bucket.parked = placement.place(bucket.spec, bucket.pop, bucket.parked, plan,
                                                      mesh=self.local_mesh)
         bucket.free_rows.extend(bucket.releasing)

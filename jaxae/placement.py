@@ -57,12 +57,45 @@ class Plan(NamedTuple):
     share: jax.Array | None = None
     fetch: jax.Array | None = None
 
+    def pack(self) -> Packed:
+        """The plan (numpy leaves) as three arrays, ``place``'s argument: a placement call
+        sends three arrays to the devices instead of one per leaf (~30, each a transfer per
+        device)."""
+        slots = len(self.new)
+        keys = [np.asarray(k, np.uint32).view(np.int32) for k in
+                (self.init_key, self.data_key, self.eval_key)]
+        fetch = np.full(slots, -1, np.int32) if self.fetch is None else self.fetch
+        ints = np.column_stack([np.asarray(a, np.int32) for a in (
+            self.new, self.park, self.restore, self.target, self.trial, fetch)] + keys)
+        floats = np.column_stack([np.asarray(leaf, np.float32).reshape(slots)
+                                  for leaf in jax.tree.leaves(self.hparams)])
+        return Packed(floats, ints, self.share)
+
+
+class Packed(NamedTuple):
+    """A ``Plan`` in three arrays (``Plan.pack``; ``unpack`` inside the program)."""
+
+    floats: jax.Array  # float32 [slots, hyperparameters], SlotHParams' leaves in tree order
+    ints: jax.Array  # int32 [slots, 12]: new, park, restore, target, trial, fetch, 3 keys
+    share: jax.Array | None = None
+
+    def unpack(self, like: hparams_lib.SlotHParams) -> Plan:
+        """The ``Plan``, hyperparameters structured like ``like``."""
+        i = self.ints
+        key = lambda k: jax.lax.bitcast_convert_type(i[:, 6 + 2 * k: 8 + 2 * k],  # noqa: E731
+                                                     jnp.uint32)
+        hp = jax.tree.unflatten(jax.tree.structure(like),
+                                [self.floats[:, j] for j in range(self.floats.shape[1])])
+        return Plan(i[:, 0] != 0, i[:, 1], i[:, 2], hp, key(0), key(1), key(2), i[:, 3], i[:, 4],
+                    self.share, None if self.share is None else i[:, 5])
+
 
 @functools.partial(jax.jit, static_argnums=(0,), static_argnames=("mesh",),
                    donate_argnums=(1, 2))
-def place(spec: TrainSpec, pop: Population, parked: Population | None, plan: Plan,
+def place(spec: TrainSpec, pop: Population, parked: Population | None, plan: Packed,
           mesh: Mesh | None = None) -> tuple[Population, Population | None]:
-    """Applies ``plan`` in one program: park, restore, start, then the host's slot arrays.
+    """Applies ``plan`` (``Plan.pack``'s) in one program: park, restore, start, then the host's
+    slot arrays.
 
     ``parked`` is a population whose rows hold paused members (the driver's parking lot, on the
     device: pausing and continuing a trial moves no parameters through the host). Parking comes
@@ -82,8 +115,9 @@ def place(spec: TrainSpec, pop: Population, parked: Population | None, plan: Pla
     return local(pop, parked, plan)
 
 
-def _place_local(spec: TrainSpec, pop: Population, parked: Population | None, plan: Plan
+def _place_local(spec: TrainSpec, pop: Population, parked: Population | None, packed: Packed
                  ) -> tuple[Population, Population | None]:
+    plan = packed.unpack(pop.hparams)
     if parked is not None:
         rows = parked.step.shape[0]
         dest = jnp.where(plan.park >= 0, plan.park, rows)  # out of range: dropped
@@ -138,9 +172,9 @@ def create(spec: TrainSpec, num_slots: int) -> Population:
     hp = jax.tree.map(jnp.asarray, hparams_lib.slot_hparams([{**default, **sizes}] * num_slots,
                                                             [1.0] * num_slots))
     keys = jnp.zeros((num_slots, 2), jnp.uint32)
-    # Empty slots never train, so zeros of the right shapes do; eval_shape compiles nothing.
-    shapes = jax.eval_shape(jax.vmap(functools.partial(init_member, spec)), keys, hp.model)
-    params, opt_state = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    # Empty slots never train, so zeros of the right shapes do.
+    params, opt_state = jax.tree.map(lambda s: jnp.zeros((num_slots, *s.shape), s.dtype),
+                                     _member_shapes(spec))
     return Population(
         params=params,
         opt_state=opt_state,
@@ -155,6 +189,18 @@ def create(spec: TrainSpec, num_slots: int) -> Population:
         diverged=jnp.zeros((num_slots,), bool),
         trial=jnp.full((num_slots,), -1, jnp.int32),
     )
+
+
+@functools.cache
+def _member_shapes(spec: TrainSpec) -> tuple[Any, Any]:
+    """One member's parameter and optimizer-state shapes (``jax.ShapeDtypeStruct`` leaves):
+    traced once per program (eval_shape compiles nothing, but tracing costs ~30 ms)."""
+    default = hparams_lib.defaults(spec.model.kind)
+    sizes = {"hidden": spec.model.hidden, "latent_dim": spec.model.latent_dim}
+    hp = jax.tree.map(lambda a: jnp.asarray(a[0]),
+                      hparams_lib.slot_hparams([{**default, **sizes}], [1.0]))
+    return jax.eval_shape(functools.partial(init_member, spec),
+                          jax.ShapeDtypeStruct((2,), jnp.uint32), hp.model)
 
 
 def _fresh_stats(spec: TrainSpec, num_slots: int) -> dict:
@@ -209,7 +255,7 @@ def assign(spec: TrainSpec, pop: Population, slots: Sequence[int], members: Sequ
                 fresh["eval_key"], fresh["target"], fresh["trial"])
     # Placed like the population's own slot arrays: a differently placed argument is a jit cache
     # miss, i.e. a second compilation of the same program.
-    pop, _ = place(spec, pop, None, jax.device_put(plan, pop.step.sharding))
+    pop, _ = place(spec, pop, None, jax.device_put(plan.pack(), pop.step.sharding))
     return pop
 
 

@@ -66,7 +66,7 @@ def test_place_parks_a_paused_trial_and_restores_it_in_another_slot(digits):
             leaf[2] = leaf[1]
         return placement.Plan(np.zeros(3, bool), park, restore, hp, keys["init_key"],
                               keys["data_key"], keys["eval_key"], np.asarray(target, np.int32),
-                              np.asarray(trial, np.int32))
+                              np.asarray(trial, np.int32)).pack()
 
     # Pause: slot 1 parks in row 3 and empties; continue: row 3 comes back in slot 2.
     pop, parked = placement.place(SPEC, pop, parked, plan(np.array([-1, 3, -1], np.int32), none,
