@@ -28,7 +28,8 @@ def save(driver: Driver) -> bytes:
         "chunk": driver.chunk,
         "member_steps": driver.member_steps,
         "scheduler": driver.scheduler.state_dict(),
-        "buckets": [{"key": list(b.key), "owner": b.owner} for b in driver.buckets.values()],
+        "buckets": [{"key": list(b.key), "owner": b.owner, "slots": _held(b.owner)}
+                    for b in driver.buckets.values()],
         "running": [
             {"trial": t, "budget": r.job.budget, "job_config": r.job.config,
              "config": r.config, "bucket": list(r.bucket), "slots": r.slots}
@@ -46,7 +47,9 @@ def save(driver: Driver) -> bytes:
     parked = {k: sharding_lib.to_host(b.parked) for k, b in driver.buckets.items()
               if b.parked is not None and any(p.bucket == k for p in driver.paused.values())}
     arrays = {
-        "buckets": {str(i): serialization.to_state_dict(sharding_lib.to_host(b.pop))
+        # Only the slots that hold a member: a sweep's last checkpoint holds none.
+        "buckets": {str(i): serialization.to_state_dict(jax.tree.map(
+                        lambda a, held=_held(b.owner): a[held], sharding_lib.to_host(b.pop)))
                     for i, b in enumerate(driver.buckets.values())},
         "paused": {str(t): {str(r): serialization.to_state_dict(
                                 jax.tree.map(lambda a, row=row: a[row], parked[p.bucket]))
@@ -67,8 +70,13 @@ def load(driver: Driver, data: bytes) -> None:
     for i, b in enumerate(meta["buckets"]):
         key = tuple(b["key"])
         bucket = driver._bucket(key)
-        host = serialization.from_state_dict(sharding_lib.to_host(bucket.pop),
-                                             arrays["buckets"][str(i)])
+        host = jax.tree.map(np.array, sharding_lib.to_host(bucket.pop))  # empty slots
+        if "slots" in b:  # the slots that held a member, in order
+            held = serialization.from_state_dict(jax.tree.map(lambda a: a[b["slots"]], host),
+                                                 arrays["buckets"][str(i)])
+            jax.tree.map(lambda a, v: a.__setitem__(b["slots"], v), host, held)
+        else:  # written before 2026-11-29: every slot
+            host = serialization.from_state_dict(host, arrays["buckets"][str(i)])
         bucket.pop = sharding_lib.shard(host, driver.slots)
         bucket.owner = [tuple(o) if o is not None else None for o in b["owner"]]
         bucket.hparams = jax.tree.map(np.array, host.hparams)
@@ -111,6 +119,11 @@ def load(driver: Driver, data: bytes) -> None:
                 [_from_json(v) for v in p["replicate_losses"]])
         bucket.parked = sharding_lib.shard(host, driver.slots)
     driver.queue = [Job(j["trial"], j["config"], j["budget"]) for j in meta["queue"]]
+
+
+def _held(owner: list) -> list[int]:
+    """The slots that hold a member."""
+    return [s for s, o in enumerate(owner) if o is not None]
 
 
 def _json_float(v: float) -> float | None:
