@@ -115,7 +115,10 @@ class Bucket:
     fetch: np.ndarray | None = None  # [slots] index of the handed row the slot continues
     dirty: bool = False
     releasing: list[int] = dataclasses.field(default_factory=list)  # rows restored by the plan
-    first_chunk_s: float | None = None  # wall time of its first chunk: mostly compilation
+    # Wall time compiling its programs (``Driver._compile``; None: not yet) and of its first
+    # chunk, compilation included.
+    compile_s: float | None = None
+    first_chunk_s: float | None = None
     # Devices the slots (and parking rows) are sharded over, each holding a contiguous share.
     # A member parks in a row of its slot's device and continues in a slot of its row's device.
     devices: int = 1

@@ -19,6 +19,7 @@ the checkpoint timing never change a trial's numbers, so a resumed sweep replays
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -345,15 +346,14 @@ class Driver:
         lists = 1 if self.local_mesh is None else self.mesh.size
         to_run = {b.key: b.groups_to_run(lists) for b in busy}
         n = chunk_length(remaining, self.config.chunk * self.rounds, self._overhead(busy, to_run))
+        self._compile([b for b in busy if b.compile_s is None], to_run)
         launched = []
         for bucket in busy:
             self._apply(bucket)
             t0 = time.perf_counter()
             groups = to_run[bucket.key]
-            bucket.pop, out = pop_lib.run_chunk(
-                bucket.spec, bucket.pop, self.train_x, self.val_x,
-                jax.device_put(groups, self.slots) if lists > 1 else groups, self.config.chunk,
-                self.rounds, np.int32(n), mesh=self.local_mesh, group=bucket.group)
+            bucket.pop, out = pop_lib.run_chunk(*self._chunk_args(bucket, groups, n),
+                                                mesh=self.local_mesh, group=bucket.group)
             launched.append((bucket, t0, int((groups >= 0).sum()) * bucket.group, out))
         if while_training is not None:
             while_training()
@@ -363,7 +363,7 @@ class Driver:
         finished: dict[int, list[tuple[int, float, bool]]] = {}
         for (bucket, t0, computed, _), host in zip(launched, results, strict=True):
             if bucket.first_chunk_s is None:
-                bucket.first_chunk_s = time.perf_counter() - t0
+                bucket.first_chunk_s = bucket.compile_s + time.perf_counter() - t0
             self.member_steps += int((host["step"][rounds - 1] - bucket.step).sum())
             self.slot_steps += computed * n
             self.bucket_calls += 1
@@ -388,6 +388,38 @@ class Driver:
         events += self._settle(finished)
         self.chunk += 1
         return events, curves
+
+    def _chunk_args(self, bucket: Bucket, groups: np.ndarray, steps: int) -> tuple:
+        """``population.run_chunk``'s positional arguments for ``bucket``."""
+        if self.local_mesh is not None:
+            groups = jax.device_put(groups, self.slots)
+        return (bucket.spec, bucket.pop, self.train_x, self.val_x, groups, self.config.chunk,
+                self.rounds, np.int32(steps))
+
+    def _compile(self, fresh: list[Bucket], to_run: dict[tuple, np.ndarray]) -> None:
+        """Compiles the placement and chunk programs of buckets about to run for the first time
+        side by side, in threads: XLA compiles outside Python's lock, so a sweep's first chunk
+        waits for its slowest program instead of the sum of them (a bucket's programs are
+        compiled once; the calls that follow find them in ``jax.jit``'s cache)."""
+        if not fresh or jax.process_count() > 1:
+            for bucket in fresh:
+                bucket.compile_s = 0.0
+            return
+        tasks = []
+        for bucket in fresh:
+            args = self._chunk_args(bucket, to_run[bucket.key], 0)
+            tasks.append(lambda args=args, b=bucket: pop_lib.run_chunk.lower(
+                *args, mesh=self.local_mesh, group=b.group).compile())
+            if bucket.dirty:
+                plan = jax.device_put(bucket.plan().pack(), self.slots)
+                tasks.append(lambda plan=plan, b=bucket: placement.place.lower(
+                    b.spec, b.pop, b.parked, plan, mesh=self.local_mesh).compile())
+        t0 = time.perf_counter()
+        with concurrent.futures.ThreadPoolExecutor(len(tasks)) as pool:
+            for done in [pool.submit(task) for task in tasks]:
+                done.result()
+        for bucket in fresh:
+            bucket.compile_s = time.perf_counter() - t0
 
     def _group(self, spec: pop_lib.TrainSpec, slots: int) -> int:
         """Slots per group of a bucket's program of ``slots`` slots: on each device's share when

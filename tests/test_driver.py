@@ -358,3 +358,25 @@ def test_the_groups_to_run_are_each_devices_busy_groups_in_order():
     np.testing.assert_array_equal(bucket.groups_to_run(1), [2, 4, 7, -1, -1, -1, -1, -1])
     bucket.step[5] = 10  # its job has ended: not busy
     np.testing.assert_array_equal(bucket.groups_to_run(2), [-1, -1, -1, -1, 0, 3, -1, -1])
+
+
+def test_new_buckets_compile_side_by_side_before_their_first_chunk(monkeypatch):
+    config = config_lib.build({**_small_config("random").to_dict(), "population": 8,
+                               "trials": 8})
+    config = config_lib.build({**config.to_dict(), "space": {
+        **config.to_dict()["space"], "depth": {"dist": "choice", "options": [1, 2]}}})
+    driver = driver_lib.Driver(config, data_lib.load("digits"))
+    before = {k: v for k, v in pop_lib.TRACES.items() if isinstance(k, tuple)}
+    submitted = []
+    submit = driver_lib.concurrent.futures.ThreadPoolExecutor.submit
+    monkeypatch.setattr(driver_lib.concurrent.futures.ThreadPoolExecutor, "submit",
+                        lambda self, fn: submitted.append(fn) or submit(self, fn))
+    driver.step()
+    assert len(driver.buckets) == 2
+    assert len(submitted) == 4  # each bucket's placement and chunk programs, in one pool
+    traced = {k: v - before.get(k, 0) for k, v in pop_lib.TRACES.items() if isinstance(k, tuple)}
+    assert sorted(n for (name, _), n in traced.items() if name == "run_chunk" and n) == [1, 1]
+    for bucket in driver.buckets.values():
+        assert 0 < bucket.compile_s <= bucket.first_chunk_s
+    driver.step()
+    assert len(submitted) == 4  # compiled once
