@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import functools
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -29,7 +30,7 @@ import jax
 import numpy as np
 
 from jaxae import buckets as buckets_lib
-from jaxae import driver_state, grouping, hparams, placement, runner
+from jaxae import driver_state, grouping, hparams, placement, programs, runner
 from jaxae import population as pop_lib
 from jaxae import sharding as sharding_lib
 from jaxae.buckets import Bucket, member_keys, train_spec
@@ -114,6 +115,7 @@ class Driver:
         # Rounds of ``chunk`` steps per program call (each evaluated: the curves' interval).
         self.rounds = ROUNDS.get(self.platform, ROUNDS["gpu"])
         self.buckets: dict[tuple, Bucket] = {}
+        self._program_pairs: dict[tuple, tuple[programs.Program, programs.Program]] = {}
         self.running: dict[int, Running] = {}
         self.paused: dict[int, Paused] = {}
         self.queue: list[Job] = []
@@ -316,8 +318,7 @@ class Driver:
         if not bucket.dirty:
             return
         plan = jax.device_put(bucket.plan().pack(), self.slots)
-        bucket.pop, bucket.parked = placement.place(bucket.spec, bucket.pop, bucket.parked, plan,
-                                                     mesh=self.local_mesh)
+        bucket.pop, bucket.parked = self._programs(bucket)[0](bucket.pop, bucket.parked, plan)
         bucket.free_rows.extend(bucket.releasing)
         bucket.releasing = []
         bucket._clear_plan()
@@ -352,8 +353,7 @@ class Driver:
             self._apply(bucket)
             t0 = time.perf_counter()
             groups = to_run[bucket.key]
-            bucket.pop, out = pop_lib.run_chunk(*self._chunk_args(bucket, groups, n),
-                                                mesh=self.local_mesh, group=bucket.group)
+            bucket.pop, out = self._programs(bucket)[1](*self._chunk_args(bucket, groups, n))
             launched.append((bucket, t0, int((groups >= 0).sum()) * bucket.group, out))
         if while_training is not None:
             while_training()
@@ -389,12 +389,30 @@ class Driver:
         self.chunk += 1
         return events, curves
 
+    def _programs(self, bucket: Bucket) -> tuple[programs.Program, programs.Program]:
+        """``bucket``'s placement and chunk programs (``placement.place``,
+        ``population.run_chunk``) of the dynamic arguments, kept across processes
+        (``jaxae.programs``)."""
+        if bucket.key not in self._program_pairs:
+            spec, length, rounds, mesh, group = (bucket.spec, self.config.chunk, self.rounds,
+                                                 self.local_mesh, bucket.group)
+            place = functools.partial(placement.place, spec, mesh=mesh)
+            run = lambda f: lambda pop, x, val, groups, steps: f(  # noqa: E731
+                spec, pop, x, val, groups, length, rounds, steps, mesh=mesh, group=group)
+            self._program_pairs[bucket.key] = (
+                programs.Program("place", place, functools.partial(placement.place.lower, spec,
+                                                                   mesh=mesh),
+                                 (spec, mesh), donated=2),
+                programs.Program("run_chunk", run(pop_lib.run_chunk),
+                                 run(pop_lib.run_chunk.lower), (spec, length, rounds, mesh, group),
+                                 donated=1))
+        return self._program_pairs[bucket.key]
+
     def _chunk_args(self, bucket: Bucket, groups: np.ndarray, steps: int) -> tuple:
-        """``population.run_chunk``'s positional arguments for ``bucket``."""
+        """The chunk program's arguments for ``bucket`` (``_programs``)."""
         if self.local_mesh is not None:
             groups = jax.device_put(groups, self.slots)
-        return (bucket.spec, bucket.pop, self.train_x, self.val_x, groups, self.config.chunk,
-                self.rounds, np.int32(steps))
+        return bucket.pop, self.train_x, self.val_x, groups, np.int32(steps)
 
     def _compile(self, fresh: list[Bucket], to_run: dict[tuple, np.ndarray]) -> None:
         """Compiles the placement and chunk programs of buckets about to run for the first time
@@ -407,13 +425,12 @@ class Driver:
             return
         tasks = []
         for bucket in fresh:
-            args = self._chunk_args(bucket, to_run[bucket.key], 0)
-            tasks.append(lambda args=args, b=bucket: pop_lib.run_chunk.lower(
-                *args, mesh=self.local_mesh, group=b.group).compile())
+            place, run = self._programs(bucket)
+            tasks.append(functools.partial(run.compile,
+                                           *self._chunk_args(bucket, to_run[bucket.key], 0)))
             if bucket.dirty:
                 plan = jax.device_put(bucket.plan().pack(), self.slots)
-                tasks.append(lambda plan=plan, b=bucket: placement.place.lower(
-                    b.spec, b.pop, b.parked, plan, mesh=self.local_mesh).compile())
+                tasks.append(functools.partial(place.compile, bucket.pop, bucket.parked, plan))
         t0 = time.perf_counter()
         with concurrent.futures.ThreadPoolExecutor(len(tasks)) as pool:
             for done in [pool.submit(task) for task in tasks]:

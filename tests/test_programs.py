@@ -1,0 +1,72 @@
+"""Programs kept across processes: a loaded program gives the jitted numbers bit for bit, and a
+missing, stale or corrupt file only costs an export."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from jaxae import config as config_lib
+from jaxae import data as data_lib
+from jaxae import driver as driver_lib
+from jaxae import programs
+
+
+def _sweep():
+    config = config_lib.build({
+        "searcher": "asha", "population": 4, "trials": 6, "steps": 30, "chunk": 10,
+        "space": {"hidden": 16, "latent_dim": 4, "batch_size": 16,
+                  "learning_rate": {"dist": "float", "low": 1e-3, "high": 1e-2, "log": True}}})
+    driver = driver_lib.Driver(config, data_lib.load("digits"))
+    results = []
+    while not driver.done:
+        events, _ = driver.step()
+        results += [(e.trial, e.steps, e.val_loss) for e in events if e.told]
+    return sorted(results)
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    pytest.importorskip("flatbuffers")  # JAX's export serialization needs it
+    monkeypatch.setattr(programs, "_directory", lambda: tmp_path / "programs")
+    monkeypatch.setattr(programs, "_LOADED", {})
+    monkeypatch.setattr(programs, "COUNTS", {})
+    return tmp_path / "programs"
+
+
+@pytest.mark.parametrize("devices", [1, 2])
+def test_a_loaded_program_gives_the_jitted_numbers_bit_for_bit(devices, cache, monkeypatch):
+    if jax.device_count() != devices:  # JAX fixes the device count at start-up: rerun
+        env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+        test = f"{__file__}::test_a_loaded_program_gives_the_jitted_numbers_bit_for_bit"
+        done = subprocess.run([sys.executable, "-m", "pytest", "-o", "addopts=", "-q", "-p",
+                               "no:cacheprovider", f"{test}[{devices}]"], env=env,
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0 and "1 passed" in done.stdout, done.stdout + done.stderr
+        return
+    exported = _sweep()  # exports both programs into the cache, then runs them
+    assert programs.COUNTS == {"place/traced": 1, "run_chunk/traced": 1}
+    assert sorted(p.name.split("-")[0] for p in cache.iterdir()) == ["place", "run_chunk"]
+    monkeypatch.setattr(programs, "_LOADED", {})  # as a new process: from the files
+    loaded = _sweep()
+    assert programs.COUNTS == {"place/traced": 1, "run_chunk/traced": 1, "place/loaded": 1,
+                               "run_chunk/loaded": 1}
+    monkeypatch.setattr(programs, "_directory", lambda: None)  # no cache: jax.jit itself
+    jitted = _sweep()
+    assert len(jitted) > 6
+    np.testing.assert_array_equal(np.array(loaded), np.array(jitted))
+    np.testing.assert_array_equal(np.array(exported), np.array(jitted))
+
+
+def test_a_corrupt_program_file_is_exported_again(cache, monkeypatch):
+    first = _sweep()
+    for path in cache.iterdir():
+        path.write_bytes(b"not a program")
+    monkeypatch.setattr(programs, "_LOADED", {})
+    again = _sweep()
+    assert programs.COUNTS["run_chunk/traced"] == 2 and "run_chunk/loaded" not in programs.COUNTS
+    np.testing.assert_array_equal(np.array(again), np.array(first))
+    assert all(path.stat().st_size > 1000 for path in cache.iterdir())  # rewritten whole
