@@ -88,7 +88,7 @@ from jaxae import buckets as buckets_lib
 from jaxae import config as config_lib
 from jaxae import data as data_lib
 from jaxae import driver as driver_lib
-from jaxae import hparams, jobs, placement, runner, runtime
+from jaxae import hparams, jobs, placement, programs, runner, runtime
 from jaxae import population as P
 from jaxae.store import TrialStore
 
@@ -311,10 +311,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.cache == "warm":
             print(f"warming the cache for {case} ...", file=sys.stderr, flush=True)
             jax.clear_caches()
+            programs.forget()
             warm = args if case.startswith("jaxae") else argparse.Namespace(
                 **{**vars(args), "trials": 2})
             RUNNERS[case](warm, dataset)
         jax.clear_caches()
+        programs.forget()
         compiled_before = _compile_seconds[0]
         print(f"running {case} ...", file=sys.stderr, flush=True)
         result = RUNNERS[case](args, dataset)

@@ -33,6 +33,12 @@ COUNTS: dict[str, int] = {}
 _LOADED: dict[str, Callable | None] = {}
 
 
+def forget() -> None:
+    """Forgets the programs this process loaded (with ``jax.clear_caches``: a bench's next case
+    then starts as a new process would, from the files)."""
+    _LOADED.clear()
+
+
 @functools.cache
 def _source_hash() -> str:
     """jaxae's own source: any edit makes new programs."""
