@@ -33,6 +33,10 @@ COUNTS: dict[str, int] = {}
 _LOADED: dict[str, Callable | None] = {}
 
 
+_TRACE_SETTINGS = ("jax_threefry_partitionable", "jax_enable_x64", "jax_default_prng_impl",
+                   "jax_default_matmul_precision")
+
+
 def forget() -> None:
     """Forgets the programs this process loaded (with ``jax.clear_caches``: a bench's next case
     then starts as a new process would, from the files)."""
@@ -113,6 +117,8 @@ class Program:
         device = jax.devices()[0]
         parts = [self.name, repr(self.static), str(tree), jax.__version__, _source_hash(),
                  device.platform, device.device_kind, str(jax.device_count())]
+        # Settings that change what a trace produces (random bits, dtypes, matmul precision).
+        parts += [str(getattr(jax.config, name, None)) for name in _TRACE_SETTINGS]
         parts += [f"{getattr(x, 'shape', ())}/{getattr(x, 'dtype', type(x))}/{_placement(x)}"
                   for x in leaves]
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
