@@ -92,28 +92,37 @@ class Program:
                  ) -> None:
         self.name, self.fn, self.lower, self.static, self.donated = (name, fn, lower, static,
                                                                      donated)
+        self._keys: dict[tuple, str] = {}  # arguments' structure, shapes, placements -> key
 
     def __call__(self, *args: Any) -> tuple:
-        run = self._callable(args)
+        leaves, tree = jax.tree.flatten(args)
+        run = self._callable(args, leaves, tree)
         if run is None:
             return self.fn(*args)
-        return self._structure(args, run(*jax.tree.leaves(args)))
+        return self._structure(args, run(*leaves))
 
     def compile(self, *args: Any) -> None:
         """Compiles for ``args`` now (``Driver._compile``); the calls that follow find it."""
-        run = self._callable(args)
+        leaves, tree = jax.tree.flatten(args)
+        run = self._callable(args, leaves, tree)
         if run is None:
             self.lower(*args).compile()
         else:
-            run.lower(*jax.tree.leaves(args)).compile()
+            run.lower(*leaves).compile()
 
     def _structure(self, args: Sequence[Any], flat: tuple) -> tuple:
         pops = [jax.tree.unflatten(jax.tree.structure(a), leaves)
                 for a, leaves in zip(args[: self.donated], flat[: self.donated], strict=True)]
         return (*pops, *flat[self.donated:])
 
-    def _key(self, args: Sequence[Any]) -> str:
-        leaves, tree = jax.tree.flatten(args)
+    def _key(self, leaves: list, tree: Any) -> str:
+        signature = (tree, *((getattr(x, "shape", ()), getattr(x, "dtype", type(x)),
+                              getattr(x, "sharding", None)) for x in leaves))
+        if signature not in self._keys:  # each call's: hashing every leaf's placement costs
+            self._keys[signature] = self._file_key(leaves, tree)
+        return self._keys[signature]
+
+    def _file_key(self, leaves: list, tree: Any) -> str:
         device = jax.devices()[0]
         parts = [self.name, repr(self.static), str(tree), jax.__version__, _source_hash(),
                  device.platform, device.device_kind, str(jax.device_count())]
@@ -123,12 +132,12 @@ class Program:
                   for x in leaves]
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
 
-    def _callable(self, args: Sequence[Any]) -> Callable | None:
+    def _callable(self, args: Sequence[Any], leaves: list, tree: Any) -> Callable | None:
         """The loaded (or just exported) program for ``args``' shapes; None: use ``jax.jit``."""
         directory = _directory()
         if directory is None or jax.process_count() > 1:
             return None
-        key = self._key(args)
+        key = self._key(leaves, tree)
         if key in _LOADED:
             return _LOADED[key]
         path = directory / f"{self.name}-{key}.jaxexport"
@@ -147,8 +156,8 @@ class Program:
                 return None
             how = "traced"
         COUNTS[f"{self.name}/{how}"] = COUNTS.get(f"{self.name}/{how}", 0) + 1
-        leaves = jax.tree.leaves(args[: self.donated])
-        run = jax.jit(exported.call, donate_argnums=tuple(range(len(leaves))))
+        donated = len(jax.tree.leaves(args[: self.donated]))
+        run = jax.jit(exported.call, donate_argnums=tuple(range(donated)))
         _LOADED[key] = run
         return run
 
