@@ -54,10 +54,12 @@ def _source_hash() -> str:
 
 
 def _directory() -> Path | None:
-    """``programs/`` in the persistent compilation cache's directory; None when that is off or
-    JAX cannot serialize programs here (``flatbuffers`` missing)."""
+    """``programs/`` in the persistent compilation cache's directory; None when that is off,
+    ``JAXAE_PROGRAM_CACHE=off``, or JAX cannot serialize programs here (``flatbuffers``
+    missing)."""
     cache = jax.config.jax_compilation_cache_dir
-    if not cache or importlib.util.find_spec("flatbuffers") is None:
+    if (not cache or os.environ.get("JAXAE_PROGRAM_CACHE", "").lower() == "off"
+            or importlib.util.find_spec("flatbuffers") is None):
         return None
     return Path(cache) / "programs"
 

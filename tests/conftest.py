@@ -1,7 +1,14 @@
+import os
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from sklearn.datasets import load_digits
+
+# Nearly every test is a first sweep of its shapes, which the program cache makes dearer (an
+# export, then the loaded program's own lowering and compilation) and never repays; it is tested
+# on its own (tests/test_programs.py). Inherited by the sweeps tests start in child processes.
+os.environ.setdefault("JAXAE_PROGRAM_CACHE", "off")
 
 
 @pytest.fixture(scope="session")
