@@ -81,11 +81,10 @@ def enable_compilation_cache() -> Path | None:
     except OSError:
         return None
     jax.config.update("jax_compilation_cache_dir", str(path))
-    # Every program, however small: a sweep also compiles ~16 small ones (zeros, slices, casts
-    # while placing its populations), 10-30 ms each, which the cache returns in a few ms (warm
-    # start of a 64 x 200 sweep on the 2-core CPU: time to the first trial 2.77 -> 2.64 s,
-    # median of 5).
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    # Only programs taking 0.2 s to compile: keeping every small one too (0.0) made the test
+    # suite's cold run write ~1,100 entries instead of 185 and take 760-790 s instead of 537 s on
+    # the 2-core CPU; a sweep's own programs are kept whole by jaxae.programs.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
     return path
 
 
