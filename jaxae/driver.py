@@ -126,6 +126,10 @@ class Driver:
         self.bucket_calls = 0
         self._started: list[Event] = []
         self._keys: dict[int, list[dict[str, np.ndarray]]] = {}
+        # Asking for the next jobs while a chunk trains (``_ask_ahead``), where the scheduler
+        # hands out the same trials either way; and what ``_prepare`` made of each queued job.
+        self.ask_ahead = self.scheduler.asks_ahead
+        self._prepared: dict[Job, tuple[dict[str, Any], Bucket, Any]] = {}
 
     # -- configuration --------------------------------------------------------------------------
 
@@ -228,19 +232,52 @@ class Driver:
             self.queue.extend(self.scheduler.ask(want))
         waiting = []
         for job in self.queue:
-            config = self.resolve(job.config)
-            bucket = self._bucket(self.bucket_key(config))
+            bucket = self._prepare(job)[1]
             found = self._free_slots_for(job, bucket)
             if found is None:
                 waiting.append(job)
                 continue
-            self._place(job, config, bucket, *found)
+            self._place(job, *self._prepared.pop(job), *found)
         self.queue = waiting
         for bucket in self.buckets.values():
             if bucket.parked is not None:
                 for src, dst in bucket.repack():
                     trial, replicate = bucket.owner[dst]
                     self.running[trial].slots[replicate] = dst
+
+    def _prepare(self, job: Job) -> tuple[dict[str, Any], Bucket, Any]:
+        """``job``'s full configuration, bucket and slot hyperparameters (kept until placed)."""
+        if job not in self._prepared:
+            config = self.resolve(job.config)
+            bucket = self._bucket(self.bucket_key(config))
+            values = hparams.slot_hparams([config], [self.config.steps])
+            # The per-trial path's one guard: a resumed checkpoint's searcher state is the one
+            # way a value can arrive from outside the validated space, and this is what it could
+            # break.
+            placement.check_fits(bucket.spec, values, [0])
+            self.member_keys(job.trial_id)
+            self._prepared[job] = (config, bucket, values)
+        return self._prepared[job]
+
+    def _ask_ahead(self, steps: int) -> None:
+        """While a chunk of ``steps`` steps trains: asks for the jobs that will take the slots
+        whose jobs reach their budgets in it, and prepares them, so the next chunk starts sooner.
+        Only where the scheduler hands out the same trials either way (``asks_ahead``); a
+        diverged member's slot is asked for after the chunk, as without asking ahead."""
+        if not self.ask_ahead:
+            return
+        ending = 0
+        for run in self.running.values():
+            bucket = self.buckets[run.bucket]
+            slots = run.slots
+            ending += bool(np.all((bucket.target[slots] - bucket.step[slots] <= steps)
+                                  | bucket.diverged[slots]))
+        busy = self.repeats * (len(self.running) - ending + len(self.queue))
+        want = (self.config.population - busy) // self.repeats
+        if want > 0:
+            self.queue.extend(self.scheduler.ask(want))
+        for job in self.queue:
+            self._prepare(job)
 
     def _free_slots_for(self, job: Job, bucket: Bucket
                         ) -> tuple[list[int], list[bool]] | None:
@@ -281,13 +318,9 @@ class Driver:
         return [(k["init_key"].tobytes().hex(), k["data_key"].tobytes().hex())
                 for k in self.member_keys(trial)]
 
-    def _place(self, job: Job, config: dict, bucket: Bucket, slots: list[int],
+    def _place(self, job: Job, config: dict, bucket: Bucket, values: Any, slots: list[int],
                moved: list[bool]) -> None:
         paused = self.paused.pop(job.trial_id, None)
-        values = hparams.slot_hparams([config], [self.config.steps])
-        # The per-trial path's one guard: a resumed checkpoint's searcher state is the one way a
-        # value can arrive from outside the validated space, and this is what it could break.
-        placement.check_fits(bucket.spec, values, [0])
         hparams.set_rows(bucket.hparams, slots, values)
         for r, slot in enumerate(slots):
             for name, key in self.member_keys(job.trial_id)[r].items():
@@ -335,7 +368,8 @@ class Driver:
 
         ``while_training`` is called once the chunk's programs are dispatched and before their
         results are read: host work that does not change the sweep (the previous chunk's store
-        rows) overlaps the device's.
+        rows) overlaps the device's, as does asking for the next jobs where that changes nothing
+        (``_ask_ahead``).
         """
         self._fill()
         if not self.running:
@@ -357,6 +391,7 @@ class Driver:
             launched.append((bucket, t0, int((groups >= 0).sum()) * bucket.group, out))
         if while_training is not None:
             while_training()
+        self._ask_ahead(n)
         results = sharding_lib.to_host([out for *_, out in launched])
         rounds = -(-n // self.config.chunk)
         curves = []

@@ -118,6 +118,7 @@ def load(driver: Driver, data: bytes) -> None:
                 p["config"], key, rows, step, p["budget"], _from_json(p["loss"]),
                 [_from_json(v) for v in p["replicate_losses"]])
         bucket.parked = sharding_lib.shard(host, driver.slots)
+    driver._prepared = {}
     driver.queue = [Job(j["trial"], j["config"], j["budget"]) for j in meta["queue"]]
 
 

@@ -82,6 +82,9 @@ class Searcher:
         synchronous: class constant; ``True`` if every ``tell`` must receive exactly the batch of
             the last ``ask`` before the next ``ask`` (a generation). ``False`` if asks and tells may
             interleave freely, one config at a time (schedulers then tell each loss as it settles).
+        adaptive: class constant; ``False`` if what ``ask`` returns never depends on the losses
+            told (random search, grid search): such a searcher may be asked before the losses
+            of the configs in flight arrive, with the same result (``Scheduler.asks_ahead``).
 
     Subclasses must be deterministic: the same seed and the same tells give the same asks, and a
     searcher restored from ``state_dict`` asks exactly what the original would have asked.
@@ -89,6 +92,7 @@ class Searcher:
 
     name: ClassVar[str] = ""
     synchronous: ClassVar[bool] = True
+    adaptive: ClassVar[bool] = True
     # A model of the losses that a multi-fidelity scheduler should build from one budget's
     # results at a time (BOHB): such a searcher implements ``fresh``, ``min_observations`` and
     # ``set_pending``.
@@ -223,6 +227,24 @@ class ModelBased(Searcher):
         self.losses: list[float] = []
         self.pending: list[dict[str, Any]] = []
         self._design: np.ndarray | None = None  # [n_design, dims], built on first use
+        self._units: dict[tuple, np.ndarray] = {}  # a config's values -> its unit point
+
+    def unit_points(self, configs: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """The unit-cube points ``[len(configs), dims]`` of ``configs``, each converted once:
+        the pending configs (the liars) are converted again at every ask otherwise, quadratic
+        in the trials."""
+        rows = []
+        for config in configs:
+            key = tuple(config.get(name) for name in self.space)
+            try:
+                point = self._units.get(key)
+            except TypeError:  # an unhashable value (a list option): converted every time
+                rows.append(space_to_unit(self.space, config))
+                continue
+            if point is None:
+                point = self._units[key] = space_to_unit(self.space, config)
+            rows.append(point)
+        return np.array(rows, dtype=float).reshape(len(rows), len(self.space))
 
     def design_point(self, k: int) -> np.ndarray:
         """Point k ``[dims]`` of the seed's design sequence (``design.sobol_design``)."""

@@ -38,6 +38,12 @@ class FullBudget(Scheduler):
     def name(self) -> str:
         return self.sampler.name
 
+    @property
+    def asks_ahead(self) -> bool:
+        """A searcher that learns nothing from the losses (random, grid) asks the same either
+        way."""
+        return not self.sampler.adaptive
+
     def _ask(self, n: int) -> list[Job]:
         jobs: list[Job] = []
         while len(jobs) < n and (job := self._create(self.max_budget)) is not None:

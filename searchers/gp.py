@@ -322,8 +322,8 @@ class GP(ModelBased):
         all (module docstring)."""
         told = {tuple(point) for point in self.points}
         believed: dict[tuple[float, ...], None] = {}
-        for config in self.pending:
-            believed.setdefault(tuple(space_to_unit(self.space, config)), None)
+        for point in self.unit_points(self.pending):
+            believed.setdefault(tuple(point), None)
         for point in reversed(self.asked):
             if tuple(point) not in told:
                 believed.setdefault(tuple(point), None)
@@ -335,7 +335,7 @@ class GP(ModelBased):
         tried, and a sweep would spend a trial repeating it. Two points are the same config when
         their GP inputs are equal (integers and choices are snapped there; a float coordinate
         repeats exactly only at a face, where the mapping round-trips exactly)."""
-        pending = [space_to_unit(self.space, c).tolist() for c in self.pending]
+        pending = self.unit_points(self.pending).tolist()
         before = np.array(self.points + self.asked + pending, dtype=float)
         seen = {tuple(row) for row in self.features(before.reshape(-1, len(self.space)))}
         for u, key in zip(ranked, self.features(ranked), strict=True):

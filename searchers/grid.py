@@ -94,6 +94,7 @@ class GridSearch(Searcher):
 
     name = "grid"
     synchronous = False
+    adaptive = False
 
     def __init__(self, space: Space, batch_size: int = 1, seed: int = 0,
                  max_configs: int | None = None) -> None:

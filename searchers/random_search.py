@@ -37,6 +37,7 @@ class RandomSearch(Searcher):
 
     name = "random"
     synchronous = False
+    adaptive = False
 
     def __init__(self, space: Space, batch_size: int = 1, seed: int = 0) -> None:
         super().__init__(space, seed)

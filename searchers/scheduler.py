@@ -188,6 +188,13 @@ class Scheduler:
         return not self._running and self._exhausted()
 
     @property
+    def asks_ahead(self) -> bool:
+        """Whether asking before the losses of the jobs out are told hands out the same jobs
+        (trials, configs, budgets) in the same order as asking after them: a driver may then
+        ask while those jobs train. False unless a subclass knows better."""
+        return False
+
+    @property
     def num_trials(self) -> int:
         """Trials created so far."""
         return len(self.trials)

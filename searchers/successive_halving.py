@@ -163,3 +163,11 @@ class SuccessiveHalving(BracketScheduler):
 
     def _open_bracket(self) -> Bracket | None:
         return None if self.brackets else Bracket(self.rung_sizes, self.budgets)
+
+    @property
+    def asks_ahead(self) -> bool:
+        """One bracket of synchronous rungs: every new trial is handed out before the first
+        promotion, and a promotion is decided only when its whole rung is told, which cannot
+        happen while a job of it is out; a sampler that learns nothing draws the same configs
+        either way. (Hyperband's next bracket would send new trials out ahead of promotions.)"""
+        return not self.sampler.adaptive

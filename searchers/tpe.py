@@ -226,8 +226,7 @@ class TPE(ModelBased):
         order = np.argsort(losses, kind="stable")  # inf last; ties keep the tell order
         n_good = min(max(1, math.ceil(self.gamma * len(losses))), _MAX_GOOD,
                      int(np.isfinite(losses).sum()))
-        liars = np.array([space_to_unit(self.space, c) for c in self.pending],
-                         dtype=float).reshape(len(self.pending), len(self.space))
+        liars = self.unit_points(self.pending)
         return points[order[:n_good]], np.concatenate([points[order[n_good:]], liars])
 
     def _state(self) -> dict[str, Any]:

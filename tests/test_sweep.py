@@ -109,6 +109,36 @@ def test_trial_loss_does_not_depend_on_population_size(tmp_path):
     np.testing.assert_allclose([r[3] for r in a], [r[3] for r in b], rtol=1e-5)
 
 
+@pytest.mark.parametrize(("searcher", "population", "trials", "steps", "repeats"), [
+    ("random", 3, 7, 40, 1), ("random", 4, 5, 40, 2), ("sha", 4, 9, 90, 1)])
+def test_asking_while_a_chunk_trains_changes_no_trial(tmp_path, monkeypatch, searcher,
+                                                      population, trials, steps, repeats):
+    from jaxae import driver as driver_lib
+
+    asked = []
+    ask_ahead = driver_lib.Driver._ask_ahead
+
+    def counting(self, n):
+        before = len(self.queue)
+        ask_ahead(self, n)
+        asked.append(len(self.queue) - before)
+
+    monkeypatch.setattr(driver_lib.Driver, "_ask_ahead", counting)
+    kw = {"searcher": searcher, "population": population, "trials": trials, "steps": steps}
+    code, ahead = sweep(tmp_path, "ahead", "--repeats", str(repeats), **kw)
+    assert code == 0 and len(rows(ahead)) == trials
+    assert sum(asked) > 0  # some jobs really were asked for while a chunk trained
+    monkeypatch.setattr(driver_lib.Driver, "_ask_ahead", lambda self, n: None)
+    code, after = sweep(tmp_path, "after", "--repeats", str(repeats), **kw)
+    assert code == 0
+    assert rows(ahead) == rows(after)
+    assert rows(ahead, "SELECT trial_id, budget, val_loss FROM rungs ORDER BY 1, 2") == rows(
+        after, "SELECT trial_id, budget, val_loss FROM rungs ORDER BY 1, 2")
+    # The same jobs in the same slots at the same chunks: the same curves.
+    assert rows(ahead, "SELECT * FROM curves ORDER BY 1, 2, 3") == rows(
+        after, "SELECT * FROM curves ORDER BY 1, 2, 3")
+
+
 def test_diverging_trial_is_recorded_and_the_sweep_goes_on(tmp_path, capsys):
     config = tmp_path / "div.toml"
     config.write_text("""
