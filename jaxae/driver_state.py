@@ -48,8 +48,7 @@ def save(driver: Driver) -> bytes:
               if b.parked is not None and any(p.bucket == k for p in driver.paused.values())}
     arrays = {
         # Only the slots that hold a member: a sweep's last checkpoint holds none.
-        "buckets": {str(i): serialization.to_state_dict(jax.tree.map(
-                        lambda a, held=_held(b.owner): a[held], sharding_lib.to_host(b.pop)))
+        "buckets": {str(i): serialization.to_state_dict(_held_members(b))
                     for i, b in enumerate(driver.buckets.values())},
         "paused": {str(t): {str(r): serialization.to_state_dict(
                                 jax.tree.map(lambda a, row=row: a[row], parked[p.bucket]))
@@ -120,6 +119,15 @@ def load(driver: Driver, data: bytes) -> None:
         bucket.parked = sharding_lib.shard(host, driver.slots)
     driver._prepared = {}
     driver.queue = [Job(j["trial"], j["config"], j["budget"]) for j in meta["queue"]]
+
+
+def _held_members(bucket) -> object:
+    """``bucket``'s population at the slots that hold a member (read from the devices only when
+    some slot does: a sweep's last checkpoint reads nothing)."""
+    held = _held(bucket.owner)
+    if not held:
+        return jax.tree.map(lambda a: np.zeros((0, *a.shape[1:]), a.dtype), bucket.pop)
+    return jax.tree.map(lambda a: a[held], sharding_lib.to_host(bucket.pop))
 
 
 def _held(owner: list) -> list[int]:
