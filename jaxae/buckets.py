@@ -12,6 +12,7 @@ bench build the same programs from here.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 
@@ -70,6 +71,7 @@ def capacity(config: SweepConfig, mesh: jax.sharding.Mesh) -> int:
     return sharding_lib.round_up(config.repeats * math.ceil(per_bucket / config.repeats), mesh)
 
 
+@functools.lru_cache(maxsize=256)
 def bucket_json(key: tuple) -> str:
     """A bucket's values by name, as the store's ``bucket`` column and sweep.json hold them."""
     return json.dumps(dict(zip(hparams.BUCKET_NAMES, key, strict=True)), sort_keys=True)

@@ -32,17 +32,21 @@ def write(store: TrialStore, config: SweepConfig, events: list[Event], curves: l
           ) -> None:
     """Writes one chunk's results inside the caller's transaction."""
     store.put_curve(curves)
+    trials, replicates, rungs = [], [], []
     for e in events:
-        bucket = buckets_lib.bucket_json(e.bucket)
-        store.put_trial(e.trial, status=e.status, params=e.config, val_loss=e.val_loss,
-                        steps=e.steps, seed=config.seed, budget=e.budget, bucket=bucket)
+        trials.append(dict(trial_id=e.trial, status=e.status, params=e.config,
+                           val_loss=e.val_loss, steps=e.steps, seed=config.seed, budget=e.budget,
+                           bucket=buckets_lib.bucket_json(e.bucket)))
         for r, v in enumerate(e.replicate_losses):
             status = "diverged" if not math.isfinite(v) else e.status
             init_key, data_key = e.keys[r] if r < len(e.keys) else (None, None)
-            store.put_replicate(e.trial, r, status=status, val_loss=v, steps=e.steps,
-                                init_key=init_key, data_key=data_key)
+            replicates.append((e.trial, r, status, v, e.steps, init_key, data_key))
         if e.told:
-            store.put_rung(e.trial, e.budget, e.val_loss)
+            rungs.append((e.trial, e.budget, e.val_loss))
+    # Rows in event order: a trial with two events in one chunk keeps the last.
+    store.put_trials(trials)
+    store.put_replicates(replicates)
+    store.put_rungs(rungs)
 
 
 # With several processes a checkpoint gathers every process's slots, so all processes must take it

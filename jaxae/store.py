@@ -244,6 +244,16 @@ class TrialStore:
             raise
         self._db.execute("COMMIT")
 
+    _PUT_TRIAL = (
+        "INSERT INTO trials VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (trial_id) DO UPDATE SET status = excluded.status, "
+        "params = excluded.params, val_loss = excluded.val_loss, steps = excluded.steps, "
+        "seed = excluded.seed, budget = excluded.budget, bucket = excluded.bucket, "
+        "started_at = coalesce(trials.started_at, excluded.started_at), "
+        "finished_at = CASE WHEN excluded.finished_at IS NULL THEN NULL "
+        "WHEN trials.status = excluded.status AND trials.finished_at IS NOT NULL "
+        "THEN trials.finished_at ELSE excluded.finished_at END")
+
     def put_trial(
         self,
         trial_id: int,
@@ -263,31 +273,37 @@ class TrialStore:
         while it is rewritten with that same status (a resumed sweep's replay), and cleared
         while it is ``running`` again (a pruned trial promoted).
         """
-        if status not in STATUSES:
-            raise ValueError(f"unknown status {status!r}")
+        self.put_trials([dict(trial_id=trial_id, status=status, params=params,
+                              val_loss=val_loss, steps=steps, seed=seed, budget=budget,
+                              bucket=bucket)])
+
+    def put_trials(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """``put_trial`` for each of ``rows`` (its keyword arguments), in one statement."""
         now = self._clock()
-        self._db.execute(
-            "INSERT INTO trials VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (trial_id) DO UPDATE SET status = excluded.status, "
-            "params = excluded.params, val_loss = excluded.val_loss, steps = excluded.steps, "
-            "seed = excluded.seed, budget = excluded.budget, bucket = excluded.bucket, "
-            "started_at = coalesce(trials.started_at, excluded.started_at), "
-            "finished_at = CASE WHEN excluded.finished_at IS NULL THEN NULL "
-            "WHEN trials.status = excluded.status AND trials.finished_at IS NOT NULL "
-            "THEN trials.finished_at ELSE excluded.finished_at END",
-            (trial_id, status, json.dumps(dict(params), sort_keys=True),
-             finite_or_none(val_loss), steps, seed, budget, bucket, now,
-             now if status in _STOPPED else None),
-        )
+        values = []
+        for row in rows:
+            if row["status"] not in STATUSES:
+                raise ValueError(f"unknown status {row['status']!r}")
+            values.append((row["trial_id"], row["status"],
+                           json.dumps(dict(row["params"]), sort_keys=True),
+                           finite_or_none(row["val_loss"]), row["steps"], row["seed"],
+                           row.get("budget"), row.get("bucket"), now,
+                           now if row["status"] in _STOPPED else None))
+        self._db.executemany(self._PUT_TRIAL, values)
 
     def put_replicate(
         self, trial_id: int, replicate: int, *, status: str, val_loss: float | None, steps: int,
         init_key: str | None = None, data_key: str | None = None,
     ) -> None:
-        self._db.execute(
+        self.put_replicates([(trial_id, replicate, status, val_loss, steps, init_key, data_key)])
+
+    def put_replicates(self, rows: Sequence[tuple]) -> None:
+        """Replicate rows ``(trial_id, replicate, status, val_loss, steps, init_key,
+        data_key)``, in one statement."""
+        self._db.executemany(
             "INSERT OR REPLACE INTO replicates VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (trial_id, replicate, status, finite_or_none(val_loss), steps, init_key, data_key),
-        )
+            [(t, r, status, finite_or_none(v), steps, init, data)
+             for t, r, status, v, steps, init, data in rows])
 
     def put_curve(self, rows: Sequence[tuple[int, int, int, float | None, float | None]]) -> None:
         """Learning-curve points ``(trial_id, replicate, step, train_loss, val_loss)``."""
@@ -297,10 +313,12 @@ class TrialStore:
         )
 
     def put_rung(self, trial_id: int, budget: int, val_loss: float | None) -> None:
-        self._db.execute(
-            "INSERT OR REPLACE INTO rungs VALUES (?, ?, ?)",
-            (trial_id, budget, finite_or_none(val_loss)),
-        )
+        self.put_rungs([(trial_id, budget, val_loss)])
+
+    def put_rungs(self, rows: Sequence[tuple[int, int, float | None]]) -> None:
+        """Rung rows ``(trial_id, budget, val_loss)``, in one statement."""
+        self._db.executemany("INSERT OR REPLACE INTO rungs VALUES (?, ?, ?)",
+                             [(t, b, finite_or_none(v)) for t, b, v in rows])
 
     def put_lineage(self, trial_id: int, step: int, *, parent: int | None,
                     params_before: Mapping[str, Any] | None, params_after: Mapping[str, Any],
