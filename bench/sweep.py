@@ -16,6 +16,11 @@ One JSON line per searcher, printed as soon as it ends:
   reference; ``sweep_efficiency``: their ratio (1 = the sweep runs at the trainer's speed).
 * ``busy_slot_fraction``: member-steps / slot-steps computed (slots that trained nothing, empty
   or finished, still cost their share of a chunk).
+* ``packing_bound``: member-steps / the slot-steps computed had every device run as many groups
+  as the busiest one each chunk (its groups set the chunk's time): the highest efficiency any
+  driver could reach with this sweep's jobs in groups of this size, before any host cost (a
+  thinning multi-fidelity tail of 3 members in one group of 4 leaves the other device idle);
+  ``efficiency_of_bound``: ``sweep_efficiency / packing_bound``, the driver's own share.
 * ``host_ms_per_chunk`` / ``host_ms_per_trial``: the wall time beyond compilation and beyond
   what the trainer needs for the computed slot-steps, per chunk (per bucket program call) and
   per finished trial: the driver's own cost.
@@ -170,6 +175,7 @@ def run_sweep(args: argparse.Namespace, searcher: str, dataset, meter: CompileMe
             store.close()
     return {"searcher": searcher, "wall_s": wall, "member_steps": driver.member_steps,
             "slot_steps": getattr(driver, "slot_steps", None),
+            "critical_slot_steps": getattr(driver, "critical_slot_steps", None),
             "chunks": driver.chunk, "bucket_calls": driver.bucket_calls,
             "buckets": len(driver.buckets), "compile_s": meter.seconds - compile0,
             "compiles": meter.compiles - compiles0, "finished_trials": finished,
@@ -246,6 +252,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         row.update(
             member_steps_per_s=rate, trainer_member_steps_per_s=ref, sweep_efficiency=rate / ref,
             busy_slot_fraction=row["member_steps"] / computed,
+            packing_bound=row["member_steps"] / row["critical_slot_steps"],
+            efficiency_of_bound=rate / ref / (row["member_steps"] / row["critical_slot_steps"]),
             host_ms_per_chunk=1e3 * overhead / max(calls, 1),
             host_ms_per_trial=(1e3 * overhead / row["finished_trials"]
                                if row["finished_trials"] else None),

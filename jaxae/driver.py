@@ -121,8 +121,12 @@ class Driver:
         self.queue: list[Job] = []
         self.chunk = 0
         self.member_steps = 0
-        # Measurement only (bench/sweep.py): slot-steps computed, busy or not, and program calls.
+        # Measurement only (bench/sweep.py): slot-steps computed, busy or not, and program calls;
+        # ``critical_slot_steps``: the slot-steps had every device computed as many groups as
+        # the busiest one, whose groups set a chunk's time (member_steps / critical_slot_steps
+        # bounds a sweep's speed against the full population's: the packing bound).
         self.slot_steps = 0
+        self.critical_slot_steps = 0
         self.bucket_calls = 0
         self._started: list[Event] = []
         self._keys: dict[int, list[dict[str, np.ndarray]]] = {}
@@ -389,6 +393,8 @@ class Driver:
             groups = to_run[bucket.key]
             bucket.pop, out = self._programs(bucket)[1](*self._chunk_args(bucket, groups, n))
             launched.append((bucket, t0, int((groups >= 0).sum()) * bucket.group, out))
+            busiest = int((groups.reshape(lists, -1) >= 0).sum(axis=1).max())
+            self.critical_slot_steps += n * busiest * bucket.group * lists
         if while_training is not None:
             while_training()
         self._ask_ahead(n)

@@ -227,6 +227,9 @@ def test_sweep_bench_reports_the_sweep_against_the_trainer(bench):
     for r in rows:
         assert r["finished_trials"] == 6 and r["first_trial_s"] > 0 and r["cold_wall_s"] > 0
         assert 0 < r["busy_slot_fraction"] <= 1 and r["member_steps"] <= r["slot_steps"]
+        assert 0 < r["packing_bound"] <= r["busy_slot_fraction"]
+        assert r["efficiency_of_bound"] == pytest.approx(r["sweep_efficiency"]
+                                                         / r["packing_bound"])
         assert r["sweep_efficiency"] == pytest.approx(
             r["member_steps_per_s"] / r["trainer_member_steps_per_s"])
         assert r["member_steps_per_s"] == pytest.approx(

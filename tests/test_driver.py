@@ -238,6 +238,8 @@ def test_running_members_leave_sparse_groups_and_continue_exactly(devices, monke
         driver.step()
     (bucket,) = driver.buckets.values()
     assert driver.running == {} and driver.slot_steps == 8 * 10 + 2 * 30
+    # On two devices the last 30 steps' one group leaves the other device idle: as slow as two.
+    assert driver.critical_slot_steps == 8 * 10 + 2 * 30 * devices
     assert sorted(bucket.free_rows) == list(range(bucket.rows))  # every row handed back
     for trial, budget, loss in driver.scheduler.told:
         np.testing.assert_allclose(loss, _straight(config, dataset, configs[trial], trial, budget),
