@@ -172,6 +172,16 @@ class Bucket:
         mine[free[0]] = row % (self.rows // self.devices)
         return device * self.migrate + int(free[0])
 
+    def continue_from(self, row: int, slot: int, across: bool) -> None:
+        """Queues ``slot`` to continue the member parked in ``row`` in the next placement call:
+        restored from it on its own device, or handed over (``share_row``: the caller checked
+        ``shares_left``) when ``across`` devices; the row is free again after the call."""
+        if across:
+            self.fetch[slot] = self.share_row(row)
+        else:
+            self.restore[slot] = row
+        self.releasing.append(row)
+
     def _shares(self, device: int) -> np.ndarray:
         """``device``'s part of ``share`` (a view): the rows it hands over in the next call."""
         return self.share[device * self.migrate: (device + 1) * self.migrate]
@@ -203,11 +213,7 @@ class Bucket:
         if row is None:
             return False
         self.park[src] = row
-        if across:
-            self.fetch[dst] = self.share_row(row)
-        else:
-            self.restore[dst] = row
-        self.releasing.append(row)
+        self.continue_from(row, dst, across)
         for arr in (self.target, self.trial, self.step, self.diverged,
                     *self.keys.values(), *jax.tree.leaves(self.hparams)):
             arr[dst] = arr[src]

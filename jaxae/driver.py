@@ -336,11 +336,7 @@ class Driver:
                 bucket.new[slot] = True
                 bucket.step[slot] = 0
             else:
-                if moved[r]:
-                    bucket.fetch[slot] = bucket.share_row(paused.rows[r])
-                else:
-                    bucket.restore[slot] = paused.rows[r]
-                bucket.releasing.append(paused.rows[r])
+                bucket.continue_from(paused.rows[r], slot, moved[r])
                 bucket.step[slot] = paused.step
             bucket.owner[slot] = (job.trial_id, r)
         bucket.dirty = True
