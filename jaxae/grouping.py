@@ -19,12 +19,18 @@ from jaxae.models import layer_widths
 if TYPE_CHECKING:
     from jaxae.population import TrainSpec
 
-# Slots a CPU trains side by side: at most CPU_GROUP, and no more than fit CPU_GROUP_BYTES of
-# per-step working set (``activation_bytes``), about a core's L2 cache. Measured on one core of a
-# 2-core Xeon with 2 MiB L2 per core (bench/RESULTS.md): hidden 64 peaks at groups of 2-4 (0.51 of
-# matmul peak; 0.41 for 1, 0.47 for 16), hidden 256 at 2 (0.70; 0.49 for 1, 0.61 for 8).
+# Slots a CPU trains side by side: at most CPU_GROUP, and more than CPU_GROUP_MIN only while
+# they fit CPU_GROUP_BYTES of per-step working set (``activation_bytes``). Measured on a 2-core
+# Xeon (2 MiB L2 per core; bench/RESULTS.md, 2026-12-07, member-steps/s at P 64 for groups of
+# 1 / 2 / 4 / 8): 64-64-16 batch 128: 18.3k / 20.8k / 19.9k / 17.3k; 64-128-32 batch 64: 14.4k /
+# 16.4k / 15.9k / 15.2k; 64-256-16 batch 128: 5.2k / 5.6k / 5.6k / 5.9k; 784-512-32 batch 128:
+# 300 / 338 / 320 / 291; a 64-8-2 model with batch 8, whose steps are all overhead: 120k / 175k /
+# 145k / 253k. Pairs beat single members everywhere; more pay only for tiny models (earlier, with
+# 3 MiB, mid-sized models took 4 and the largest 1). Small groups also pack a multi-fidelity
+# tail's few members onto both devices.
 CPU_GROUP = 8
-CPU_GROUP_BYTES = 3 * 2**20
+CPU_GROUP_MIN = 2
+CPU_GROUP_BYTES = 2**20
 
 # Share of the device's free memory that one group's activations may take.
 ACTIVATION_MEMORY_SHARE = 0.5
@@ -71,7 +77,8 @@ def group_size(spec: TrainSpec, slots: int, *, per_device: bool = False) -> int:
     """How many slots train side by side (the rest wait their turn inside the same program).
 
     Accelerators take the whole population at once unless its activations would not fit the
-    memory budget; a CPU device takes what fits its cache (``CPU_GROUP_BYTES``). The group is
+    memory budget; a CPU device takes pairs, or more of a model small enough
+    (``CPU_GROUP_BYTES``), within any memory budget set. The group is
     the largest divisor of ``slots`` within both limits. ``per_device``: ``slots`` are one
     device's share (inside ``shard_map``); otherwise several devices mean no grouping.
     """
@@ -80,7 +87,8 @@ def group_size(spec: TrainSpec, slots: int, *, per_device: bool = False) -> int:
         return slots
     limit = slots
     if devices[0].platform == "cpu":
-        limit = min(limit, CPU_GROUP, max(1, CPU_GROUP_BYTES // activation_bytes(spec)))
+        fit = max(CPU_GROUP_MIN, CPU_GROUP_BYTES // activation_bytes(spec))
+        limit = min(limit, CPU_GROUP, fit)
     budget = memory_budget()
     if budget is not None:
         limit = min(limit, max(1, budget // activation_bytes(spec)))

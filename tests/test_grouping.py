@@ -36,14 +36,21 @@ def test_activation_bytes_grow_with_the_batch_and_the_width():
     assert per_batch == 64 * 4 * 4 * (64 + 32 + 8 + 32 + 64)  # 64 more examples' floats
 
 
-@pytest.mark.parametrize("hidden,slots,expected", [(16, 12, 6), (16, 7, 7), (256, 12, 3),
-                                                   (2048, 6, 1)])
-def test_cpu_group_is_the_largest_divisor_within_the_cache_budget(hidden, slots, expected):
+@pytest.mark.parametrize("hidden,batch,slots,expected", [
+    (4, 8, 16, 8),      # a tiny model: as many as CPU_GROUP
+    (16, 64, 12, 4),    # small: what fits the cache budget
+    (16, 64, 7, 1),     # 7 has no divisor within it but 1
+    (128, 64, 32, 2),   # mid-sized: pairs
+    (256, 64, 12, 2),
+    (2048, 64, 6, 2),   # pairs even past the budget: they beat single members
+    (2048, 64, 9, 1)])  # 9 has no divisor 2
+def test_cpu_group_is_the_largest_divisor_within_the_cache_budget(hidden, batch, slots,
+                                                                  expected):
     assert jax.devices()[0].platform == "cpu" and len(jax.devices()) == 1
-    spec = spec_of(hidden=hidden)
+    spec = spec_of(hidden=hidden, latent_dim=min(8, hidden), batch_size=batch)
     per_member = grouping.activation_bytes(spec)
     fits = [d for d in range(1, slots + 1) if slots % d == 0 and d <= grouping.CPU_GROUP
-            and (d == 1 or d * per_member <= grouping.CPU_GROUP_BYTES)]
+            and (d <= grouping.CPU_GROUP_MIN or d * per_member <= grouping.CPU_GROUP_BYTES)]
     assert grouping.group_size(spec, slots) == max(fits) == expected
 
 
