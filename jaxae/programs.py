@@ -14,6 +14,7 @@ result (the loaded program is the same StableHLO; tested bit for bit).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib.util
@@ -35,6 +36,32 @@ _LOADED: dict[str, Callable | None] = {}
 
 _TRACE_SETTINGS = ("jax_threefry_partitionable", "jax_enable_x64", "jax_default_prng_impl",
                    "jax_default_matmul_precision")
+
+
+# The most bytes of exported programs kept (each 40-100 KB; every jaxae version or sweep shape
+# makes new ones): past it the least recently used go.
+MAX_BYTES = 256 * 2**20
+
+
+def prune(directory: Path, keep: Path | None = None, max_bytes: int | None = None) -> None:
+    """Deletes the least recently used program files of ``directory`` (modification time: a
+    load refreshes it) until they take at most ``max_bytes`` (``MAX_BYTES``); never ``keep``.
+    Files another process deletes first, or cannot be deleted, are skipped."""
+    limit = MAX_BYTES if max_bytes is None else max_bytes
+    files = []
+    for path in directory.glob("*.jaxexport"):
+        with contextlib.suppress(OSError):
+            stat = path.stat()
+            files.append((stat.st_mtime, stat.st_size, path))
+    total = sum(size for _, size, _ in files)
+    for _, size, path in sorted(files, key=lambda f: f[0]):
+        if total <= limit:
+            break
+        if path == keep:
+            continue
+        with contextlib.suppress(OSError):
+            path.unlink()
+            total -= size
 
 
 def forget() -> None:
@@ -146,6 +173,8 @@ class Program:
         try:
             exported = jax.export.deserialize(bytearray(path.read_bytes()))
             how = "loaded"
+            with contextlib.suppress(OSError):
+                os.utime(path)  # recently used: pruned last
         except Exception:  # noqa: BLE001 -- absent, unreadable or stale: export it again
             try:
                 exported = self._export(args)
@@ -157,6 +186,7 @@ class Program:
                 _LOADED[key] = None
                 return None
             how = "traced"
+            prune(directory, keep=path)
         COUNTS[f"{self.name}/{how}"] = COUNTS.get(f"{self.name}/{how}", 0) + 1
         donated = len(jax.tree.leaves(args[: self.donated]))
         run = jax.jit(exported.call, donate_argnums=tuple(range(donated)))

@@ -62,6 +62,10 @@ def device_name() -> str:
     return f"{name} ({os.cpu_count()} cores)" if d.platform == "cpu" else name
 
 
+# The most bytes XLA's persistent cache keeps (``enable_compilation_cache``).
+CACHE_MAX_BYTES = 2 * 2**30
+
+
 def compilation_cache_dir() -> Path | None:
     setting = os.environ.get("JAXAE_COMPILATION_CACHE")
     if setting is not None:
@@ -85,6 +89,9 @@ def enable_compilation_cache() -> Path | None:
     # suite's cold run write ~1,100 entries instead of 185 and take 760-790 s instead of 537 s on
     # the 2-core CPU; a sweep's own programs are kept whole by jaxae.programs.
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    # Past this size the least recently used entries go (JAX's own eviction; jaxae's exported
+    # programs beside them are pruned likewise: ``programs.MAX_BYTES``).
+    jax.config.update("jax_compilation_cache_max_size", CACHE_MAX_BYTES)
     return path
 
 

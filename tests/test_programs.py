@@ -81,3 +81,34 @@ def test_a_corrupt_program_file_is_exported_again_and_then_loaded(cache):
     for out in (first, again, loaded):
         np.testing.assert_array_equal(out[0]["w"], expected[0]["w"])
         assert float(out[1]) == float(expected[1])
+
+
+def test_program_files_past_the_budget_go_least_recently_used_first(cache, monkeypatch):
+    step = jax.jit(lambda p, x: ({"w": p["w"] * x}, p["w"].sum()), donate_argnums=0)
+    program = programs.Program("toy", step, step.lower, static="toy", donated=1)
+    run = lambda: program({"w": jnp.arange(4.0)}, np.float32(3.0))  # noqa: E731
+    run()
+    (exported,) = cache.glob("toy-*.jaxexport")
+    size = exported.stat().st_size
+    for i in range(4):  # four stale programs of the same size, oldest first
+        stale = cache / f"stale{i}.jaxexport"
+        stale.write_bytes(b"x" * size)
+        os.utime(stale, (1_000_000 + i, 1_000_000 + i))
+    other = cache / "notes.txt"  # not a program: never touched
+    other.write_bytes(b"y" * 10 * size)
+    # An export prunes to the budget (three programs' worth), the oldest first, never itself.
+    monkeypatch.setattr(programs, "MAX_BYTES", 3 * size)
+    exported.unlink()
+    programs.forget()
+    run()
+    assert programs.COUNTS == {"toy/traced": 2}
+    assert sorted(p.name for p in cache.glob("*.jaxexport")) == sorted(
+        [exported.name, "stale2.jaxexport", "stale3.jaxexport"])
+    assert other.exists()
+    # Loading a program marks it used: a prune then keeps it over newer-stamped ones.
+    os.utime(exported, (1_000_000, 1_000_000))
+    programs.forget()
+    run()
+    assert programs.COUNTS == {"toy/traced": 2, "toy/loaded": 1}
+    programs.prune(cache, max_bytes=size)
+    assert list(cache.glob("*.jaxexport")) == [exported]
