@@ -91,7 +91,7 @@ def enable_compilation_cache() -> Path | None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
     # Past this size the least recently used entries go (JAX's own eviction; jaxae's exported
     # programs beside them are pruned likewise: ``programs.MAX_BYTES``).
-    if "jax_compilation_cache_max_size" in jax.config.values:  # JAX >= 0.4.31 or so
+    if "jax_compilation_cache_max_size" in jax.config.values:  # older JAX lacks it
         jax.config.update("jax_compilation_cache_max_size", CACHE_MAX_BYTES)
     return path
 

@@ -112,3 +112,19 @@ def test_program_files_past_the_budget_go_least_recently_used_first(cache, monke
     assert programs.COUNTS == {"toy/traced": 2, "toy/loaded": 1}
     programs.prune(cache, max_bytes=size)
     assert list(cache.glob("*.jaxexport")) == [exported]
+
+
+def test_the_persistent_cache_is_bounded(tmp_path, monkeypatch):
+    from jaxae import runtime
+
+    before = {name: getattr(jax.config, name) for name in (
+        "jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+        "jax_compilation_cache_max_size")}
+    monkeypatch.setenv("JAXAE_COMPILATION_CACHE", str(tmp_path / "xla"))
+    try:
+        assert runtime.enable_compilation_cache() == tmp_path / "xla"
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "xla")
+        assert jax.config.jax_compilation_cache_max_size == runtime.CACHE_MAX_BYTES > 0
+    finally:
+        for name, value in before.items():
+            jax.config.update(name, value)
