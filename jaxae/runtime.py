@@ -11,6 +11,7 @@ touches a device.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -66,6 +67,16 @@ def device_name() -> str:
 CACHE_MAX_BYTES = 2 * 2**30
 
 
+def cache_can_evict() -> bool:
+    """Whether JAX can cap its persistent cache: past ``CACHE_MAX_BYTES`` the least recently used
+    entries go (jaxae's exported programs beside them are pruned likewise: ``programs.MAX_BYTES``).
+    The eviction locks the directory with ``filelock`` (a dependency; a machine without it, or
+    with a JAX that has no such setting, keeps an unbounded cache rather than none: JAX refuses
+    to read or write the cache when the cap is set without it)."""
+    return ("jax_compilation_cache_max_size" in jax.config.values
+            and importlib.util.find_spec("filelock") is not None)
+
+
 def compilation_cache_dir() -> Path | None:
     setting = os.environ.get("JAXAE_COMPILATION_CACHE")
     if setting is not None:
@@ -89,9 +100,7 @@ def enable_compilation_cache() -> Path | None:
     # suite's cold run write ~1,100 entries instead of 185 and take 760-790 s instead of 537 s on
     # the 2-core CPU; a sweep's own programs are kept whole by jaxae.programs.
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
-    # Past this size the least recently used entries go (JAX's own eviction; jaxae's exported
-    # programs beside them are pruned likewise: ``programs.MAX_BYTES``).
-    if "jax_compilation_cache_max_size" in jax.config.values:  # older JAX lacks it
+    if cache_can_evict():
         jax.config.update("jax_compilation_cache_max_size", CACHE_MAX_BYTES)
     return path
 
