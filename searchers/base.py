@@ -262,7 +262,7 @@ class ModelBased(Searcher):
 
     def _tell(self, configs: list[dict[str, Any]], losses: np.ndarray) -> None:
         # Convert every config first: a config outside the space refuses the whole tell.
-        points = [space_to_unit(self.space, config).tolist() for config in configs]
+        points = self.unit_points(configs).tolist()  # the pending ones: converted already
         self.points += points
         self.losses += losses.tolist()
         for config in configs:

@@ -63,7 +63,7 @@ from scipy import optimize, special
 
 from searchers import gaussian_process as gp_lib
 from searchers.base import ModelBased
-from searchers.space import Choice, Float, Int, Space, space_from_unit, space_to_unit
+from searchers.space import Choice, Float, Int, Space, space_from_unit
 
 __all__ = ["GP", "log_expected_improvement"]
 
@@ -255,7 +255,7 @@ class GP(ModelBased):
 
     def _asked(self, config: dict[str, Any]) -> None:
         self.num_asked += 1
-        self.asked.append(space_to_unit(self.space, config).tolist())
+        self.asked.append(self.unit_points([config])[0].tolist())
         self.pending = (self.pending + [config])[-self.max_pending:] if self.max_pending else []
 
     def _model(self) -> tuple[np.ndarray, np.ndarray, gp_lib.GPParams]:
