@@ -11,6 +11,7 @@ touches a device.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 from pathlib import Path
@@ -101,8 +102,30 @@ def enable_compilation_cache() -> Path | None:
     # the 2-core CPU; a sweep's own programs are kept whole by jaxae.programs.
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
     if cache_can_evict():
+        stamp_cache_entries(path)
         jax.config.update("jax_compilation_cache_max_size", CACHE_MAX_BYTES)
     return path
+
+
+def stamp_cache_entries(path: Path) -> None:
+    """Gives every entry of the cache in ``path`` the last-use stamp JAX's eviction reads.
+
+    JAX stamps an entry (a ``-atime`` file beside its ``-cache`` file) only while a cap is set;
+    entries written without one (by jaxae before it set the cap, or by other JAX programs) have
+    none, and JAX's eviction then fails on them: every later write of the cache warned
+    ``FileNotFoundError ... -atime`` and was lost. Such entries get their file's modification
+    time, so they are evicted first among what was used since.
+    """
+    try:
+        entries = list(path.glob("*-cache"))
+    except OSError:
+        return
+    for entry in entries:
+        stamp = entry.with_name(entry.name.removesuffix("-cache") + "-atime")
+        if stamp.exists():
+            continue
+        with contextlib.suppress(OSError):
+            stamp.write_bytes(entry.stat().st_mtime_ns.to_bytes(8, "little"))
 
 
 def initialize_distributed() -> bool:

@@ -5,6 +5,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -134,3 +135,32 @@ def test_the_persistent_cache_is_bounded(tmp_path, monkeypatch):
     finally:
         for name, value in before.items():
             jax.config.update(name, value)
+
+
+def test_entries_written_without_a_cap_get_the_stamp_eviction_reads(tmp_path, monkeypatch):
+    """A cache filled before the cap was set (no ``-atime`` files) stays writable: JAX's
+    eviction reads every entry's stamp, and a missing one made each later write fail with a
+    warning (seen on a machine that had run an earlier jaxae)."""
+    pytest.importorskip("filelock")
+    lru_cache = pytest.importorskip("jax._src.lru_cache")
+    from jaxae import runtime
+
+    cache = tmp_path / "xla"
+    cache.mkdir()
+    old = cache / "old-cache"
+    old.write_bytes(b"x" * 100)
+    os.utime(old, ns=(1_000_000_000, 1_000_000_000))
+    (cache / "used-cache").write_bytes(b"y" * 100)
+    (cache / "used-atime").write_bytes((5_000_000_000).to_bytes(8, "little"))
+    runtime.stamp_cache_entries(cache)
+    assert int.from_bytes((cache / "old-atime").read_bytes(), "little") == 1_000_000_000
+    assert int.from_bytes((cache / "used-atime").read_bytes(), "little") == 5_000_000_000
+    # JAX's own eviction now works over the directory: the oldest stamp goes first.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lru_cache.LRUCache(str(cache), max_size=250).put("new", b"z" * 100)
+    assert sorted(p.name for p in cache.glob("*-cache")) == ["new-cache", "used-cache"]
+    # Without the stamp, the same write fails (what the stamp fixes).
+    (cache / "bare-cache").write_bytes(b"w" * 10)
+    with pytest.raises(FileNotFoundError):
+        lru_cache.LRUCache(str(cache), max_size=250).put("newer", b"v" * 100)
