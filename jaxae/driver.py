@@ -131,9 +131,9 @@ class Driver:
         self._started: list[Event] = []
         self._keys: dict[int, list[dict[str, np.ndarray]]] = {}
         # Asking for the next jobs while a chunk trains (``_ask_ahead``), where the scheduler
-        # hands out the same trials either way; and what ``_prepare`` made of each queued job.
+        # hands out the same trials either way; and what ``_prepare_all`` made of each queued job.
         self.ask_ahead = self.scheduler.asks_ahead
-        self._prepared: dict[Job, tuple[dict[str, Any], Bucket, Any]] = {}
+        self._prepared: dict[Job, tuple[dict[str, Any], Bucket, tuple[Any, int]]] = {}
 
     # -- configuration --------------------------------------------------------------------------
 
@@ -235,8 +235,9 @@ class Driver:
         if want > 0:
             self.queue.extend(self.scheduler.ask(want))
         waiting = []
+        self._prepare_all(self.queue)
         for job in self.queue:
-            bucket = self._prepare(job)[1]
+            bucket = self._prepared[job][1]
             found = self._free_slots_for(job, bucket)
             if found is None:
                 waiting.append(job)
@@ -249,19 +250,25 @@ class Driver:
                     trial, replicate = bucket.owner[dst]
                     self.running[trial].slots[replicate] = dst
 
-    def _prepare(self, job: Job) -> tuple[dict[str, Any], Bucket, Any]:
-        """``job``'s full configuration, bucket and slot hyperparameters (kept until placed)."""
-        if job not in self._prepared:
-            config = self.resolve(job.config)
-            bucket = self._bucket(self.bucket_key(config))
-            values = hparams.slot_hparams([config], [self.config.steps])
-            # The per-trial path's one guard: a resumed checkpoint's searcher state is the one
-            # way a value can arrive from outside the validated space, and this is what it could
-            # break.
-            placement.check_fits(bucket.spec, values, [0])
+    def _prepare_all(self, jobs: list[Job]) -> None:
+        """Resolves every job of ``jobs`` not prepared yet: its full configuration, bucket, keys
+        and slot hyperparameters, kept in ``_prepared`` until it is placed. The hyperparameters
+        of all of them are built and checked together (one job at a time, that was a large share
+        of a multi-fidelity sweep's host time per trial)."""
+        fresh = [job for job in jobs if job not in self._prepared]
+        if not fresh:
+            return
+        configs = [self.resolve(job.config) for job in fresh]
+        values = hparams.slot_hparams(configs, [self.config.steps] * len(fresh))
+        buckets = [self._bucket(self.bucket_key(config)) for config in configs]
+        # The per-trial path's one guard: a resumed checkpoint's searcher state is the one way a
+        # value can arrive from outside the validated space, and this is what it could break.
+        for key in dict.fromkeys(b.key for b in buckets):
+            placement.check_fits(self.buckets[key].spec, values,
+                                 [i for i, b in enumerate(buckets) if b.key == key])
+        for i, (job, config, bucket) in enumerate(zip(fresh, configs, buckets, strict=True)):
             self.member_keys(job.trial_id)
-            self._prepared[job] = (config, bucket, values)
-        return self._prepared[job]
+            self._prepared[job] = (config, bucket, (values, i))
 
     def _ask_ahead(self, steps: int) -> None:
         """While a chunk of ``steps`` steps trains: asks for the jobs that will take the slots
@@ -280,8 +287,7 @@ class Driver:
         want = (self.config.population - busy) // self.repeats
         if want > 0:
             self.queue.extend(self.scheduler.ask(want))
-        for job in self.queue:
-            self._prepare(job)
+        self._prepare_all(self.queue)
 
     def _free_slots_for(self, job: Job, bucket: Bucket
                         ) -> tuple[list[int], list[bool]] | None:
@@ -322,10 +328,12 @@ class Driver:
         return [(k["init_key"].tobytes().hex(), k["data_key"].tobytes().hex())
                 for k in self.member_keys(trial)]
 
-    def _place(self, job: Job, config: dict, bucket: Bucket, values: Any, slots: list[int],
-               moved: list[bool]) -> None:
+    def _place(self, job: Job, config: dict, bucket: Bucket, values: tuple[Any, int],
+               slots: list[int], moved: list[bool]) -> None:
+        """Puts ``job``'s members into ``slots``; ``values``: slot hyperparameters and the row
+        that is this job's (``_prepare_all``)."""
         paused = self.paused.pop(job.trial_id, None)
-        hparams.set_rows(bucket.hparams, slots, values)
+        hparams.set_rows(bucket.hparams, slots, *values)
         for r, slot in enumerate(slots):
             for name, key in self.member_keys(job.trial_id)[r].items():
                 bucket.keys[name][slot] = key
@@ -394,7 +402,8 @@ class Driver:
         if while_training is not None:
             while_training()
         self._ask_ahead(n)
-        results = sharding_lib.to_host([out for *_, out in launched])
+        results = [pop_lib.unpack_results(r)
+                   for r in sharding_lib.to_host([out for *_, out in launched])]
         rounds = -(-n // self.config.chunk)
         curves = []
         finished: dict[int, list[tuple[int, float, bool]]] = {}
@@ -428,7 +437,7 @@ class Driver:
 
     def _programs(self, bucket: Bucket) -> tuple[programs.Program, programs.Program]:
         """``bucket``'s placement and chunk programs (``placement.place``,
-        ``population.run_chunk``) of the dynamic arguments, kept across processes
+        ``population.run_chunk_packed``) of the dynamic arguments, kept across processes
         (``jaxae.programs``)."""
         if bucket.key not in self._program_pairs:
             spec, length, rounds, mesh, group = (bucket.spec, self.config.chunk, self.rounds,
@@ -440,9 +449,9 @@ class Driver:
                 programs.Program("place", place, functools.partial(placement.place.lower, spec,
                                                                    mesh=mesh),
                                  (spec, mesh), donated=2),
-                programs.Program("run_chunk", run(pop_lib.run_chunk),
-                                 run(pop_lib.run_chunk.lower), (spec, length, rounds, mesh, group),
-                                 donated=1))
+                programs.Program("run_chunk", run(pop_lib.run_chunk_packed),
+                                 run(pop_lib.run_chunk_packed.lower),
+                                 (spec, length, rounds, mesh, group), donated=1))
         return self._program_pairs[bucket.key]
 
     def _chunk_args(self, bucket: Bucket, groups: np.ndarray, steps: int) -> tuple:

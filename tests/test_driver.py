@@ -289,6 +289,15 @@ def test_only_the_listed_groups_train_and_the_rest_keep_their_state():
     alone, _ = pop_lib.train_chunk(spec, alone, x, 12, group=2)
     want = jax.device_get(pop_lib.evaluate(spec, alone, val)["val_loss"])
     np.testing.assert_allclose(out["val"][2, 2:], want[2:], rtol=2e-6)
+    # The sweep's form: the same results in one array (one transfer), exactly.
+    again = placement.assign(spec, placement.create(spec, 4), range(4), members)
+    _, packed = pop_lib.run_chunk_packed(spec, again, x, val, np.array([1, -1], np.int32), 5, 3,
+                                         np.int32(12), group=2)
+    unpacked = pop_lib.unpack_results(jax.device_get(packed))
+    assert sorted(unpacked) == sorted(out)
+    for name in out:
+        assert unpacked[name].dtype == out[name].dtype
+        np.testing.assert_array_equal(unpacked[name], out[name])
 
 
 def test_activations_are_a_per_slot_choice_with_each_activations_own_numbers():
