@@ -19,6 +19,7 @@ float index of its option. The array and masked ones reach the trainer as one ty
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
@@ -109,13 +110,19 @@ BUCKET_NAMES: tuple[str, ...] = tuple(name for name, hp in HPARAMS.items() if hp
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {"vae": {"loss": "bce"}}
 
 
+@functools.cache
 def names_for(model: str) -> tuple[str, ...]:
     """The hyperparameter names that apply to ``model``."""
     return tuple(name for name, hp in HPARAMS.items() if hp.applies_to(model))
 
 
 def defaults(model: str) -> dict[str, Any]:
-    """Every applicable hyperparameter of ``model`` at its default value."""
+    """Every applicable hyperparameter of ``model`` at its default value (a new dict)."""
+    return dict(_defaults(model))
+
+
+@functools.cache
+def _defaults(model: str) -> dict[str, Any]:
     values = {name: HPARAMS[name].default for name in names_for(model)}
     values.update(MODEL_DEFAULTS.get(model, {}))
     return values
@@ -297,11 +304,12 @@ def from_names(leaves: Mapping[str, Any]) -> SlotHParams:
                           for group, cls in GROUPS.items()})
 
 
-def set_rows(into: SlotHParams, slots: Sequence[int], values: SlotHParams) -> None:
-    """Writes ``values`` (leaves [len(slots)], or [1] for all of them) into rows ``slots`` of
-    ``into``'s numpy leaves, in place."""
+def set_rows(into: SlotHParams, slots: Sequence[int], values: SlotHParams,
+             row: int | None = None) -> None:
+    """Writes ``values`` (leaves [len(slots)], or [1] for all of them; with ``row``, that row of
+    its leaves for all of them) into rows ``slots`` of ``into``'s numpy leaves, in place."""
     for dst, src in zip(_leaves(into), _leaves(values), strict=True):
-        dst[list(slots)] = src
+        dst[list(slots)] = src if row is None else src[row]
 
 
 def _leaves(hp: SlotHParams) -> list[Any]:

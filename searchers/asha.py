@@ -51,12 +51,21 @@ class ASHA(Scheduler):
         self.rungs: list[dict[int, float]] = [{} for _ in self.budgets]
         # Per rung below the top: trials promoted out of it.
         self.promoted: list[set[int]] = [set() for _ in self.budgets[:-1]]
+        # Per rung: its top ``floor(|rung| / eta)``, best first, while no loss is told to it (an
+        # ask of n jobs looks at every rung up to n times; sorting each time was quadratic).
+        self._tops: dict[int, list[int]] = {}
+
+    def _top(self, k: int) -> list[int]:
+        """Rung k's top ``floor(|rung k| / eta)`` trials, best first (ties: lower id)."""
+        if k not in self._tops:
+            rung = self.rungs[k]
+            self._tops[k] = sorted(rung, key=lambda t: (rung[t], t))[:len(rung) // self.eta]
+        return self._tops[k]
 
     def _promotable(self, k: int) -> int | None:
         """The best not-yet-promoted paused trial in rung k's top ``floor(|rung k| / eta)``."""
         rung = self.rungs[k]
-        top = sorted(rung, key=lambda t: (rung[t], t))[:len(rung) // self.eta]
-        for t in top:
+        for t in self._top(k):
             if (math.isfinite(rung[t]) and t not in self.promoted[k]
                     and self.trials[t].status == PAUSED):
                 return t
@@ -77,7 +86,9 @@ class ASHA(Scheduler):
         return jobs
 
     def _on_result(self, trial_id: int, budget: int, loss: float) -> None:
-        self.rungs[self.budgets.index(budget)][trial_id] = loss
+        k = self.budgets.index(budget)
+        self.rungs[k][trial_id] = loss
+        self._tops.pop(k, None)
 
     def _exhausted(self) -> bool:
         return (len(self.trials) >= self.max_trials
@@ -93,6 +104,7 @@ class ASHA(Scheduler):
     def _load_state(self, state: Mapping[str, Any]) -> None:
         self.rungs = [{int(t): decode_loss(x) for t, x in rung} for rung in state["rungs"]]
         self.promoted = [{int(t) for t in p} for p in state["promoted"]]
+        self._tops = {}
 
     @classmethod
     def _construct(cls, space: Space, sampler: Searcher, state: Mapping[str, Any]) -> ASHA:
