@@ -396,6 +396,8 @@ class Driver:
             t0 = time.perf_counter()
             groups = to_run[bucket.key]
             bucket.pop, out = self._programs(bucket)[1](*self._chunk_args(bucket, groups, n))
+            if jax.process_count() == 1:
+                out.copy_to_host_async()  # on its way back as soon as the chunk ends
             launched.append((bucket, t0, int((groups >= 0).sum()) * bucket.group, out))
             busiest = int((groups.reshape(lists, -1) >= 0).sum(axis=1).max())
             self.critical_slot_steps += n * busiest * bucket.group * lists
