@@ -32,12 +32,16 @@ MNIST="--data mnist-shape --hidden 512 --latent 32 --batch 128"
 SWEEP="--model vae --searchers asha --population 64 --trials 256 --steps 2000 --hidden 128 --latent 32"
 # In order of what matters most, each with a time limit, so that a short lease still measures the
 # first ones: the sweep against the trainer with a cold then a warm compilation cache (issue 13),
-# the same with XLA's GEMM autotuning off (compile time against speed), and the trainer against
-# a plain optax loop and against one member at a time (issue 14).
+# the warm one again with its chunks pipelined, the same with XLA's GEMM autotuning off (compile
+# time against speed), and the trainer against a plain optax loop and against one member at a
+# time (issue 14).
 if [[ $PHASE == sweep || $PHASE == all ]]; then
   rm -rf "$JAXAE_COMPILATION_CACHE"
   run sweep-cold 90 $PY bench/sweep.py $SWEEP
   run sweep-warm 60 $PY bench/sweep.py $SWEEP --searchers asha,asha,random
+  # The same with chunks pipelined (each dispatched before the previous one's results are
+  # read and told; off by default until this measures it).
+  run sweep-pipelined 60 env JAXAE_PIPELINE=on $PY bench/sweep.py $SWEEP --searchers asha,asha,random
   rm -rf "$JAXAE_COMPILATION_CACHE"
   run sweep-noautotune 90 env XLA_FLAGS=--xla_gpu_autotune_level=0 $PY bench/sweep.py $SWEEP
 fi

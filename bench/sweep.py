@@ -26,6 +26,8 @@ One JSON line per searcher, printed as soon as it ends:
   per finished trial: the driver's own cost.
 * ``first_trial_s``: from the start of ``driver.run`` to the first finished (completed, pruned or
   diverged) trial, compilation included.
+* ``pipelined``: whether the sweep dispatched each chunk before reading the previous one's
+  results (``JAXAE_PIPELINE=on``; ``driver.pipelined``).
 * Each sweep runs twice in the process; the second (warm: compiled, first calls made) is the
   measured one, unless ``--no-warm``. ``cold_wall_s``, ``cold_compile_s``, ``cold_compiles`` and
   ``cold_first_trial_s`` describe the first run (the persistent compilation cache still applies:
@@ -177,6 +179,7 @@ def run_sweep(args: argparse.Namespace, searcher: str, dataset, meter: CompileMe
             "slot_steps": getattr(driver, "slot_steps", None),
             "critical_slot_steps": getattr(driver, "critical_slot_steps", None),
             "chunks": driver.chunk, "bucket_calls": driver.bucket_calls,
+            "pipelined": getattr(driver, "lagged", False),
             "buckets": len(driver.buckets), "compile_s": meter.seconds - compile0,
             "compiles": meter.compiles - compiles0, "finished_trials": finished,
             "first_trial_s": first[0] if first else None}

@@ -22,9 +22,10 @@ import collections
 import concurrent.futures
 import functools
 import math
+import os
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -56,6 +57,50 @@ PARKING_BYTES = 256 * 2**20
 # their steps, take more.
 ROUNDS = {"cpu": 4, "gpu": 16, "tpu": 16}
 
+# Whether sweeps pipeline their chunks by default, per platform (``pipelined``). Off everywhere
+# until measured: on a CPU host and device share the cores (asking ahead gained nothing there);
+# on an accelerator it overlaps the host's work per chunk with the device's, at the price of a
+# chunk's idling for each slot whose job ends (bench/gpu.sh measures both).
+PIPELINE: dict[str, bool] = {}
+
+
+
+def pipelined(platform: str) -> bool:
+    """Whether a sweep on ``platform`` pipelines its chunks (``Driver.lagged``):
+    ``JAXAE_PIPELINE=on`` / ``off``, else ``PIPELINE``'s choice for the platform."""
+    setting = os.environ.get("JAXAE_PIPELINE", "").lower()
+    if setting in ("1", "on", "true", "yes"):
+        return True
+    if setting in ("0", "off", "false", "no"):
+        return False
+    return PIPELINE.get(platform, False)
+
+
+class Snapshot(NamedTuple):
+    """A bucket's host state as a chunk starts: what reading its results needs."""
+
+    step: np.ndarray  # [slots] int32
+    diverged: np.ndarray  # [slots] bool
+    target: np.ndarray  # [slots] int32
+    active: np.ndarray  # [slots] bool: the slots the chunk trains
+    owner: list[tuple[int, int] | None]
+
+
+class Launched(NamedTuple):
+    """One bucket's chunk call: its results, on the device (or read already: a numpy array)."""
+
+    bucket: tuple
+    t0: float
+    computed: int  # slots of the groups it computes
+    before: Snapshot
+    out: Any  # population.run_chunk_packed's array
+
+
+class Launch(NamedTuple):
+    """A chunk: its steps and each bucket's call."""
+
+    steps: int
+    entries: list[Launched]
 
 
 def chunk_length(remaining: np.ndarray, longest: int, overhead: float) -> int:
@@ -133,6 +178,12 @@ class Driver:
         # Asking for the next jobs while a chunk trains (``_ask_ahead``), where the scheduler
         # hands out the same trials either way; and what ``_prepare_all`` made of each queued job.
         self.ask_ahead = self.scheduler.asks_ahead
+        # Pipelining (``lagged``): each chunk is dispatched before the previous one's results
+        # are read and told, so the host's work on them overlaps the device's; a slot whose job
+        # ends then idles one chunk before it takes the next. The chunk in flight between two
+        # steps, read by the next (a checkpoint carries its results).
+        self.lagged = pipelined(self.platform)
+        self._inflight: Launch | None = None
         self._prepared: dict[Job, tuple[dict[str, Any], Bucket, tuple[Any, int]]] = {}
 
     # -- configuration --------------------------------------------------------------------------
@@ -218,7 +269,8 @@ class Driver:
 
     @property
     def done(self) -> bool:
-        return self.scheduler.finished and not self.running and not self.queue
+        return (self.scheduler.finished and not self.running and not self.queue
+                and self._inflight is None)
 
     def reported(self) -> set[int]:
         """The trials that have reported a loss at least once (for the progress display)."""
@@ -270,18 +322,19 @@ class Driver:
             self.member_keys(job.trial_id)
             self._prepared[job] = (config, bucket, (values, i))
 
-    def _ask_ahead(self, steps: int) -> None:
-        """While a chunk of ``steps`` steps trains: asks for the jobs that will take the slots
-        whose jobs reach their budgets in it, and prepares them, so the next chunk starts sooner.
-        Only where the scheduler hands out the same trials either way (``asks_ahead``); a
-        diverged member's slot is asked for after the chunk, as without asking ahead."""
+    def _ask_ahead(self) -> None:
+        """While a chunk trains: asks for the jobs that will take the slots whose jobs reach
+        their budgets in it (the host's steps are already where the chunk leaves them), and
+        prepares them, so the next chunk starts sooner. Only where the scheduler hands out the
+        same trials either way (``asks_ahead``); a diverged member's slot is asked for after
+        the chunk, as without asking ahead."""
         if not self.ask_ahead:
             return
         ending = 0
         for run in self.running.values():
             bucket = self.buckets[run.bucket]
             slots = run.slots
-            ending += bool(np.all((bucket.target[slots] - bucket.step[slots] <= steps)
+            ending += bool(np.all((bucket.step[slots] >= bucket.target[slots])
                                   | bucket.diverged[slots]))
         busy = self.repeats * (len(self.running) - ending + len(self.queue))
         want = (self.config.population - busy) // self.repeats
@@ -380,62 +433,94 @@ class Driver:
         (``_ask_ahead``).
         """
         self._fill()
-        if not self.running:
+        launch = self._launch()
+        if launch is None and self._inflight is None:
             if self.done:
                 return [], []
             raise RuntimeError("scheduler handed out no job while nothing is running")
+        if self.lagged:
+            # This chunk trains while the previous one's results are read and told.
+            launch, self._inflight = self._inflight, launch
+        if while_training is not None:
+            while_training()
+        self._ask_ahead()
+        events, self._started = self._started, []
+        curves: list[tuple] = []
+        if launch is not None:
+            events += self._collect(launch, curves)
+        self.chunk += 1
+        return events, curves
+
+    def _launch(self) -> Launch | None:
+        """Dispatches a chunk of every bucket with an active slot (None: none has one), and
+        advances the host's steps to where the chunk leaves them (divergence aside: ``_collect``
+        corrects those)."""
         busy = [b for b in self.buckets.values() if b.active().any()]
+        if not busy:
+            return None
         remaining = np.concatenate([(b.target - b.step)[b.active()] for b in busy])
         lists = 1 if self.local_mesh is None else self.mesh.size
         to_run = {b.key: b.groups_to_run(lists) for b in busy}
         n = chunk_length(remaining, self.config.chunk * self.rounds, self._overhead(busy, to_run))
         self._compile([b for b in busy if b.compile_s is None], to_run)
-        launched = []
+        entries = []
         for bucket in busy:
             self._apply(bucket)
             t0 = time.perf_counter()
             groups = to_run[bucket.key]
+            active = bucket.active()
+            before = Snapshot(bucket.step.copy(), bucket.diverged.copy(), bucket.target.copy(),
+                              active, list(bucket.owner))
             bucket.pop, out = self._programs(bucket)[1](*self._chunk_args(bucket, groups, n))
             if jax.process_count() == 1:
                 out.copy_to_host_async()  # on its way back as soon as the chunk ends
-            launched.append((bucket, t0, int((groups >= 0).sum()) * bucket.group, out))
+            entries.append(Launched(bucket.key, t0, int((groups >= 0).sum()) * bucket.group,
+                                    before, out))
             busiest = int((groups.reshape(lists, -1) >= 0).sum(axis=1).max())
             self.critical_slot_steps += n * busiest * bucket.group * lists
-        if while_training is not None:
-            while_training()
-        self._ask_ahead(n)
-        results = [pop_lib.unpack_results(r)
-                   for r in sharding_lib.to_host([out for *_, out in launched])]
-        rounds = -(-n // self.config.chunk)
-        curves = []
+            bucket.step = np.where(active, np.minimum(bucket.step + n, bucket.target),
+                                   bucket.step).astype(np.int32)
+        return Launch(n, entries)
+
+    def _collect(self, launch: Launch, curves: list[tuple]) -> list[Event]:
+        """Reads ``launch``'s results: appends its learning-curve points to ``curves``, tells the
+        scheduler about the jobs that ended in it, and returns their events."""
+        results = [pop_lib.unpack_results(r) for r in sharding_lib.to_host(
+            [e.out for e in launch.entries])]
+        rounds = -(-launch.steps // self.config.chunk)
         finished: dict[int, list[tuple[int, float, bool]]] = {}
-        for (bucket, t0, computed, _), host in zip(launched, results, strict=True):
-            if bucket.first_chunk_s is None:
-                bucket.first_chunk_s = bucket.compile_s + time.perf_counter() - t0
-            self.member_steps += int((host["step"][rounds - 1] - bucket.step).sum())
-            self.slot_steps += computed * n
+        for entry, host in zip(launch.entries, results, strict=True):
+            bucket, before = self.buckets[entry.bucket], entry.before
+            if bucket.first_chunk_s is None and bucket.compile_s is not None:
+                bucket.first_chunk_s = bucket.compile_s + time.perf_counter() - entry.t0
+            self.member_steps += int((host["step"][rounds - 1] - before.step).sum())
+            self.slot_steps += entry.computed * launch.steps
             self.bucket_calls += 1
             # Per round and slot: a curve point wherever a member trained or diverged.
             step, diverged = host["step"][:rounds], host["diverged"][:rounds]
-            before = np.vstack([bucket.step[None], step[:-1]])
-            was = np.vstack([bucket.diverged[None], diverged[:-1]])
-            owned = np.array([o is not None for o in bucket.owner])
-            moved = ((step > before) | (diverged & ~was)) & owned
+            expected = np.where(before.active,
+                                np.minimum(before.step + launch.steps, before.target),
+                                before.step)
+            if np.any((step[-1] != expected) & ~diverged[-1]):  # what _launch assumed
+                raise RuntimeError("a chunk trained other steps than its slots' targets allow")
+            prev = np.vstack([before.step[None], step[:-1]])
+            was = np.vstack([before.diverged[None], diverged[:-1]])
+            owned = np.array([o is not None for o in before.owner])
+            moved = ((step > prev) | (diverged & ~was)) & owned
             for slot, r in zip(*np.nonzero(moved.T), strict=True):
-                owner, train = bucket.owner[slot], host["train"][r, slot]
+                owner, train = before.owner[slot], host["train"][r, slot]
                 curves.append((owner[0], owner[1], int(step[r, slot]),
                                float(train) if np.isfinite(train) else None,
                                float(host["val"][r, slot])))
-            ended = owned & (diverged[-1] | (step[-1] >= bucket.target))
+            ended = before.active & (diverged[-1] | (step[-1] >= before.target))
             for slot in np.flatnonzero(ended):
-                owner = bucket.owner[slot]
+                owner = before.owner[slot]
                 finished.setdefault(owner[0], []).append(
                     (owner[1], float(host["val"][rounds - 1, slot]), bool(diverged[-1, slot])))
-            bucket.step, bucket.diverged = step[-1].copy(), diverged[-1].copy()
-        events, self._started = self._started, []
-        events += self._settle(finished)
-        self.chunk += 1
-        return events, curves
+                if diverged[-1, slot]:  # stopped where it diverged, wherever it is now
+                    now = self.running[owner[0]].slots[owner[1]]
+                    bucket.step[now], bucket.diverged[now] = step[-1, slot], True
+        return self._settle(finished)
 
     def _programs(self, bucket: Bucket) -> tuple[programs.Program, programs.Program]:
         """``bucket``'s placement and chunk programs (``placement.place``,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from typing import TYPE_CHECKING
 
 import jax
@@ -43,7 +44,16 @@ def save(driver: Driver) -> bytes:
         ],
         "queue": [{"trial": j.trial_id, "config": j.config, "budget": j.budget}
                   for j in driver.queue],
+        "lagged": driver.lagged,
     }
+    # A pipelined sweep's chunk in flight: its results are read now but told by the next step,
+    # as they would have been without this checkpoint (so it never changes the schedule).
+    inflight = driver._inflight
+    if inflight is not None:
+        results = sharding_lib.to_host([e.out for e in inflight.entries])
+        meta["inflight"] = {"steps": inflight.steps, "entries": [
+            {"bucket": list(e.bucket), "computed": e.computed, "owner": e.before.owner}
+            for e in inflight.entries]}
     parked = {k: sharding_lib.to_host(b.parked) for k, b in driver.buckets.items()
               if b.parked is not None and any(p.bucket == k for p in driver.paused.values())}
     arrays = {
@@ -55,6 +65,12 @@ def save(driver: Driver) -> bytes:
                             for r, row in enumerate(p.rows)}
                    for t, p in driver.paused.items()},
     }
+    if inflight is not None:
+        arrays["inflight"] = {str(i): {"out": out, "step": e.before.step,
+                                       "diverged": e.before.diverged,
+                                       "target": e.before.target, "active": e.before.active}
+                              for i, (e, out) in enumerate(zip(inflight.entries, results,
+                                                               strict=True))}
     return serialization.msgpack_serialize({"meta": json.dumps(meta), "arrays": arrays})
 
 def load(driver: Driver, data: bytes) -> None:
@@ -119,6 +135,26 @@ def load(driver: Driver, data: bytes) -> None:
         bucket.parked = sharding_lib.shard(host, driver.slots)
     driver._prepared = {}
     driver.queue = [Job(j["trial"], j["config"], j["budget"]) for j in meta["queue"]]
+    driver.lagged = bool(meta.get("lagged", False))  # the sweep's, whatever this process's
+    driver._inflight = None
+    if "inflight" in meta:
+        from jaxae.driver import Launch, Launched, Snapshot
+
+        entries = []
+        for i, e in enumerate(meta["inflight"]["entries"]):
+            a = arrays["inflight"][str(i)]
+            before = Snapshot(np.asarray(a["step"]), np.asarray(a["diverged"]),
+                              np.asarray(a["target"]), np.asarray(a["active"]),
+                              [tuple(o) if o is not None else None for o in e["owner"]])
+            entries.append(Launched(tuple(e["bucket"]), time.perf_counter(), e["computed"],
+                                    before, np.asarray(a["out"])))
+            # The host's view as the sweep had it: where the chunk leaves its slots, divergence
+            # unread (the devices' state, just loaded, already knows it).
+            bucket, act = driver.buckets[tuple(e["bucket"])], before.active
+            steps = meta["inflight"]["steps"]
+            bucket.step[act] = np.minimum(before.step + steps, before.target)[act]
+            bucket.diverged[act] = before.diverged[act]
+        driver._inflight = Launch(meta["inflight"]["steps"], entries)
 
 
 def _held_members(bucket) -> object:

@@ -118,9 +118,9 @@ def test_asking_while_a_chunk_trains_changes_no_trial(tmp_path, monkeypatch, sea
     asked = []
     ask_ahead = driver_lib.Driver._ask_ahead
 
-    def counting(self, n):
+    def counting(self):
         before = len(self.queue)
-        ask_ahead(self, n)
+        ask_ahead(self)
         asked.append(len(self.queue) - before)
 
     monkeypatch.setattr(driver_lib.Driver, "_ask_ahead", counting)
@@ -128,7 +128,7 @@ def test_asking_while_a_chunk_trains_changes_no_trial(tmp_path, monkeypatch, sea
     code, ahead = sweep(tmp_path, "ahead", "--repeats", str(repeats), **kw)
     assert code == 0 and len(rows(ahead)) == trials
     assert sum(asked) > 0  # some jobs really were asked for while a chunk trained
-    monkeypatch.setattr(driver_lib.Driver, "_ask_ahead", lambda self, n: None)
+    monkeypatch.setattr(driver_lib.Driver, "_ask_ahead", lambda self: None)
     code, after = sweep(tmp_path, "after", "--repeats", str(repeats), **kw)
     assert code == 0
     assert rows(ahead) == rows(after)
