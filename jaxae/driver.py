@@ -12,6 +12,10 @@ Replicates: with ``repeats = K`` every trial runs as K members with different se
 common random numbers, the same data order per replicate index across trials) and the scheduler is
 told their mean or median.
 
+Pipelined (``JAXAE_PIPELINE=on``), each chunk is dispatched before the previous one's results are
+read and told, so the host's work overlaps the device's; a checkpoint then carries the chunk in
+flight, read but not told, so the schedule never depends on when checkpoints are taken.
+
 Everything here is deterministic given the config: the order of tells, the slot a job lands in and
 the checkpoint timing never change a trial's numbers, so a resumed sweep replays to the same end.
 """
@@ -425,7 +429,8 @@ class Driver:
     def step(self, while_training: Callable[[], None] | None = None
              ) -> tuple[list[Event], list[tuple]]:
         """Trains one chunk. Returns the trial events and the learning-curve rows
-        ``(trial, replicate, step, train_loss, val_loss)`` of the chunk.
+        ``(trial, replicate, step, train_loss, val_loss)`` of the chunk; pipelined
+        (``lagged``), those of the chunk before, while this one stays in flight.
 
         ``while_training`` is called once the chunk's programs are dispatched and before their
         results are read: host work that does not change the sweep (the previous chunk's store
