@@ -188,6 +188,9 @@ class Driver:
         # steps, read by the next (a checkpoint carries its results).
         self.lagged = pipelined(self.platform)
         self._inflight: Launch | None = None
+        # Pipelined: running jobs whose slots were freed as their last chunk started
+        # (``_release_ending``), told when that chunk's results are read.
+        self._released: set[int] = set()
         self._prepared: dict[Job, tuple[dict[str, Any], Bucket, tuple[Any, int]]] = {}
 
     # -- configuration --------------------------------------------------------------------------
@@ -286,7 +289,7 @@ class Driver:
 
     def _fill(self) -> None:
         """Asks the scheduler for as many jobs as free member slots allow, then places what fits."""
-        busy = self.repeats * (len(self.running) + len(self.queue))
+        busy = self.repeats * (len(self.running) - len(self._released) + len(self.queue))
         want = (self.config.population - busy) // self.repeats
         if want > 0:
             self.queue.extend(self.scheduler.ask(want))
@@ -335,11 +338,11 @@ class Driver:
         if not self.ask_ahead:
             return
         ending = 0
-        for run in self.running.values():
+        for trial, run in self.running.items():
             bucket = self.buckets[run.bucket]
             slots = run.slots
-            ending += bool(np.all((bucket.step[slots] >= bucket.target[slots])
-                                  | bucket.diverged[slots]))
+            ending += trial in self._released or bool(np.all(
+                (bucket.step[slots] >= bucket.target[slots]) | bucket.diverged[slots]))
         busy = self.repeats * (len(self.running) - ending + len(self.queue))
         want = (self.config.population - busy) // self.repeats
         if want > 0:
@@ -485,7 +488,27 @@ class Driver:
             self.critical_slot_steps += n * busiest * bucket.group * lists
             bucket.step = np.where(active, np.minimum(bucket.step + n, bucket.target),
                                    bucket.step).astype(np.int32)
+        if self.lagged and not self.pauses:
+            self._release_ending()
         return Launch(n, entries)
+
+    def _release_ending(self) -> None:
+        """Pipelined, where no trial pauses: frees the slots of the jobs whose members all stop
+        in the chunk just dispatched, so that the next chunk's jobs take them at once (the
+        device runs the chunks in order, and the jobs' results are read from the chunk's
+        output, not from the slots; they are told as usual). A member that diverges
+        unexpectedly still frees its slot only once its results are read."""
+        for trial, run in self.running.items():
+            bucket = self.buckets[run.bucket]
+            slots = run.slots
+            if trial in self._released or not np.all(
+                    (bucket.step[slots] >= bucket.target[slots]) | bucket.diverged[slots]):
+                continue
+            self._released.add(trial)
+            bucket.trial[slots] = -1
+            for slot in slots:
+                bucket.owner[slot] = None
+            bucket.dirty = True
 
     def _collect(self, launch: Launch, curves: list[tuple]) -> list[Event]:
         """Reads ``launch``'s results: appends its learning-curve points to ``curves``, tells the
@@ -517,13 +540,20 @@ class Driver:
                 curves.append((owner[0], owner[1], int(step[r, slot]),
                                float(train) if np.isfinite(train) else None,
                                float(host["val"][r, slot])))
-            ended = before.active & (diverged[-1] | (step[-1] >= before.target))
+            # Every member of a job still running that has stopped (a replicate that stopped
+            # earlier is reported again until its job's last one stops); pipelined, a job told
+            # already, or promoted since (another budget), is not this chunk's.
+            ended = owned & (diverged[-1] | (step[-1] >= before.target))
             for slot in np.flatnonzero(ended):
                 owner = before.owner[slot]
+                run = self.running.get(owner[0])
+                if run is None or run.job.budget != before.target[slot]:
+                    continue
                 finished.setdefault(owner[0], []).append(
-                    (owner[1], float(host["val"][rounds - 1, slot]), bool(diverged[-1, slot])))
-                if diverged[-1, slot]:  # stopped where it diverged, wherever it is now
-                    now = self.running[owner[0]].slots[owner[1]]
+                    (owner[1], float(host["val"][rounds - 1, slot]), bool(diverged[-1, slot]),
+                     int(step[-1, slot])))
+                if before.active[slot] and diverged[-1, slot] and owner[0] not in self._released:
+                    now = run.slots[owner[1]]  # stopped where it diverged, wherever it is now
                     bucket.step[now], bucket.diverged[now] = step[-1, slot], True
         return self._settle(finished)
 
@@ -590,22 +620,31 @@ class Driver:
         step_s = flops / DEVICE_FLOPS.get(self.platform, DEVICE_FLOPS["gpu"])
         return CHUNK_HOST_S.get(self.platform, CHUNK_HOST_S["gpu"]) / max(step_s, 1e-12)
 
-    def _settle(self, finished: dict[int, list[tuple[int, float, bool]]]) -> list[Event]:
+    def _settle(self, finished: dict[int, list[tuple[int, float, bool, int]]]) -> list[Event]:
         """Tells the scheduler about every job whose members all stopped training, in trial order,
-        and frees or pauses their slots."""
+        and frees or pauses their slots. ``finished``: per trial, ``(replicate, loss, diverged,
+        steps)`` of its members that stopped."""
         events = []
         for trial in sorted(finished):
             run = self.running[trial]
             results = sorted(finished[trial])
             if len(results) < len(run.slots):
                 continue  # other replicates still training
-            diverged = any(d for _, _, d in results)
-            losses = [math.nan if d else v for _, v, d in results]
+            diverged = any(d for _, _, d, _ in results)
+            losses = [math.nan if d else v for _, v, d, _ in results]
             loss = math.nan if diverged else aggregate(losses, self.config.aggregate)
             self.scheduler.tell(trial, run.job.budget, loss)
             del self.running[trial]
             bucket = self.buckets[run.bucket]
-            steps = int(bucket.step[run.slots].max())
+            steps = max(n for *_, n in results)
+            if trial in self._released:  # its slots were freed as its last chunk started
+                self._released.discard(trial)
+                status = self.scheduler.status(trial)
+                state = {"completed": "completed", "stopped": "pruned"}.get(status, status)
+                events.append(Event(trial, "diverged" if diverged else state, run.config, loss,
+                                    steps, run.job.budget, run.bucket, losses, True,
+                                    self._keys_hex(trial)))
+                continue
             status = self.scheduler.status(trial)
             if status == "paused":
                 rows = []

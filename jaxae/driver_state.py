@@ -45,6 +45,7 @@ def save(driver: Driver) -> bytes:
         "queue": [{"trial": j.trial_id, "config": j.config, "budget": j.budget}
                   for j in driver.queue],
         "lagged": driver.lagged,
+        "released": sorted(driver._released),
     }
     # A pipelined sweep's chunk in flight: its results are read now but told by the next step,
     # as they would have been without this checkpoint (so it never changes the schedule).
@@ -136,6 +137,7 @@ def load(driver: Driver, data: bytes) -> None:
     driver._prepared = {}
     driver.queue = [Job(j["trial"], j["config"], j["budget"]) for j in meta["queue"]]
     driver.lagged = bool(meta.get("lagged", False))  # the sweep's, whatever this process's
+    driver._released = set(meta.get("released", []))
     driver._inflight = None
     if "inflight" in meta:
         from jaxae.driver import Launch, Launched, Snapshot
@@ -149,8 +151,10 @@ def load(driver: Driver, data: bytes) -> None:
             entries.append(Launched(tuple(e["bucket"]), time.perf_counter(), e["computed"],
                                     before, np.asarray(a["out"])))
             # The host's view as the sweep had it: where the chunk leaves its slots, divergence
-            # unread (the devices' state, just loaded, already knows it).
-            bucket, act = driver.buckets[tuple(e["bucket"])], before.active
+            # unread (the devices' state, just loaded, already knows it). Slots freed as the
+            # chunk started (``Driver._release_ending``) load empty, as they are.
+            bucket = driver.buckets[tuple(e["bucket"])]
+            act = before.active & np.array([o is not None for o in bucket.owner])
             steps = meta["inflight"]["steps"]
             bucket.step[act] = np.minimum(before.step + steps, before.target)[act]
             bucket.diverged[act] = before.diverged[act]

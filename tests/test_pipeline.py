@@ -20,9 +20,9 @@ def pipelined(monkeypatch):
     monkeypatch.setenv("JAXAE_PIPELINE", "on")
 
 
-def _driver(searcher="asha", trials=8, learning_rate=None, model="ae"):
+def _driver(searcher="asha", trials=8, learning_rate=None, model="ae", steps=30):
     config = config_lib.build({
-        "model": model, "searcher": searcher, "population": 4, "trials": trials, "steps": 30, "chunk": 10,
+        "model": model, "searcher": searcher, "population": 4, "trials": trials, "steps": steps, "chunk": 10,
         "space": {"hidden": 16, "latent_dim": 4, "batch_size": 16, "learning_rate": (
             learning_rate or {"dist": "float", "low": 1e-3, "high": 1e-2, "log": True})}})
     return driver_lib.Driver(config, data_lib.load("digits"))
@@ -56,6 +56,11 @@ def test_a_pipelined_sweep_ends_with_the_same_trials(tmp_path, monkeypatch, sear
     # Each trial's last curve point is its final loss, whatever the chunks were.
     last = "SELECT trial_id, max(step), val_loss FROM curves GROUP BY trial_id ORDER BY 1"
     assert rows(piped, last) == rows(plain, last)
+    if searcher == "random":
+        # Where no trial pauses, a job's slots are freed as its last chunk starts: the next
+        # jobs take them at once, so the chunks, and with them every curve point, are the same.
+        every = "SELECT * FROM curves ORDER BY 1, 2, 3"
+        assert rows(piped, every) == rows(plain, every)
 
 
 def test_the_pipeline_keeps_a_chunk_in_flight_between_steps(pipelined):
@@ -70,21 +75,23 @@ def test_the_pipeline_keeps_a_chunk_in_flight_between_steps(pipelined):
     assert {e.trial for e in events if e.status in ("completed", "pruned")} == set(range(8))
 
 
-@pytest.mark.parametrize(("searcher", "learning_rate", "model"), [
-    ("asha", None, "ae"),  # members paused and continued
-    ("random", {"dist": "choice", "options": [1e-3, 10.0]}, "vae"),  # members that diverge
+@pytest.mark.parametrize(("searcher", "learning_rate", "model", "steps"), [
+    ("asha", None, "ae", 30),  # members paused and continued
+    # Members that diverge, in jobs longer than a chunk (so some diverge in a chunk that is in
+    # flight at a checkpoint) and jobs freed as their last chunk starts.
+    ("random", {"dist": "choice", "options": [1e-3, 10.0]}, "vae", 60),
 ])
 def test_saved_at_any_step_a_pipelined_sweep_resumes_exactly(pipelined, searcher,
-                                                            learning_rate, model):
+                                                            learning_rate, model, steps):
     """With a chunk in flight at every checkpoint: a driver loaded from any step's bytes ends
     as the uninterrupted one, and so does the schedule (the steps and the number of chunks)."""
-    make = lambda: _driver(searcher, 9, learning_rate, model)  # noqa: E731
+    make = lambda: _driver(searcher, 9, learning_rate, model, steps)  # noqa: E731
     straight = make()
     rest = _told(_events(straight))
     chunks = straight.chunk
     if searcher == "random":
         assert any(status == "diverged" for _, status, _, _ in rest)
-    seen_in_flight = False
+    seen_in_flight = released_in_flight = False
     for k in range(1, chunks):
         before = make()
         head = _told(_events(before, until=k))
@@ -108,8 +115,11 @@ def test_saved_at_any_step_a_pipelined_sweep_resumes_exactly(pipelined, searcher
             (np.asarray(loaded.buckets[e.bucket].pop.diverged) & e.before.active).any()
             for e in (loaded._inflight.entries if loaded._inflight else []))
         seen_in_flight = seen_in_flight or diverged_in_flight
+        released_in_flight = released_in_flight or bool(meta["released"])
         again = _told(_events(loaded))
         assert [r[:3] for r in head + again] == [r[:3] for r in rest], k
         np.testing.assert_array_equal([r[3] for r in head + again], [r[3] for r in rest])
         assert loaded.chunk == chunks
     assert seen_in_flight == (searcher == "random")  # a checkpoint held a member diverging
+    if searcher == "random":
+        assert released_in_flight  # and one whose job's slots were freed already
