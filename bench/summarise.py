@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import sys
 
-KEYS = ("bench", "case", "searcher", "kernel", "population", "precision", "settle_moments",
+KEYS = ("bench", "case", "searcher", "pipelined", "kernel", "population", "precision", "settle_moments",
         "member_steps_per_s", "measured_us_per_member_step", "roofline_us_per_member_step",
         "roofline_ratio", "model_gflops_per_s", "ratio_vs_reference", "ratio_vs_sequential",
         "ratio_vs_loop", "sweep_efficiency", "trainer_member_steps_per_s", "wall_s", "compile_s",
