@@ -68,7 +68,6 @@ ROUNDS = {"cpu": 4, "gpu": 16, "tpu": 16}
 PIPELINE: dict[str, bool] = {}
 
 
-
 def pipelined(platform: str) -> bool:
     """Whether a sweep on ``platform`` pipelines its chunks (``Driver.lagged``):
     ``JAXAE_PIPELINE=on`` / ``off``, else ``PIPELINE``'s choice for the platform."""
@@ -516,7 +515,7 @@ class Driver:
         results = [pop_lib.unpack_results(r) for r in sharding_lib.to_host(
             [e.out for e in launch.entries])]
         rounds = -(-launch.steps // self.config.chunk)
-        finished: dict[int, list[tuple[int, float, bool]]] = {}
+        finished: dict[int, list[tuple[int, float, bool, int]]] = {}
         for entry, host in zip(launch.entries, results, strict=True):
             bucket, before = self.buckets[entry.bucket], entry.before
             if bucket.first_chunk_s is None and bucket.compile_s is not None:
@@ -637,14 +636,6 @@ class Driver:
             del self.running[trial]
             bucket = self.buckets[run.bucket]
             steps = max(n for *_, n in results)
-            if trial in self._released:  # its slots were freed as its last chunk started
-                self._released.discard(trial)
-                status = self.scheduler.status(trial)
-                state = {"completed": "completed", "stopped": "pruned"}.get(status, status)
-                events.append(Event(trial, "diverged" if diverged else state, run.config, loss,
-                                    steps, run.job.budget, run.bucket, losses, True,
-                                    self._keys_hex(trial)))
-                continue
             status = self.scheduler.status(trial)
             if status == "paused":
                 rows = []
@@ -662,10 +653,13 @@ class Driver:
                 state = {"completed": "completed", "stopped": "pruned"}.get(status, status)
                 if diverged:
                     state = "diverged"
-            bucket.trial[run.slots] = -1
-            bucket.dirty = True
-            for s in run.slots:
-                bucket.owner[s] = None
+            if trial in self._released:  # its slots were freed as its last chunk started
+                self._released.discard(trial)
+            else:
+                bucket.trial[run.slots] = -1
+                bucket.dirty = True
+                for s in run.slots:
+                    bucket.owner[s] = None
             events.append(Event(trial, state, run.config, loss, steps, run.job.budget, run.bucket,
                                 losses, True, self._keys_hex(trial)))
         # A synchronous rung decides about paused trials only when it completes.
