@@ -336,12 +336,8 @@ class Driver:
         the chunk, as without asking ahead."""
         if not self.ask_ahead:
             return
-        ending = 0
-        for trial, run in self.running.items():
-            bucket = self.buckets[run.bucket]
-            slots = run.slots
-            ending += trial in self._released or bool(np.all(
-                (bucket.step[slots] >= bucket.target[slots]) | bucket.diverged[slots]))
+        ending = sum(trial in self._released or self._stops(run)
+                     for trial, run in self.running.items())
         busy = self.repeats * (len(self.running) - ending + len(self.queue))
         want = (self.config.population - busy) // self.repeats
         if want > 0:
@@ -498,16 +494,20 @@ class Driver:
         output, not from the slots; they are told as usual). A member that diverges
         unexpectedly still frees its slot only once its results are read."""
         for trial, run in self.running.items():
-            bucket = self.buckets[run.bucket]
-            slots = run.slots
-            if trial in self._released or not np.all(
-                    (bucket.step[slots] >= bucket.target[slots]) | bucket.diverged[slots]):
+            if trial in self._released or not self._stops(run):
                 continue
             self._released.add(trial)
-            bucket.trial[slots] = -1
-            for slot in slots:
+            bucket = self.buckets[run.bucket]
+            bucket.trial[run.slots] = -1
+            for slot in run.slots:
                 bucket.owner[slot] = None
             bucket.dirty = True
+
+    def _stops(self, run: Running) -> bool:
+        """Whether every member of ``run`` has stopped, or stops in the chunk in flight (the
+        host's steps are where that chunk leaves them): its budget reached, or diverged."""
+        bucket, slots = self.buckets[run.bucket], run.slots
+        return bool(np.all((bucket.step[slots] >= bucket.target[slots]) | bucket.diverged[slots]))
 
     def _collect(self, launch: Launch, curves: list[tuple]) -> list[Event]:
         """Reads ``launch``'s results: appends its learning-curve points to ``curves``, tells the

@@ -142,6 +142,7 @@ def load(driver: Driver, data: bytes) -> None:
     if "inflight" in meta:
         from jaxae.driver import Launch, Launched, Snapshot
 
+        steps = meta["inflight"]["steps"]
         entries = []
         for i, e in enumerate(meta["inflight"]["entries"]):
             a = arrays["inflight"][str(i)]
@@ -155,10 +156,9 @@ def load(driver: Driver, data: bytes) -> None:
             # chunk started (``Driver._release_ending``) load empty, as they are.
             bucket = driver.buckets[tuple(e["bucket"])]
             act = before.active & np.array([o is not None for o in bucket.owner])
-            steps = meta["inflight"]["steps"]
             bucket.step[act] = np.minimum(before.step + steps, before.target)[act]
             bucket.diverged[act] = before.diverged[act]
-        driver._inflight = Launch(meta["inflight"]["steps"], entries)
+        driver._inflight = Launch(steps, entries)
 
 
 def _held_members(bucket) -> object:

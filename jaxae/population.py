@@ -361,19 +361,15 @@ def run_chunk(spec: TrainSpec, pop: Population, train_x: jax.Array, val_x: jax.A
     return local(pop, train_x, val_x, groups, steps)
 
 
-# The order of ``run_chunk``'s results in ``run_chunk_packed``'s one array.
-RESULTS = ("train", "val", "step", "diverged")
-
-
 @functools.partial(jax.jit, static_argnums=(0, 5, 6), static_argnames=("mesh", "group"),
                    donate_argnums=(1,))
 def run_chunk_packed(spec: TrainSpec, pop: Population, train_x: jax.Array, val_x: jax.Array,
                      groups: jax.Array, length: int, rounds: int, steps: jax.Array,
                      mesh: Mesh | None = None, group: int | None = None
                      ) -> tuple[Population, jax.Array]:
-    """``run_chunk`` whose results come as one float32 array [4, rounds, slots] (``RESULTS``'
-    order; steps and divergence bit for bit as int32 in float32's bits): a sweep reads a chunk
-    back in one device-to-host transfer instead of four (``unpack_results``)."""
+    """``run_chunk`` whose results come as one float32 array [4, rounds, slots] (train, val,
+    steps, divergence; the last two bit for bit as int32 in float32's bits): a sweep reads a
+    chunk back in one device-to-host transfer instead of four (``unpack_results``)."""
     pop, out = run_chunk(spec, pop, train_x, val_x, groups, length, rounds, steps, mesh=mesh,
                          group=group)
     as_float = lambda a: jax.lax.bitcast_convert_type(a.astype(jnp.int32), jnp.float32)  # noqa: E731
