@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -24,6 +24,9 @@ from jaxae import optimizers
 from jaxae.models import init_params, init_stats, make_masks
 from jaxae.population import TRACES, Population, TrainSpec
 from jaxae.sharding import AXIS, to_host
+
+# The most slots a placement parks, restores or starts side by side on a CPU (``place_block``).
+CPU_PLACE_BLOCK = 8
 
 
 def init_member(spec: TrainSpec, init_key: jax.Array, hp: hparams_lib.ModelHParams
@@ -120,27 +123,69 @@ def _place_local(spec: TrainSpec, pop: Population, parked: Population | None, pa
     plan = packed.unpack(pop.hparams)
     if parked is not None:
         rows = parked.step.shape[0]
-        dest = jnp.where(plan.park >= 0, plan.park, rows)  # out of range: dropped
-        parked = jax.tree.map(lambda a, b: a.at[dest].set(b, mode="drop"), parked, pop)
-        src = jnp.clip(plan.restore, 0, rows - 1)
-        pop = jax.lax.cond(
-            jnp.any(plan.restore >= 0),
-            lambda p: _select(plan.restore >= 0, jax.tree.map(lambda a: a[src], parked), p),
-            lambda p: p, pop)
+
+        def park(start: jax.Array, block: int, q: Population) -> Population:
+            dest = _take(jnp.where(plan.park >= 0, plan.park, rows), start, block)  # rows: dropped
+            return jax.tree.map(lambda a, b: a.at[dest].set(_take(b, start, block), mode="drop"),
+                                q, pop)
+
+        def restore(start: jax.Array, block: int, p: Population) -> Population:
+            src = _take(jnp.clip(plan.restore, 0, rows - 1), start, block)
+            return _put(p, start, _select(_take(plan.restore >= 0, start, block),
+                                          jax.tree.map(lambda a: a[src], parked),
+                                          _take(p, start, block)))
+
+        parked = _by_block(plan.park >= 0, park, parked)
+        pop = _by_block(plan.restore >= 0, restore, pop)
         if plan.share is not None and plan.share.shape[0] > 0:
             pop = _fetch(parked, plan, pop)
 
-    def start(p: Population) -> Population:
-        params, opt_state = jax.vmap(functools.partial(init_member, spec))(
-            plan.init_key, plan.hparams.model)
-        fresh = p.replace(params=params, opt_state=opt_state, stats=_fresh_stats(spec, p.size),
-                          step=jnp.zeros_like(p.step), diverged=jnp.zeros_like(p.diverged))
-        return _select(plan.new, fresh, p)
+    def start(start: jax.Array, block: int, p: Population) -> Population:
+        fresh = jax.vmap(functools.partial(init_member, spec))(
+            _take(plan.init_key, start, block), _take(plan.hparams.model, start, block))
+        mine = _take(p, start, block)
+        fresh = mine.replace(params=fresh[0], opt_state=fresh[1],
+                             stats=_fresh_stats(spec, block), step=jnp.zeros_like(mine.step),
+                             diverged=jnp.zeros_like(mine.diverged))
+        return _put(p, start, _select(_take(plan.new, start, block), fresh, mine))
 
-    pop = jax.lax.cond(jnp.any(plan.new), start, lambda p: p, pop)
+    pop = _by_block(plan.new, start, pop)
     pop = pop.replace(hparams=plan.hparams, init_key=plan.init_key, data_key=plan.data_key,
                       eval_key=plan.eval_key, target=plan.target, trial=plan.trial)
     return pop, parked
+
+
+def place_block(slots: int) -> int:
+    """Slots ``place`` parks, restores or starts side by side: on a CPU, blocks of at most
+    ``CPU_PLACE_BLOCK`` (a divisor of ``slots``), of which only those with work compute;
+    elsewhere all slots at once (one launch)."""
+    limit = CPU_PLACE_BLOCK if jax.devices()[0].platform == "cpu" else slots
+    return max(d for d in range(1, min(limit, slots) + 1) if slots % d == 0)
+
+
+def _by_block(mask: jax.Array, update: Callable, state: Any) -> Any:
+    """``update(start, block, state)`` for each block of ``place_block`` slots that holds a
+    True of ``mask`` [slots], in order (the others cost nothing, so a placement costs what its
+    members need, not what the population holds); ``state`` unchanged when none does.
+    ``update`` reads and writes only its block's slots: a member's numbers are the same in
+    any block."""
+    slots = mask.shape[0]
+    block = place_block(slots)
+    touched = jnp.any(mask.reshape(slots // block, block), axis=1)
+    (order,) = jnp.nonzero(touched, size=touched.shape[0], fill_value=0)
+    return jax.lax.fori_loop(0, jnp.sum(touched),
+                             lambda i, s: update(order[i] * block, block, s), state)
+
+
+def _take(tree: Any, start: jax.Array, block: int) -> Any:
+    """Slots ``[start, start + block)`` of ``tree``'s [slots, ...] leaves."""
+    return jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, start, block), tree)
+
+
+def _put(tree: Any, start: jax.Array, part: Any) -> Any:
+    """``tree`` with slots ``[start, start + len(part))`` replaced by ``part``'s."""
+    return jax.tree.map(lambda a, b: jax.lax.dynamic_update_slice_in_dim(a, b, start, 0),
+                        tree, part)
 
 
 def _fetch(parked: Population, plan: Plan, pop: Population) -> Population:

@@ -84,6 +84,59 @@ def test_place_parks_a_paused_trial_and_restores_it_in_another_slot(digits):
     )
 
 
+def test_blocks_with_nothing_to_place_keep_their_members_and_any_block_gives_the_same_numbers(
+        digits, monkeypatch):
+    # 12 slots in blocks of 4: slots 1 and 10 start (blocks 0 and 2), slot 5 parks into row 1
+    # (block 1) and slot 11 continues row 0's member; against the same plan in one block of 12.
+    n = 12
+    pop = placement.assign(SPEC, placement.create(SPEC, n), list(range(n)),
+                           [member(t) for t in range(n)])
+    pop, _ = P.train_chunk(SPEC, pop, digits, 3)
+    before = jax.device_get(pop)
+    keys = {k: np.array(getattr(before, k)) for k in ("init_key", "data_key", "eval_key")}
+    hp = jax.tree.map(np.array, before.hparams)
+    news = {1: member(40, learning_rate=0.02, hidden=16), 10: member(41, latent_dim=4)}
+    hparams.set_rows(hp, list(news), hparams.slot_hparams([m.config for m in news.values()],
+                                                          [m.target for m in news.values()]))
+    for slot, m in news.items():
+        for k in keys:
+            keys[k][slot] = m.keys[k]
+    new = np.zeros(n, bool)
+    new[list(news)] = True
+    park, restore = np.full(n, -1, np.int32), np.full(n, -1, np.int32)
+    park[5], restore[11] = 1, 0
+    plan = placement.Plan(new, park, restore, hp, keys["init_key"], keys["data_key"],
+                          keys["eval_key"], np.array(before.target), np.array(before.trial))
+
+    def placed(block):
+        monkeypatch.setattr(placement, "CPU_PLACE_BLOCK", block)
+        placement.place.clear_cache()  # traced again with this block
+        traces = P.TRACES["place"]
+        parked = jax.tree.map(lambda a: np.array(a[:2]), before)  # row 0: slot 0's member
+        out = jax.device_get(placement.place(SPEC, jax.device_put(before),
+                                             jax.device_put(parked), plan.pack()))
+        assert P.TRACES["place"] == traces + 1
+        return out
+
+    (after, parked), (whole, whole_parked) = placed(4), placed(n)
+    for got, want in zip(jax.tree.leaves((after, parked)), jax.tree.leaves((whole, whole_parked)),
+                         strict=True):
+        np.testing.assert_array_equal(got, want)
+    for slot, m in news.items():  # as a lone init draws them (up to XLA's fusion of the draws)
+        one = jax.tree.map(lambda a: jax.numpy.asarray(a[slot]), hp)
+        params, _ = placement.init_member(SPEC, jax.numpy.asarray(m.keys["init_key"]), one.model)
+        for got, want in zip(jax.tree.leaves(after.params), jax.tree.leaves(params), strict=True):
+            np.testing.assert_allclose(got[slot], want, rtol=1e-6, atol=1e-7)
+        assert after.step[slot] == 0
+    for got, was, saved in zip(jax.tree.leaves(after.params), jax.tree.leaves(before.params),
+                               jax.tree.leaves(parked.params), strict=True):
+        for slot in set(range(n)) - set(news) - {11}:
+            np.testing.assert_array_equal(got[slot], was[slot])
+        np.testing.assert_array_equal(got[11], was[0])  # restored from row 0
+        np.testing.assert_array_equal(saved[1], was[5])  # parked into row 1
+    assert after.step[11] == before.step[0] == 3
+
+
 def test_init_variance_follows_the_true_width():
     spec = P.TrainSpec(ModelSpec("ae", 64, hidden=512, latent_dim=64), "adam", 32)
     pop = placement.assign(spec, placement.create(spec, 1), [0],
