@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements of bench/RESULTS.md, as one script for a lent accelerator (a few minutes).
 #
-#   OUT=/tmp/gpu bash bench/gpu.sh [trainer|sweep|all]    # default: all
+#   OUT=/tmp/gpu bash bench/gpu.sh [trainer|sweep|buckets|all]    # default: all
 #
 # Runs from the checkout without installing (PYTHONPATH=$PWD); every command has its own time
 # limit so one hang cannot eat the machine's time; JSON lines go to $OUT/*.jsonl, the log of each
@@ -50,6 +50,15 @@ if [[ $PHASE == trainer || $PHASE == all ]]; then
       --precision tf32 --cases vmap,reference,sequential
   run tput-bf16 45 $PY bench/throughput.py $MNIST --steps 200 --population 64 \
       --precision bfloat16 --cases vmap,reference
+fi
+if [[ $PHASE == buckets || $PHASE == all ]]; then
+  # A space of two programs (batch size 64 or 128), TPE concentrating on one: each bucket holding
+  # the whole population (the sweep's rule since 2026-12-07) against the even share (before);
+  # occupancy and wall time side by side (this model's step is launch-bound: a bucket computes
+  # all its slots at once, grouping.ACCELERATOR_GROUP_FLOPS).
+  BUCKETS="--searchers tpe --population 64 --trials 256 --steps 1000 --hidden 128 --latent 32 --vary batch_size=64,128 --no-warm"
+  run sweep-buckets 75 $PY bench/sweep.py $BUCKETS --capacity population
+  run sweep-buckets-share 75 $PY bench/sweep.py $BUCKETS --capacity share
 fi
 # The device tool brings back at most 8 files: everything goes home as one archive, and a short
 # summary of every JSON line goes to stdout as well.

@@ -14,6 +14,8 @@ One JSON line per searcher, printed as soon as it ends:
   cache retrieval) during the sweep, and the number of backend compilations (``jax.monitoring``).
 * ``member_steps_per_s``: member-steps / (wall - compile); ``trainer_member_steps_per_s``: the
   reference; ``sweep_efficiency``: their ratio (1 = the sweep runs at the trainer's speed).
+* ``occupancy``: member-steps / (the chunks' steps x the population): the share of the
+  population that trained (jobs waiting for a slot of their bucket lower it).
 * ``busy_slot_fraction``: member-steps / slot-steps computed (slots that trained nothing, empty
   or finished, still cost their share of a chunk).
 * ``packing_bound``: member-steps / the slot-steps computed had every device run as many groups
@@ -26,6 +28,8 @@ One JSON line per searcher, printed as soon as it ends:
   per finished trial: the driver's own cost.
 * ``first_trial_s``: from the start of ``driver.run`` to the first finished (completed, pruned or
   diverged) trial, compilation included.
+* ``slots_per_bucket``: each bucket's slots (``--capacity``: the whole population, the sweep's
+  rule, or the even share among the space's buckets, the rule before 2026-12-07).
 * ``pipelined``: whether the sweep dispatched each chunk before reading the previous one's
   results (``JAXAE_PIPELINE=on``; ``driver.pipelined``).
 * Each sweep runs twice in the process; the second (warm: compiled, first calls made) is the
@@ -39,6 +43,8 @@ training takes well under a millisecond, so the driver's host work is what remai
 Examples:
     PYTHONPATH=$PWD python3 bench/sweep.py --searchers random,asha --trials 192 --steps 400
     PYTHONPATH=$PWD python3 bench/sweep.py --tiny
+    PYTHONPATH=$PWD python3 bench/sweep.py --searchers tpe --vary batch_size=32,64 \
+        --vary depth=1,2 --capacity share    # four programs, each holding 16 of the 64 slots
     PYTHONPATH=$PWD python3 bench/sweep.py --model vae --searchers asha,random --trials 256 \
         --steps 2000 --hidden 64 --latent 16
 """
@@ -93,6 +99,10 @@ def space(args: argparse.Namespace) -> dict:
     if args.activations:
         acts = args.activations.split(",")
         s["activation"] = acts[0] if len(acts) == 1 else {"dist": "choice", "options": acts}
+    for setting in args.vary:
+        name, _, values = setting.partition("=")
+        options = [int(v) if v.lstrip("-").isdigit() else v for v in values.split(",")]
+        s[name] = {"dist": "choice", "options": options}
     return s
 
 
@@ -150,8 +160,10 @@ def trainer_timer(args: argparse.Namespace, dataset):
 
 
 def run_sweep(args: argparse.Namespace, searcher: str, dataset, meter: CompileMeter) -> dict:
+    from jaxae import buckets as buckets_lib
     from jaxae import driver as driver_lib
     from jaxae import runner
+    from jaxae import sharding as sharding_lib
     from jaxae.store import TrialStore
 
     config = sweep_config(args, searcher)
@@ -168,6 +180,8 @@ def run_sweep(args: argparse.Namespace, searcher: str, dataset, meter: CompileMe
         store = TrialStore(out / "trials.db")
         try:
             driver = driver_lib.Driver(config, dataset)
+            if args.capacity == "share":  # before any bucket exists
+                driver.capacity = sharding_lib.round_up(buckets_lib.share(config), driver.mesh)
             runner.run(driver, store, out, checkpoint_every=args.checkpoint_every,
                            on_chunk=on_chunk)
             wall = time.perf_counter() - t0
@@ -178,9 +192,11 @@ def run_sweep(args: argparse.Namespace, searcher: str, dataset, meter: CompileMe
     return {"searcher": searcher, "wall_s": wall, "member_steps": driver.member_steps,
             "slot_steps": getattr(driver, "slot_steps", None),
             "critical_slot_steps": getattr(driver, "critical_slot_steps", None),
+            "population_steps": getattr(driver, "population_steps", None),
             "chunks": driver.chunk, "bucket_calls": driver.bucket_calls,
             "pipelined": getattr(driver, "lagged", False),
-            "buckets": len(driver.buckets), "compile_s": meter.seconds - compile0,
+            "buckets": len(driver.buckets), "slots_per_bucket": driver.capacity,
+            "compile_s": meter.seconds - compile0,
             "compiles": meter.compiles - compiles0, "finished_trials": finished,
             "first_trial_s": first[0] if first else None}
 
@@ -200,6 +216,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--activations", default="relu,tanh",
                    help="activation choices of the space (one value fixes it)")
+    p.add_argument("--vary", action="append", default=[], metavar="NAME=V1,V2",
+                   help="a choice of the space, e.g. a bucket setting (batch_size=32,64 or "
+                   "depth=1,2: each value is another program); repeatable")
+    p.add_argument("--capacity", choices=("population", "share"), default="population",
+                   help="slots per bucket: the whole population (the sweep's rule), or the "
+                   "population shared evenly by the space's buckets (the rule before 2026-12-07, "
+                   "to compare)")
     p.add_argument("--data", default="digits")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ref-steps", type=int, default=200,
@@ -255,6 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         row.update(
             member_steps_per_s=rate, trainer_member_steps_per_s=ref, sweep_efficiency=rate / ref,
             busy_slot_fraction=row["member_steps"] / computed,
+            occupancy=row["member_steps"] / row["population_steps"],
             packing_bound=row["member_steps"] / row["critical_slot_steps"],
             efficiency_of_bound=rate / ref / (row["member_steps"] / row["critical_slot_steps"]),
             host_ms_per_chunk=1e3 * overhead / max(calls, 1),
@@ -262,7 +286,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                if row["finished_trials"] else None),
             model=args.model, population=args.population, trials=args.trials, steps=args.steps,
             chunk=args.chunk, hidden=args.hidden, latent=args.latent, batch=args.batch,
-            activations=args.activations, data=args.data, tiny=args.tiny,
+            activations=args.activations, vary=args.vary, capacity=args.capacity,
+            slots_per_bucket=row["slots_per_bucket"], data=args.data, tiny=args.tiny,
             device=f"{device.platform}:{device.device_kind}", devices=jax.device_count(),
             cores=os.cpu_count(), load_avg=os.getloadavg()[0], jax=jax.__version__)
         print(json.dumps(row), flush=True)

@@ -19,7 +19,7 @@ import math
 import jax
 import numpy as np
 
-from jaxae import hparams, placement
+from jaxae import grouping, hparams, placement
 from jaxae import population as pop_lib
 from jaxae import sharding as sharding_lib
 from jaxae.config import SweepConfig, count_buckets, value_range
@@ -55,6 +55,12 @@ def activations(config: SweepConfig) -> str | tuple[str, ...]:
     return names[0] if len(names) == 1 else names
 
 
+# The most parameter and moment bytes a sweep's buckets hold, all at the population's size, before
+# the population is shared among them instead (``capacity``): every small or medium model of the
+# field at the usual populations (64-128-32 on digits: ~0.3 MB a member, 3,000 slots).
+DEMAND_STATE_BYTES = 2**30
+
+
 def member_keys(config: SweepConfig, trial: int, replicate: int) -> dict[str, np.ndarray]:
     """The PRNG keys of one member of ``trial``; with common random numbers, replicate r of every
     trial shares one data order."""
@@ -64,11 +70,42 @@ def member_keys(config: SweepConfig, trial: int, replicate: int) -> dict[str, np
     return keys
 
 
-def capacity(config: SweepConfig, mesh: jax.sharding.Mesh) -> int:
-    """Slots per bucket: the population shared by the space's buckets, whole replicate groups,
-    a multiple of the mesh's devices."""
-    per_bucket = max(config.repeats, math.ceil(config.population / count_buckets(config)))
-    return sharding_lib.round_up(config.repeats * math.ceil(per_bucket / config.repeats), mesh)
+def capacity(config: SweepConfig, mesh: jax.sharding.Mesh, features: int) -> int:
+    """Slots per bucket: the whole population (whole replicate groups, a multiple of the mesh's
+    devices), so that a job never waits for a slot while the population has room, whichever
+    buckets the searcher's jobs fall in (a chunk computes only a bucket's busy groups, and the
+    driver keeps at most the population's members training). Where every bucket's slots would
+    hold more than ``DEMAND_STATE_BYTES`` of parameters and moments, as many as fit, and never
+    fewer than the population shared evenly by the space's buckets.
+
+    A function of the sweep's settings and data shape alone (not of the machine), so a resumed
+    sweep and a retrained member find the layout the sweep ran in.
+    """
+    from jaxae import memory
+
+    held = memory.most_buckets(config) * memory.member_bytes(config, features)
+    fits = DEMAND_STATE_BYTES // max(held, 1)
+    most = config.repeats * math.ceil(min(config.population, fits) / config.repeats)
+    return sharding_lib.round_up(max(share(config), most), mesh)
+
+
+def share(config: SweepConfig) -> int:
+    """The population shared evenly by the space's buckets, in whole replicate groups."""
+    members = max(config.repeats, math.ceil(config.population / count_buckets(config)))
+    return config.repeats * math.ceil(members / config.repeats)
+
+
+def group(config: SweepConfig, spec: pop_lib.TrainSpec, slots: int,
+          mesh: jax.sharding.Mesh) -> int:
+    """Slots per group of a bucket's program with ``slots`` slots (``population.run_chunk``):
+    of each device's share when the mesh's devices each run their own, else of them all; on an
+    accelerator about the population's even share among the space's buckets at the fewest
+    (``grouping.group_size``'s ``least``). The driver's and a retrained member's."""
+    least = share(config)
+    if mesh.size == 1 or jax.process_count() > 1:
+        return grouping.group_size(spec, slots, least=least)
+    return grouping.group_size(spec, slots // mesh.size, per_device=True,
+                               least=-(-least // mesh.size))
 
 
 @functools.lru_cache(maxsize=256)

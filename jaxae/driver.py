@@ -144,7 +144,7 @@ class Driver:
             dataset.train.x, dataset.val.x)
         self.features = dataset.features
         self.repeats = config.repeats
-        self.capacity = buckets_lib.capacity(config, self.mesh)
+        self.capacity = buckets_lib.capacity(config, self.mesh, self.features)
         self.scheduler: Scheduler = make_scheduler(
             config.searcher,
             searched(config),
@@ -175,6 +175,9 @@ class Driver:
         # bounds a sweep's speed against the full population's: the packing bound).
         self.slot_steps = 0
         self.critical_slot_steps = 0
+        # ... and the chunks' steps times the population: member_steps over it is the share of
+        # the population that trained (``occupancy``: jobs waiting for slots lower it).
+        self.population_steps = 0
         self.bucket_calls = 0
         self._started: list[Event] = []
         self._keys: dict[int, list[dict[str, np.ndarray]]] = {}
@@ -215,7 +218,7 @@ class Driver:
                       for k in ("init_key", "data_key", "eval_key")},
                 target=np.zeros(n, np.int32), trial=np.full(n, -1, np.int32),
                 step=np.zeros(n, np.int32), diverged=np.zeros(n, bool), devices=self.mesh.size,
-                group=self._group(spec, n),
+                group=buckets_lib.group(self.config, spec, n, self.mesh),
                 # Paused members each device may hand to another per call: every call that
                 # moves any gathers this many rows from each device, so it stays small.
                 migrate=4 if self.pauses and self.local_mesh else 0)
@@ -465,6 +468,7 @@ class Driver:
         lists = 1 if self.local_mesh is None else self.mesh.size
         to_run = {b.key: b.groups_to_run(lists) for b in busy}
         n = chunk_length(remaining, self.config.chunk * self.rounds, self._overhead(busy, to_run))
+        self.population_steps += n * self.config.population
         self._compile([b for b in busy if b.compile_s is None], to_run)
         entries = []
         for bucket in busy:
@@ -604,13 +608,6 @@ class Driver:
                 done.result()
         for bucket in fresh:
             bucket.compile_s = time.perf_counter() - t0
-
-    def _group(self, spec: pop_lib.TrainSpec, slots: int) -> int:
-        """Slots per group of a bucket's program of ``slots`` slots: on each device's share when
-        each device runs its own (``shard_map``), else of the whole population."""
-        if self.local_mesh is None:
-            return grouping.group_size(spec, slots)
-        return grouping.group_size(spec, slots // self.mesh.size, per_device=True)
 
     def _overhead(self, busy: list[Bucket], to_run: dict[tuple, np.ndarray]) -> float:
         """A chunk's fixed host cost in steps of the groups it runs (``chunk_length``)."""

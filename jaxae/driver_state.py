@@ -46,6 +46,7 @@ def save(driver: Driver) -> bytes:
                   for j in driver.queue],
         "lagged": driver.lagged,
         "released": sorted(driver._released),
+        "capacity": driver.capacity,
     }
     # A pipelined sweep's chunk in flight: its results are read now but told by the next step,
     # as they would have been without this checkpoint (so it never changes the schedule).
@@ -83,6 +84,10 @@ def load(driver: Driver, data: bytes) -> None:
     driver.member_steps = meta["member_steps"]
     driver.scheduler = restore_scheduler(searched(driver.config), meta["scheduler"])
     driver.buckets = {}
+    # The slots per bucket the sweep ran with (a state written before 2026-12-07 names them
+    # through its buckets' owners), whatever this version's rule would give.
+    saved = meta.get("capacity", len(meta["buckets"][0]["owner"]) if meta["buckets"] else None)
+    driver.capacity = driver.capacity if saved is None else saved
     for i, b in enumerate(meta["buckets"]):
         key = tuple(b["key"])
         bucket = driver._bucket(key)

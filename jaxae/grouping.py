@@ -32,6 +32,13 @@ CPU_GROUP = 8
 CPU_GROUP_MIN = 2
 CPU_GROUP_BYTES = 2**20
 
+# On an accelerator, a training step of a group whose model FLOPs stay under this takes about its
+# launch latency whatever the group's size (~50 us of an H100's float32 peak): slots up to it
+# come nearly free, past it each costs its FLOPs (``group_size``'s ``least``). An estimate from
+# the H200 trainer's numbers (a 64-64-16 step of 64 members, batch 128: ~80 us for ~0.5 GFLOP), to
+# calibrate with bench/gpu.sh.
+ACCELERATOR_GROUP_FLOPS = 2e9
+
 # Share of the device's free memory that one group's activations may take.
 ACTIVATION_MEMORY_SHARE = 0.5
 
@@ -73,7 +80,8 @@ def memory_budget() -> int | None:
     return int(ACTIVATION_MEMORY_SHARE * free)
 
 
-def group_size(spec: TrainSpec, slots: int, *, per_device: bool = False) -> int:
+def group_size(spec: TrainSpec, slots: int, *, per_device: bool = False,
+               least: int | None = None) -> int:
     """How many slots train side by side (the rest wait their turn inside the same program).
 
     Accelerators take the whole population at once unless its activations would not fit the
@@ -81,6 +89,11 @@ def group_size(spec: TrainSpec, slots: int, *, per_device: bool = False) -> int:
     (``CPU_GROUP_BYTES``), within any memory budget set. The group is
     the largest divisor of ``slots`` within both limits. ``per_device``: ``slots`` are one
     device's share (inside ``shard_map``); otherwise several devices mean no grouping.
+    ``least``: on an accelerator, a group of only as many slots as a step of
+    ``ACCELERATOR_GROUP_FLOPS`` holds, but about ``least`` at the fewest (a sweep's bucket holds
+    the whole population's slots and computes only its groups with a busy slot: a compute-bound
+    program then computes about the population's even share among the buckets, as many slots
+    as the space's other buckets leave it, while a launch-bound one takes them all at once).
     """
     devices = jax.devices()
     if len(devices) > 1 and not per_device:
@@ -89,6 +102,11 @@ def group_size(spec: TrainSpec, slots: int, *, per_device: bool = False) -> int:
     if devices[0].platform == "cpu":
         fit = max(CPU_GROUP_MIN, CPU_GROUP_BYTES // activation_bytes(spec))
         limit = min(limit, CPU_GROUP, fit)
+    elif least is not None:
+        from jaxae.buckets import step_flops
+
+        free = int(ACCELERATOR_GROUP_FLOPS // max(step_flops(spec), 1.0))
+        limit = min(limit, max(least, free))
     budget = memory_budget()
     if budget is not None:
         limit = min(limit, max(1, budget // activation_bytes(spec)))

@@ -72,7 +72,38 @@ class Estimate(NamedTuple):
 def estimate(config, features: int, n_train: int, n_val: int, slots: int) -> Estimate:
     """The peak device memory of a sweep of ``config`` (a ``SweepConfig``) whose buckets hold
     ``slots`` slots each; the largest program bounds every bucket."""
-    from jaxae import grouping, hparams
+    from jaxae import grouping
+    from jaxae.buckets import share
+
+    specs = _specs(config, features)
+    member = max(grouping.state_bytes(s) for s in specs) + _MEMBER_OVERHEAD
+    least = share(config)
+    activations = max(grouping.group_size(s, slots, least=least) * grouping.activation_bytes(s)
+                      for s in specs)
+    buckets = most_buckets(config)
+    data = 4 * features * (n_train + n_val) + 4 * slots * buckets * config.chunk
+    return Estimate(buckets, slots, member, buckets * slots * member, activations, data)
+
+
+def most_buckets(config) -> int:
+    """How many buckets a sweep of ``config`` can hold at once: they are created lazily, at most
+    one per trial, and never freed."""
+    from jaxae.config import count_buckets
+
+    return min(count_buckets(config), config.trials)
+
+
+def member_bytes(config, features: int) -> int:
+    """Bytes one member of the largest program of ``config``'s space keeps between steps."""
+    from jaxae import grouping
+
+    return max(grouping.state_bytes(s) for s in _specs(config, features)) + _MEMBER_OVERHEAD
+
+
+def _specs(config, features: int) -> list:
+    """The programs (``TrainSpec``) of ``config``'s buckets, or, when they are many, the one that
+    bounds them all."""
+    from jaxae import hparams
     from jaxae.buckets import train_spec
     from jaxae.config import count_buckets, value_range
 
@@ -83,13 +114,7 @@ def estimate(config, features: int, n_train: int, n_val: int, slots: int) -> Est
         keys = list(itertools.product(*ranges))
     else:
         keys = [tuple(max(r) if all(isinstance(v, int) for v in r) else r[0] for r in ranges)]
-    specs = [train_spec(config, features, key) for key in keys]
-    member = max(grouping.state_bytes(s) for s in specs) + _MEMBER_OVERHEAD
-    activations = max(grouping.group_size(s, slots) * grouping.activation_bytes(s) for s in specs)
-    # Buckets are created lazily, at most one per trial, and never freed.
-    buckets = min(count_buckets(config), config.trials)
-    data = 4 * features * (n_train + n_val) + 4 * slots * buckets * config.chunk
-    return Estimate(buckets, slots, member, buckets * slots * member, activations, data)
+    return [train_spec(config, features, key) for key in keys]
 
 
 def check(config, features: int, n_train: int, n_val: int, slots: int, host_data: int) -> None:

@@ -221,7 +221,7 @@ def downstream(sweep: Sweep, *, top_k: int = 3, anomaly_class: int = 0,
     auc_fn = jax.vmap(metrics_lib.roc_auc, in_axes=(0, None))
     is_anomaly = (dataset.test.y == anomaly_class) if anomaly else None
 
-    mesh, slots = sweep_layout(sweep.config)
+    mesh, slots = sweep_layout(sweep.config, dataset.features)
     # Replicated over the mesh, as the driver holds them.
     train_rep, val_rep = (jax.device_put(x, sharding_lib.replicated(mesh))
                           for x in (dataset.train.x, dataset.val.x))
@@ -239,7 +239,9 @@ def downstream(sweep: Sweep, *, top_k: int = 3, anomaly_class: int = 0,
                      for t in trials]
         # The sweep's own layout (slots per bucket, devices), so the members reproduce their
         # trials exactly; scoring then uses only the members' slots.
-        pop = retrain(spec, members, train_rep, sweep.config.chunk, slots=slots, mesh=mesh)
+        group = buckets_lib.group(sweep.config, spec, slots, mesh)
+        pop = retrain(spec, members, train_rep, sweep.config.chunk, slots=slots, mesh=mesh,
+                      group=group)
         val = np.asarray(sharding_lib.to_host(
             pop_lib.evaluate(spec, pop, val_rep)["val_loss"]))[:len(members)]
         pop = _first(pop, len(members))
@@ -251,7 +253,7 @@ def downstream(sweep: Sweep, *, top_k: int = 3, anomaly_class: int = 0,
         scores = auc = None
         if anomaly:
             normal_pop = _first(retrain(spec, members, normal_rep, sweep.config.chunk,
-                                        slots=slots, mesh=mesh), len(members))
+                                        slots=slots, mesh=mesh, group=group), len(members))
             scores = recon_errors(spec, normal_pop, test_x)
             auc = np.asarray(auc_fn(scores, jnp.asarray(is_anomaly)))
             scores = np.asarray(scores)
@@ -289,7 +291,7 @@ def downstream(sweep: Sweep, *, top_k: int = 3, anomaly_class: int = 0,
 
 
 def retrain(spec: Any, members: Sequence[Any], train_x: Any, chunk: int,
-            slots: int | None = None, mesh: Any = None) -> Any:
+            slots: int | None = None, mesh: Any = None, group: int | None = None) -> Any:
     """Trains ``members`` (``population.Member``) from scratch in one population of their own,
     in chunks of the sweep's ``chunk`` steps, until each reaches its target.
 
@@ -301,6 +303,8 @@ def retrain(spec: Any, members: Sequence[Any], train_x: Any, chunk: int,
         slots: population size (at least ``len(members)``; the rest stay empty).
         mesh: a ``"pop"`` mesh of several devices to shard the slots over, each device training
             its own (as the sweep's driver does); None trains on one device.
+        group: slots trained side by side (per device), the sweep's bucket's
+            (``buckets.group``); None: ``grouping.group_size``'s.
 
     Returns:
         The trained ``population.Population`` (slot i holds members[i]).
@@ -318,11 +322,12 @@ def retrain(spec: Any, members: Sequence[Any], train_x: Any, chunk: int,
     for _ in range(math.ceil(max(m.target for m in members) / chunk)):
         if sharded:
             pop = sharding_lib.shard(pop, sharding_lib.slot_sharding(mesh))
-        pop, _ = pop_lib.train_chunk(spec, pop, train_x, chunk, mesh=mesh if sharded else None)
+        pop, _ = pop_lib.train_chunk(spec, pop, train_x, chunk, mesh=mesh if sharded else None,
+                                     group=group)
     return pop
 
 
-def sweep_layout(config: Any) -> tuple[Any, int]:
+def sweep_layout(config: Any, features: int) -> tuple[Any, int]:
     """The device mesh and slots per bucket the sweep's driver trained with.
 
     Retraining a member in that very layout runs the compiled program its trial ran, so it
@@ -338,7 +343,7 @@ def sweep_layout(config: Any) -> tuple[Any, int]:
     from jaxae import sharding as sharding_lib
 
     mesh = sharding_lib.slot_mesh()
-    return mesh, buckets.capacity(config, mesh)
+    return mesh, buckets.capacity(config, mesh, features)
 
 
 def _first(pop: Any, k: int) -> Any:

@@ -228,6 +228,7 @@ def test_sweep_bench_reports_the_sweep_against_the_trainer(bench):
         assert r["finished_trials"] == 6 and r["first_trial_s"] > 0 and r["cold_wall_s"] > 0
         assert 0 < r["busy_slot_fraction"] <= 1 and r["member_steps"] <= r["slot_steps"]
         assert 0 < r["packing_bound"] <= r["busy_slot_fraction"]
+        assert 0 < r["occupancy"] <= 1 and r["slots_per_bucket"] >= 4
         assert r["efficiency_of_bound"] == pytest.approx(r["sweep_efficiency"]
                                                          / r["packing_bound"])
         assert r["sweep_efficiency"] == pytest.approx(
@@ -236,6 +237,16 @@ def test_sweep_bench_reports_the_sweep_against_the_trainer(bench):
             r["member_steps"] / (r["wall_s"] - r["compile_s"]))
     # Random search trains every trial to the full budget; ASHA stops most of them early.
     assert rows[0]["member_steps"] == 6 * 30 > rows[1]["member_steps"]
+    # Two programs (depth 1 and 2), each holding the whole population or half of it.
+    split = [bench("sweep", "--tiny", "--searchers", "random", "--population", "4", "--trials",
+                   "6", "--steps", "20", "--chunk", "10", "--ref-steps", "10", "--ref-repeats",
+                   "1", "--vary", "depth=1,2", "--capacity", capacity)[0]
+             for capacity in ("population", "share")]
+    assert [r["buckets"] for r in split] == [2, 2] and [r["vary"] for r in split] == [
+        ["depth=1,2"]] * 2
+    d = split[0]["devices"]  # slots are a multiple of the devices
+    assert [r["slots_per_bucket"] for r in split] == [-(-4 // d) * d, -(-2 // d) * d]
+    assert split[0]["member_steps"] == split[1]["member_steps"] == 6 * 20
 
 
 def test_searchers_autoencoders_traces_each_sweep_and_scans_a_grid(bench):

@@ -47,7 +47,7 @@ import numpy as np  # noqa: E402
 from jaxae import buckets as buckets_lib  # noqa: E402
 from jaxae import data as data_lib  # noqa: E402
 from jaxae import driver as driver_lib  # noqa: E402
-from jaxae import placement  # noqa: E402
+from jaxae import memory, placement  # noqa: E402
 from jaxae import population as pop_lib  # noqa: E402
 from searchers import Job  # noqa: E402
 
@@ -220,7 +220,7 @@ def test_running_members_leave_sparse_groups_and_continue_exactly(devices, monke
                               timeout=600)
         assert done.returncode == 0 and "1 passed" in done.stdout, done.stdout + done.stderr
         return
-    monkeypatch.setattr(driver_lib.Driver, "_group", lambda self, spec, slots: 2)
+    monkeypatch.setattr(driver_lib.buckets_lib, "group", lambda config, spec, slots, mesh: 2)
     monkeypatch.setattr(driver_lib.Driver, "_overhead", lambda self, busy, to_run: 0.0)
     config = config_lib.build({**_small_config().to_dict(), "population": 8, "trials": 8,
                                "steps": 40})
@@ -322,16 +322,39 @@ def test_activations_are_a_per_slot_choice_with_each_activations_own_numbers():
         np.testing.assert_allclose(got, want, rtol=2e-6)
 
 
-def test_bucket_capacity_shares_the_population_in_whole_replicate_groups():
+def test_bucket_capacity_is_the_population_until_the_buckets_state_would_pass_its_cap(
+        monkeypatch):
     mesh = __import__("jaxae.sharding", fromlist=["slot_mesh"]).slot_mesh()
     two = config_lib.build({"population": 10, "repeats": 3, "space": {
         "depth": {"dist": "choice", "options": [1, 2]}}})
-    # 10 members over 2 buckets: 5 each, rounded up to whole groups of 3 replicates.
-    assert buckets_lib.capacity(two, mesh) == sharding_round(6, mesh)
+    # Each bucket holds the whole population (10 members, in whole groups of 3 replicates).
+    assert buckets_lib.capacity(two, mesh, 64) == sharding_round(12, mesh)
     one = config_lib.build({"population": 7})
-    assert buckets_lib.capacity(one, mesh) == sharding_round(7, mesh)
+    assert buckets_lib.capacity(one, mesh, 64) == sharding_round(7, mesh)
     assert json.loads(buckets_lib.bucket_json(bucket_of(one))) == {
         n: hparams.defaults("ae")[n] for n in hparams.BUCKET_NAMES}
+    # Where both buckets' slots at the population's size would pass the cap: as many as fit,
+    # never fewer than the population shared out (5 each, i.e. 6 in groups of 3).
+    member = memory.member_bytes(two, 64)
+    monkeypatch.setattr(buckets_lib, "DEMAND_STATE_BYTES", 2 * 9 * member)
+    assert buckets_lib.capacity(two, mesh, 64) == sharding_round(9, mesh)
+    monkeypatch.setattr(buckets_lib, "DEMAND_STATE_BYTES", 2 * member)
+    assert buckets_lib.capacity(two, mesh, 64) == sharding_round(6, mesh)
+
+
+def test_jobs_of_one_bucket_fill_the_population_while_others_are_empty():
+    space = {"depth": {"dist": "choice", "options": [1, 2]}, "hidden": 16, "latent_dim": 4}
+    config = config_lib.build({"searcher": "random", "population": 6, "trials": 12, "steps": 20,
+                               "seed": 1, "space": space})
+    driver = driver_lib.Driver(config, data_lib.load("digits"))
+    driver._fill()
+    depths = [run.config["depth"] for run in driver.running.values()]
+    assert len(driver.running) == 6 and not driver.queue
+    # More in one bucket than the population shared out evenly would give it (3, on a mesh).
+    assert max(depths.count(1), depths.count(2)) > sharding_round(3, driver.mesh)
+    while not driver.done:
+        driver.step()
+    assert driver.member_steps == 12 * 20
 
 
 def sharding_round(n, mesh):

@@ -69,3 +69,30 @@ def test_only_slots_holding_a_member_are_saved_and_every_slot_state_still_loads(
         np.testing.assert_array_equal([r[2] for r in _finish(loaded)], [r[2] for r in rest])
     final = serialization.msgpack_restore(driver_state.save(straight))  # nothing held at the end
     assert final["arrays"]["buckets"]["0"]["step"].shape == (0,)
+
+
+def test_a_sweep_continues_with_the_slots_per_bucket_it_ran_with(monkeypatch):
+    # Saved by a version whose buckets held fewer slots (a state without "capacity"): the
+    # loaded driver keeps the saver's layout, and ends as the saver does.
+    space = {"hidden": 16, "latent_dim": 4, "depth": {"dist": "choice", "options": [1, 2]}}
+    config = config_lib.build({"searcher": "asha", "population": 8, "trials": 10, "steps": 30,
+                               "chunk": 10, "space": space})
+    dataset = data_lib.load("digits")
+    monkeypatch.setattr(driver_lib.buckets_lib, "DEMAND_STATE_BYTES", 1)
+    straight = driver_lib.Driver(config, dataset)
+    monkeypatch.undo()
+    assert straight.capacity < driver_lib.Driver(config, dataset).capacity
+    while not straight.paused:
+        straight.step()
+    state = serialization.msgpack_restore(driver_state.save(straight))
+    meta = json.loads(state["meta"])
+    assert meta["capacity"] == straight.capacity
+    old = {**state, "meta": json.dumps({k: v for k, v in meta.items() if k != "capacity"})}
+    rest = _finish(straight)
+    for data in (serialization.msgpack_serialize(state), serialization.msgpack_serialize(old)):
+        loaded = driver_lib.Driver(config, dataset)
+        driver_state.load(loaded, data)
+        assert loaded.capacity == straight.capacity
+        again = _finish(loaded)
+        assert [r[:2] + (r[3],) for r in again] == [r[:2] + (r[3],) for r in rest]
+        np.testing.assert_array_equal([r[2] for r in again], [r[2] for r in rest])

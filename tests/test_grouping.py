@@ -61,3 +61,26 @@ def test_memory_budget_comes_from_the_environment_and_bounds_the_group(monkeypat
     assert grouping.memory_budget() == 2 * grouping.activation_bytes(spec)
     assert grouping.group_size(spec, 12) == 2
     assert grouping.group_size(spec, 9) == 1  # 9 has no divisor 2: one slot at a time
+
+
+class _Accelerator:
+    platform = "gpu"
+
+    def memory_stats(self):
+        return {}
+
+
+@pytest.mark.parametrize("hidden,batch,least,expected", [
+    (64, 64, 16, 64),     # a launch-bound step: the whole bucket at once
+    (2048, 128, 16, 16),  # compute-bound: the population's even share among the buckets
+    (2048, 128, 24, 16),  # the largest divisor of 64 up to the share
+    (2048, 128, None, 64)])  # no share given: every slot, as before
+def test_an_accelerator_group_takes_what_a_launch_bound_step_holds_and_at_least_the_share(
+        monkeypatch, hidden, batch, least, expected):
+    monkeypatch.setattr(grouping.jax, "devices", lambda: [_Accelerator()])
+    spec = spec_of(hidden=hidden, latent_dim=8, batch_size=batch)
+    # Model FLOPs of a step of one member: 6 x batch x the matmuls' multiply-adds.
+    flops = 6 * batch * 2 * (64 * hidden + hidden * 8)
+    free = grouping.ACCELERATOR_GROUP_FLOPS // flops
+    assert free >= 64 if hidden == 64 else free < 16  # the cases' premise
+    assert grouping.group_size(spec, 64, least=least) == expected

@@ -22,7 +22,8 @@ def pipelined(monkeypatch):
 
 def _driver(searcher="asha", trials=8, learning_rate=None, model="ae", steps=30):
     config = config_lib.build({
-        "model": model, "searcher": searcher, "population": 4, "trials": trials, "steps": steps, "chunk": 10,
+        "model": model, "searcher": searcher, "population": 4, "trials": trials, "steps": steps,
+        "chunk": 10,
         "space": {"hidden": 16, "latent_dim": 4, "batch_size": 16, "learning_rate": (
             learning_rate or {"dist": "float", "low": 1e-3, "high": 1e-2, "log": True})}})
     return driver_lib.Driver(config, data_lib.load("digits"))
