@@ -53,9 +53,9 @@ if [[ $PHASE == trainer || $PHASE == all ]]; then
 fi
 if [[ $PHASE == buckets || $PHASE == all ]]; then
   # A space of two programs (batch size 64 or 128), TPE concentrating on one: each bucket holding
-  # the whole population (the sweep's rule since 2026-12-07) against the even share (before);
-  # occupancy and wall time side by side (this model's step is launch-bound: a bucket computes
-  # all its slots at once, grouping.ACCELERATOR_GROUP_FLOPS).
+  # the whole population (accelerators' rule since 2026-12-07) against the even share (CPUs',
+  # and everywhere before); occupancy and wall time side by side (this model's step is
+  # launch-bound: a bucket computes all its slots at once, grouping.ACCELERATOR_GROUP_FLOPS).
   BUCKETS="--searchers tpe --population 64 --trials 256 --steps 1000 --hidden 128 --latent 32 --vary batch_size=64,128 --no-warm"
   run sweep-buckets 75 $PY bench/sweep.py $BUCKETS --capacity population
   run sweep-buckets-share 75 $PY bench/sweep.py $BUCKETS --capacity share

@@ -28,8 +28,8 @@ One JSON line per searcher, printed as soon as it ends:
   per finished trial: the driver's own cost.
 * ``first_trial_s``: from the start of ``driver.run`` to the first finished (completed, pruned or
   diverged) trial, compilation included.
-* ``slots_per_bucket``: each bucket's slots (``--capacity``: the whole population, the sweep's
-  rule, or the even share among the space's buckets, the rule before 2026-12-07).
+* ``slots_per_bucket``: each bucket's slots (``--capacity``: the platform's rule, or forced: the
+  whole population, accelerators' rule, or the even share among the space's buckets, CPUs').
 * ``pipelined``: whether the sweep dispatched each chunk before reading the previous one's
   results (``JAXAE_PIPELINE=on``; ``driver.pipelined``).
 * Each sweep runs twice in the process; the second (warm: compiled, first calls made) is the
@@ -44,7 +44,7 @@ Examples:
     PYTHONPATH=$PWD python3 bench/sweep.py --searchers random,asha --trials 192 --steps 400
     PYTHONPATH=$PWD python3 bench/sweep.py --tiny
     PYTHONPATH=$PWD python3 bench/sweep.py --searchers tpe --vary batch_size=32,64 \
-        --vary depth=1,2 --capacity share    # four programs, each holding 16 of the 64 slots
+        --vary depth=1,2 --capacity population    # four programs, each with slots for all 64
     PYTHONPATH=$PWD python3 bench/sweep.py --model vae --searchers asha,random --trials 256 \
         --steps 2000 --hidden 64 --latent 16
 """
@@ -163,7 +163,6 @@ def run_sweep(args: argparse.Namespace, searcher: str, dataset, meter: CompileMe
     from jaxae import buckets as buckets_lib
     from jaxae import driver as driver_lib
     from jaxae import runner
-    from jaxae import sharding as sharding_lib
     from jaxae.store import TrialStore
 
     config = sweep_config(args, searcher)
@@ -180,8 +179,9 @@ def run_sweep(args: argparse.Namespace, searcher: str, dataset, meter: CompileMe
         store = TrialStore(out / "trials.db")
         try:
             driver = driver_lib.Driver(config, dataset)
-            if args.capacity == "share":  # before any bucket exists
-                driver.capacity = sharding_lib.round_up(buckets_lib.share(config), driver.mesh)
+            if args.capacity != "auto":  # before any bucket exists
+                driver.capacity = buckets_lib.capacity(config, driver.mesh, dataset.features,
+                                                       whole=args.capacity == "population")
             runner.run(driver, store, out, checkpoint_every=args.checkpoint_every,
                            on_chunk=on_chunk)
             wall = time.perf_counter() - t0
@@ -219,10 +219,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--vary", action="append", default=[], metavar="NAME=V1,V2",
                    help="a choice of the space, e.g. a bucket setting (batch_size=32,64 or "
                    "depth=1,2: each value is another program); repeatable")
-    p.add_argument("--capacity", choices=("population", "share"), default="population",
-                   help="slots per bucket: the whole population (the sweep's rule), or the "
-                   "population shared evenly by the space's buckets (the rule before 2026-12-07, "
-                   "to compare)")
+    p.add_argument("--capacity", choices=("auto", "population", "share"), default="auto",
+                   help="slots per bucket: the sweep's rule for the platform (auto), the whole "
+                   "population (accelerators'), or the population shared evenly by the space's "
+                   "buckets (CPUs'); see buckets.capacity")
     p.add_argument("--data", default="digits")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ref-steps", type=int, default=200,

@@ -59,6 +59,8 @@ def activations(config: SweepConfig) -> str | tuple[str, ...]:
 # the population is shared among them instead (``capacity``): every small or medium model of the
 # field at the usual populations (64-128-32 on digits: ~0.3 MB a member, 3,000 slots).
 DEMAND_STATE_BYTES = 2**30
+# Platforms whose buckets share the population evenly instead (``capacity``).
+SHARED_BUCKETS = frozenset({"cpu"})
 
 
 def member_keys(config: SweepConfig, trial: int, replicate: int) -> dict[str, np.ndarray]:
@@ -70,19 +72,30 @@ def member_keys(config: SweepConfig, trial: int, replicate: int) -> dict[str, np
     return keys
 
 
-def capacity(config: SweepConfig, mesh: jax.sharding.Mesh, features: int) -> int:
-    """Slots per bucket: the whole population (whole replicate groups, a multiple of the mesh's
-    devices), so that a job never waits for a slot while the population has room, whichever
-    buckets the searcher's jobs fall in (a chunk computes only a bucket's busy groups, and the
-    driver keeps at most the population's members training). Where every bucket's slots would
-    hold more than ``DEMAND_STATE_BYTES`` of parameters and moments, as many as fit, and never
-    fewer than the population shared evenly by the space's buckets.
+def capacity(config: SweepConfig, mesh: jax.sharding.Mesh, features: int,
+             whole: bool | None = None) -> int:
+    """Slots per bucket (whole replicate groups, a multiple of the mesh's devices).
 
-    A function of the sweep's settings and data shape alone (not of the machine), so a resumed
-    sweep and a retrained member find the layout the sweep ran in.
+    On an accelerator the whole population, so that a job never waits for a slot while the
+    population has room, whichever buckets the searcher's jobs fall in (a chunk computes only a
+    bucket's busy groups, at most the population's members train, and a launch-bound step costs
+    the same for any number of slots); where every bucket's slots would hold more than
+    ``DEMAND_STATE_BYTES`` of parameters and moments, as many as fit, and never fewer than the
+    population shared evenly by the space's buckets (``share``). On a CPU that share: a CPU
+    device computes its busy groups one after another, so a chunk's time follows its members
+    whatever a bucket holds, and larger buckets only gather a sparse bucket's few members into
+    fewer, larger groups on fewer cores (bench/RESULTS.md, 2026-12-07 c: 3-50 % slower).
+    ``whole`` forces one rule (True: the population's, False: the share).
+
+    A function of the sweep's settings, data shape and platform: a resumed sweep keeps the
+    layout its checkpoint names (``driver_state``).
     """
     from jaxae import memory
 
+    if whole is None:
+        whole = mesh.devices.flat[0].platform not in SHARED_BUCKETS
+    if not whole:
+        return sharding_lib.round_up(share(config), mesh)
     held = memory.most_buckets(config) * memory.member_bytes(config, features)
     fits = DEMAND_STATE_BYTES // max(held, 1)
     most = config.repeats * math.ceil(min(config.population, fits) / config.repeats)

@@ -322,19 +322,23 @@ def test_activations_are_a_per_slot_choice_with_each_activations_own_numbers():
         np.testing.assert_allclose(got, want, rtol=2e-6)
 
 
-def test_bucket_capacity_is_the_population_until_the_buckets_state_would_pass_its_cap(
+def test_bucket_capacity_is_the_population_on_accelerators_and_an_even_share_on_cpus(
         monkeypatch):
     mesh = __import__("jaxae.sharding", fromlist=["slot_mesh"]).slot_mesh()
     two = config_lib.build({"population": 10, "repeats": 3, "space": {
         "depth": {"dist": "choice", "options": [1, 2]}}})
-    # Each bucket holds the whole population (10 members, in whole groups of 3 replicates).
-    assert buckets_lib.capacity(two, mesh, 64) == sharding_round(12, mesh)
+    # A CPU: 10 members over 2 buckets, 5 each, rounded up to whole groups of 3 replicates.
+    assert mesh.devices.flat[0].platform == "cpu"
+    assert buckets_lib.capacity(two, mesh, 64) == sharding_round(6, mesh)
     one = config_lib.build({"population": 7})
     assert buckets_lib.capacity(one, mesh, 64) == sharding_round(7, mesh)
     assert json.loads(buckets_lib.bucket_json(bucket_of(one))) == {
         n: hparams.defaults("ae")[n] for n in hparams.BUCKET_NAMES}
-    # Where both buckets' slots at the population's size would pass the cap: as many as fit,
-    # never fewer than the population shared out (5 each, i.e. 6 in groups of 3).
+    # An accelerator's rule: each bucket holds the whole population (10, in groups of 3) ...
+    monkeypatch.setattr(buckets_lib, "SHARED_BUCKETS", frozenset())
+    assert buckets_lib.capacity(two, mesh, 64) == sharding_round(12, mesh)
+    assert buckets_lib.capacity(one, mesh, 64) == sharding_round(7, mesh)
+    # ... while both buckets' state stays under the cap: else as many as fit, at least the share.
     member = memory.member_bytes(two, 64)
     monkeypatch.setattr(buckets_lib, "DEMAND_STATE_BYTES", 2 * 9 * member)
     assert buckets_lib.capacity(two, mesh, 64) == sharding_round(9, mesh)
@@ -346,15 +350,21 @@ def test_jobs_of_one_bucket_fill_the_population_while_others_are_empty():
     space = {"depth": {"dist": "choice", "options": [1, 2]}, "hidden": 16, "latent_dim": 4}
     config = config_lib.build({"searcher": "random", "population": 6, "trials": 12, "steps": 20,
                                "seed": 1, "space": space})
-    driver = driver_lib.Driver(config, data_lib.load("digits"))
-    driver._fill()
-    depths = [run.config["depth"] for run in driver.running.values()]
-    assert len(driver.running) == 6 and not driver.queue
-    # More in one bucket than the population shared out evenly would give it (3, on a mesh).
-    assert max(depths.count(1), depths.count(2)) > sharding_round(3, driver.mesh)
-    while not driver.done:
-        driver.step()
-    assert driver.member_steps == 12 * 20
+    dataset = data_lib.load("digits")
+    running = {}
+    for whole in (False, True):
+        driver = driver_lib.Driver(config, dataset)
+        driver.capacity = buckets_lib.capacity(config, driver.mesh, dataset.features, whole)
+        driver._fill()
+        running[whole] = len(driver.running)
+        jobs = [r.job for r in driver.running.values()] + driver.queue
+        depths = [job.config["depth"] for job in jobs]
+        # More in one bucket than the population shared out evenly gives it (3, on a mesh).
+        assert max(depths.count(1), depths.count(2)) > sharding_round(3, driver.mesh)
+        while not driver.done:
+            driver.step()
+        assert driver.member_steps == 12 * 20
+    assert running[True] == 6 > running[False]  # with the even share, jobs wait
 
 
 def sharding_round(n, mesh):

@@ -72,15 +72,15 @@ def test_only_slots_holding_a_member_are_saved_and_every_slot_state_still_loads(
 
 
 def test_a_sweep_continues_with_the_slots_per_bucket_it_ran_with(monkeypatch):
-    # Saved by a version whose buckets held fewer slots (a state without "capacity"): the
-    # loaded driver keeps the saver's layout, and ends as the saver does.
+    # Saved on a CPU (each bucket: an even share of the population; a state without
+    # "capacity" names it through its owners), loaded where the rule gives each bucket the whole
+    # population: the loaded driver keeps the saver's layout, and ends as the saver does.
     space = {"hidden": 16, "latent_dim": 4, "depth": {"dist": "choice", "options": [1, 2]}}
     config = config_lib.build({"searcher": "asha", "population": 8, "trials": 10, "steps": 30,
                                "chunk": 10, "space": space})
     dataset = data_lib.load("digits")
-    monkeypatch.setattr(driver_lib.buckets_lib, "DEMAND_STATE_BYTES", 1)
     straight = driver_lib.Driver(config, dataset)
-    monkeypatch.undo()
+    monkeypatch.setattr(driver_lib.buckets_lib, "SHARED_BUCKETS", frozenset())
     assert straight.capacity < driver_lib.Driver(config, dataset).capacity
     while not straight.paused:
         straight.step()
