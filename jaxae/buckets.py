@@ -196,8 +196,9 @@ class Bucket:
 
     def take_row(self, device: int) -> int | None:
         """A free parking row of ``device`` (now taken), or None."""
+        per_device = self.rows // self.devices  # row_device's divisor, once per call
         for i, row in enumerate(self.free_rows):
-            if self.row_device(row) == device:
+            if row // per_device == device:
                 return self.free_rows.pop(i)
         return None
 
@@ -293,7 +294,8 @@ class Bucket:
         per_device = len(self.owner) // self.devices
         first = busiest * per_device // self.group
         groups = [g for g in range(first, first + per_device // self.group) if per_group[g]]
-        rows = sum(self.row_device(r) == busiest for r in self.free_rows)
+        per_row_device = self.rows // self.devices
+        rows = sum(r // per_row_device == busiest for r in self.free_rows)
         settled = self.settled()
         for g in sorted(groups, key=lambda g: (per_group[g], g)):
             members = np.flatnonzero(occupied[g * self.group: (g + 1) * self.group])
