@@ -171,6 +171,8 @@ def _by_block(mask: jax.Array, update: Callable, state: Any) -> Any:
     any block."""
     slots = mask.shape[0]
     block = place_block(slots)
+    if block == slots:  # one block (an accelerator's): a branch, not a loop of one iteration
+        return jax.lax.cond(jnp.any(mask), lambda s: update(0, block, s), lambda s: s, state)
     touched = jnp.any(mask.reshape(slots // block, block), axis=1)
     (order,) = jnp.nonzero(touched, size=touched.shape[0], fill_value=0)
     return jax.lax.fori_loop(0, jnp.sum(touched),
