@@ -64,6 +64,8 @@ class BracketScheduler(Scheduler):
         self.brackets: list[Bracket] = []
         self._bracket_of: dict[int, int] = {}
         self._pending: list[tuple[int, int]] = []  # decided promotions not yet out: (trial, budget)
+        self._told: dict[tuple[int, int], int] = {}  # (bracket, rung) -> members told (a cache)
+        self._filling = 0  # no bracket before it wants new trials (a cache)
 
     def bracket_of(self, trial_id: int) -> int:
         """Index in ``brackets`` of the bracket a trial belongs to."""
@@ -78,7 +80,12 @@ class BracketScheduler(Scheduler):
         while self._pending and len(jobs) < n:
             jobs.append(self._continue(*self._pending.pop(0)))
         while len(jobs) < n and len(self.trials) < self.max_trials:
-            j = next((j for j, b in enumerate(self.brackets) if b.wants_new()), None)
+            # A bracket's first rung only fills: the brackets before the first that wants new
+            # trials never will again (Hyperband opens hundreds in a large sweep).
+            while self._filling < len(self.brackets) and not self.brackets[
+                    self._filling].wants_new():
+                self._filling += 1
+            j = self._filling if self._filling < len(self.brackets) else None
             if j is None:
                 bracket = self._open_bracket()
                 if bracket is None:
@@ -99,15 +106,23 @@ class BracketScheduler(Scheduler):
         if k == len(bracket.budgets) - 1 or (k == 0 and bracket.wants_new()):
             return
         members = bracket.members[k]
-        if any(budget not in self.trials[t].losses for t in members):
+        # The rung's members before ``told`` have reported at its budget (a loss, once told, is
+        # kept): each tell moves past the ones told since, instead of scanning the rung again.
+        key = (self._bracket_of[trial_id], k)
+        told = self._told.get(key, 0)
+        while told < len(members) and budget in self.trials[members[told]].losses:
+            told += 1
+        self._told[key] = told
+        if told < len(members):
             return  # the rung is still running: synchronous, so wait for all of it
         ranked = sorted((t for t in members if math.isfinite(self.trials[t].losses[budget])),
                         key=lambda t: (self.trials[t].losses[budget], t))
         promoted = ranked[:bracket.sizes[k + 1]]
         bracket.members[k + 1] = promoted
         self._pending.extend((t, bracket.budgets[k + 1]) for t in promoted)
+        kept = set(promoted)
         for t in members:
-            if t not in promoted:
+            if t not in kept:
                 self._stop_if_paused(t)
 
     def _exhausted(self) -> bool:
@@ -126,6 +141,7 @@ class BracketScheduler(Scheduler):
         self.brackets = [Bracket.from_dict(d) for d in state["brackets"]]
         self._bracket_of = {t: j for j, b in enumerate(self.brackets) for t in b.members[0]}
         self._pending = [(int(t), int(b)) for t, b in state["pending"]]
+        self._told, self._filling = {}, 0
 
     @classmethod
     def _construct(cls, space: Space, sampler: Searcher,

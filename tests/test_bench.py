@@ -294,3 +294,11 @@ def test_searcher_benches_refuse_an_optuna_gp_run_without_torch(monkeypatch, cap
         rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
         assert rows[0]["method"] == name and "PyTorch" in rows[0]["skipped"]
         assert name not in {r["method"] for r in rows[1:]}
+
+
+def test_schedulers_bench_drives_each_scheduler_to_its_end(bench):
+    rows = bench("schedulers", "--trials", "30,90", "--population", "4")
+    assert [(r["searcher"], r["trials"]) for r in rows] == [
+        (name, n) for name in ("sha", "hyperband", "asha") for n in (30, 90)]
+    for r in rows:
+        assert r["tells"] >= r["trials"] and r["us_per_tell"] > 0

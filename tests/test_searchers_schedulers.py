@@ -394,6 +394,31 @@ def test_asha_fills_every_slot_and_promotes_only_the_top_fraction(slots, eta):
     assert promotions > 0
 
 
+class SortingASHA(ASHA):
+    """ASHA's promotion rule as Li et al. state it, with no index: sort rung k, take its top
+    ``floor(|rung| / eta)``, promote the best of them not yet promoted and still paused."""
+
+    def _promotable(self, k):
+        rung = self.rungs[k]
+        top = sorted(rung, key=lambda t: (rung[t], t))[:len(rung) // self.eta]
+        return next((t for t in top if math.isfinite(rung[t]) and t not in self.promoted[k]
+                     and self.trials[t].status == "paused"), None)
+
+
+@pytest.mark.parametrize(("slots", "eta", "fail_rate"), [(1, 3, 0.1), (7, 2, 0.3), (16, 3, 0.0)])
+def test_asha_promotes_what_sorting_each_rung_would(slots, eta, fail_rate):
+    def run(cls):
+        scheduler = cls(SPACE, max_trials=150, max_budget=5 * eta**3, min_budget=5, eta=eta)
+        driver = Driver(scheduler, slots=slots, fail_rate=fail_rate)
+        driver.run()
+        return driver.log, [scheduler.status(t) for t in range(scheduler.num_trials)]
+
+    (log, statuses), sorting = run(ASHA), run(SortingASHA)
+    assert (log, statuses) == sorting
+    asked = [budget for entry in log if entry[0] == "ask" for _, budget, _ in entry[1]]
+    assert asked.count(5 * eta**3) > 0  # promotions up to the top rung happened
+
+
 def test_synchronous_rungs_wait_for_the_whole_rung():
     scheduler = SuccessiveHalving(SPACE, max_trials=9, max_budget=9, min_budget=1, eta=3)
     jobs = scheduler.ask(20)
