@@ -191,12 +191,16 @@ class Bucket:
     def slot_device(self, slot: int) -> int:
         return slot // (len(self.owner) // self.devices)
 
+    @property
+    def rows_per_device(self) -> int:
+        return self.rows // self.devices
+
     def row_device(self, row: int) -> int:
-        return row // (self.rows // self.devices)
+        return row // self.rows_per_device
 
     def take_row(self, device: int) -> int | None:
         """A free parking row of ``device`` (now taken), or None."""
-        per_device = self.rows // self.devices  # row_device's divisor, once per call
+        per_device = self.rows_per_device  # once, not per row (hundreds in a large sweep)
         for i, row in enumerate(self.free_rows):
             if row // per_device == device:
                 return self.free_rows.pop(i)
@@ -220,7 +224,7 @@ class Bucket:
         free = np.flatnonzero(mine < 0)
         if free.size == 0:
             return None
-        mine[free[0]] = row % (self.rows // self.devices)
+        mine[free[0]] = row % self.rows_per_device
         return device * self.migrate + int(free[0])
 
     def continue_from(self, row: int, slot: int, across: bool) -> None:
@@ -294,8 +298,8 @@ class Bucket:
         per_device = len(self.owner) // self.devices
         first = busiest * per_device // self.group
         groups = [g for g in range(first, first + per_device // self.group) if per_group[g]]
-        per_row_device = self.rows // self.devices
-        rows = sum(r // per_row_device == busiest for r in self.free_rows)
+        per_device_rows = self.rows_per_device
+        rows = sum(r // per_device_rows == busiest for r in self.free_rows)
         settled = self.settled()
         for g in sorted(groups, key=lambda g: (per_group[g], g)):
             members = np.flatnonzero(occupied[g * self.group: (g + 1) * self.group])
@@ -365,7 +369,7 @@ class Bucket:
 
     def plan(self) -> placement.Plan:
         """The pending placements, parking rows counted from the first row of each device."""
-        per_device = max(self.rows // self.devices, 1)
+        per_device = max(self.rows_per_device, 1)
         local = lambda r: np.where(r >= 0, r % per_device, -1).astype(np.int32)  # noqa: E731
         return placement.Plan(self.new, local(self.park), local(self.restore), self.hparams,
                               self.keys["init_key"], self.keys["data_key"], self.keys["eval_key"],

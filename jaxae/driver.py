@@ -238,7 +238,7 @@ class Driver:
         them: a new placement program's shape, so this happens a few times per sweep at most).
         Each device's rows keep their members; row numbers are remapped."""
         devices = self.mesh.size
-        have = bucket.rows // devices
+        have = bucket.rows_per_device
         if per_device <= have:
             return
         grown = max(per_device, 2 * have)
@@ -639,7 +639,7 @@ class Driver:
                 for slot in run.slots:
                     row = bucket.take_row(bucket.slot_device(slot))
                     if row is None:
-                        self._grow_parking(bucket, bucket.rows // self.mesh.size + 1)
+                        self._grow_parking(bucket, bucket.rows_per_device + 1)
                         row = bucket.take_row(bucket.slot_device(slot))
                     rows.append(row)
                 bucket.park[run.slots] = rows

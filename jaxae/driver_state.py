@@ -87,7 +87,8 @@ def load(driver: Driver, data: bytes) -> None:
     # The slots per bucket the sweep ran with (a state written before 2026-12-07 names them
     # through its buckets' owners), whatever this version's rule would give.
     saved = meta.get("capacity", len(meta["buckets"][0]["owner"]) if meta["buckets"] else None)
-    driver.capacity = driver.capacity if saved is None else saved
+    if saved is not None:
+        driver.capacity = saved
     for i, b in enumerate(meta["buckets"]):
         key = tuple(b["key"])
         bucket = driver._bucket(key)
