@@ -287,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             model=args.model, population=args.population, trials=args.trials, steps=args.steps,
             chunk=args.chunk, hidden=args.hidden, latent=args.latent, batch=args.batch,
             activations=args.activations, vary=args.vary, capacity=args.capacity,
-            slots_per_bucket=row["slots_per_bucket"], data=args.data, tiny=args.tiny,
+            data=args.data, tiny=args.tiny,
             device=f"{device.platform}:{device.device_kind}", devices=jax.device_count(),
             cores=os.cpu_count(), load_avg=os.getloadavg()[0], jax=jax.__version__)
         print(json.dumps(row), flush=True)
