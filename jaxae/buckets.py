@@ -61,6 +61,9 @@ def activations(config: SweepConfig) -> str | tuple[str, ...]:
 DEMAND_STATE_BYTES = 2**30
 # Platforms whose buckets share the population evenly instead (``capacity``).
 SHARED_BUCKETS = frozenset({"cpu"})
+# Device memory a bucket's parking lot (paused members) starts with at most (``parking_rows``); it
+# grows past it only when more members are paused at once.
+PARKING_BYTES = 256 * 2**20
 
 
 def member_keys(config: SweepConfig, trial: int, replicate: int) -> dict[str, np.ndarray]:
@@ -100,6 +103,21 @@ def capacity(config: SweepConfig, mesh: jax.sharding.Mesh, features: int,
     fits = DEMAND_STATE_BYTES // max(held, 1)
     most = config.repeats * math.ceil(min(config.population, fits) / config.repeats)
     return sharding_lib.round_up(max(share(config), most), mesh)
+
+
+def parking_rows(config: SweepConfig, spec: pop_lib.TrainSpec, slots: int, devices: int) -> int:
+    """Parking rows per device that a bucket of ``slots`` slots starts with where the sweep's
+    scheduler pauses trials: as many as members can be paused at once (every trial's), within
+    ``PARKING_BYTES``, and at least the bucket's slots. Each growth copies the lot and compiles
+    another placement program, which a sweep then pays for at most a few times instead of at
+    every doubling."""
+    fit = PARKING_BYTES // max(grouping.state_bytes(spec), 1)
+    return -(-min(most_parked(config), max(slots, fit)) // devices)
+
+
+def most_parked(config: SweepConfig) -> int:
+    """Parking rows one device of a bucket ever needs: every member of every trial paused on it."""
+    return config.trials * config.repeats
 
 
 def share(config: SweepConfig) -> int:

@@ -35,7 +35,7 @@ import jax
 import numpy as np
 
 from jaxae import buckets as buckets_lib
-from jaxae import driver_state, grouping, hparams, placement, programs, runner
+from jaxae import driver_state, hparams, placement, programs, runner
 from jaxae import population as pop_lib
 from jaxae import sharding as sharding_lib
 from jaxae.buckets import Bucket, member_keys, train_spec
@@ -52,9 +52,6 @@ from searchers import FullBudget, Job, Scheduler, make_scheduler
 # not measurements of this run, so a sweep's schedule is the same on every machine of a platform.
 CHUNK_HOST_S = {"cpu": 2e-3, "gpu": 1e-3, "tpu": 1e-3}
 DEVICE_FLOPS = {"cpu": 4e10, "gpu": 4e13, "tpu": 4e13}
-# Device memory a bucket's parking lot (paused members) starts with at most; it grows past it only
-# when more members are paused at once.
-PARKING_BYTES = 256 * 2**20
 
 # The most rounds of ``chunk`` steps one program call trains (``population.run_chunk``): a call's
 # fixed cost is paid once per this many evaluations. Accelerators, whose calls cost more than
@@ -223,13 +220,8 @@ class Driver:
                 # moves any gathers this many rows from each device, so it stays small.
                 migrate=4 if self.pauses and self.local_mesh else 0)
             if self.pauses:
-                # As many rows as members can be paused at once (every trial's), within
-                # PARKING_BYTES: each growth copies the lot and compiles another placement
-                # program, which a sweep then pays for at most a few times instead of at every
-                # doubling.
-                most = self.config.trials * self.repeats
-                fit = PARKING_BYTES // max(grouping.state_bytes(spec), 1)
-                self._grow_parking(bucket, -(-min(most, max(n, fit)) // self.mesh.size))
+                self._grow_parking(bucket, buckets_lib.parking_rows(self.config, spec, n,
+                                                                    self.mesh.size))
             self.buckets[key] = bucket
         return self.buckets[key]
 
@@ -241,7 +233,8 @@ class Driver:
         have = bucket.rows_per_device
         if per_device <= have:
             return
-        grown = max(per_device, 2 * have)
+        # Never more than every member of every trial (``memory``'s estimate counts on it).
+        grown = max(per_device, min(2 * have, buckets_lib.most_parked(self.config)))
         old = None if bucket.parked is None else sharding_lib.to_host(bucket.parked)
         shapes = jax.tree.map(lambda a: (a.shape[1:], a.dtype), bucket.pop)
         remap = {d * have + i: d * grown + i for d in range(devices) for i in range(have)}

@@ -63,15 +63,17 @@ class Estimate(NamedTuple):
     state: int  # buckets x slots x member
     activations: int  # one training group of the largest program
     data: int  # train and val on the device, plus the chunk's losses
+    parking: int = 0  # paused members' rows (schedulers that pause trials), at their most
 
     @property
     def device(self) -> int:
-        return self.state + self.activations + self.data
+        return self.state + self.parking + self.activations + self.data
 
 
-def estimate(config, features: int, n_train: int, n_val: int, slots: int) -> Estimate:
+def estimate(config, features: int, n_train: int, n_val: int, slots: int, devices: int = 1
+             ) -> Estimate:
     """The peak device memory of a sweep of ``config`` (a ``SweepConfig``) whose buckets hold
-    ``slots`` slots each; the largest program bounds every bucket."""
+    ``slots`` slots each over ``devices`` devices; the largest program bounds every bucket."""
     from jaxae import grouping
     from jaxae.buckets import share
 
@@ -82,7 +84,28 @@ def estimate(config, features: int, n_train: int, n_val: int, slots: int) -> Est
                       for s in specs)
     buckets = most_buckets(config)
     data = 4 * features * (n_train + n_val) + 4 * slots * buckets * config.chunk
-    return Estimate(buckets, slots, member, buckets * slots * member, activations, data)
+    return Estimate(buckets, slots, member, buckets * slots * member, activations, data,
+                    parking(config, specs, slots, devices))
+
+
+def parking(config, specs: list, slots: int, devices: int) -> int:
+    """The most bytes a sweep's parking lots (``Driver._grow_parking``) hold: none where no trial
+    pauses (the black-box searchers, population-based training); else each bucket's first rows
+    (``buckets.parking_rows``) plus at most twice the members paused at once (a lot doubles when
+    a device lacks a row), and never more than every trial's members on every device of every
+    bucket."""
+    from jaxae import grouping
+    from jaxae.buckets import most_parked, parking_rows
+    from searchers import MULTI_FIDELITY
+
+    if config.searcher not in MULTI_FIDELITY:
+        return 0
+    most = most_parked(config)
+    member = max(grouping.state_bytes(s) for s in specs) + _MEMBER_OVERHEAD
+    first = max(devices * parking_rows(config, s, slots, devices)
+                * (grouping.state_bytes(s) + _MEMBER_OVERHEAD) for s in specs)
+    buckets = most_buckets(config)
+    return min(buckets * devices * most * member, buckets * first + 2 * most * member)
 
 
 def most_buckets(config) -> int:
@@ -117,7 +140,8 @@ def _specs(config, features: int) -> list:
     return [train_spec(config, features, key) for key in keys]
 
 
-def check(config, features: int, n_train: int, n_val: int, slots: int, host_data: int) -> None:
+def check(config, features: int, n_train: int, n_val: int, slots: int, host_data: int,
+          devices: int = 1) -> None:
     """Refuses a sweep that cannot fit, naming the numbers.
 
     Args:
@@ -125,14 +149,16 @@ def check(config, features: int, n_train: int, n_val: int, slots: int, host_data
         features, n_train, n_val: the data's shape.
         slots: slots per bucket (``Driver.capacity``).
         host_data: bytes the data set already holds on the host.
+        devices: devices the slots are sharded over (each keeps its own parking rows).
 
     Raises:
         UserError: the estimate exceeds the device's free memory, or (with checkpoints' host
             copies; on a CPU, with the device's share too) the host's available memory.
     """
-    e = estimate(config, features, n_train, n_val, slots)
+    e = estimate(config, features, n_train, n_val, slots, devices)
     device_free = device_available()
-    host_need = _CHECKPOINT_COPIES * e.state + host_data + _RUNTIME
+    # A checkpoint copies the paused members too.
+    host_need = _CHECKPOINT_COPIES * (e.state + e.parking) + host_data + _RUNTIME
     if device_free is None:  # a CPU: the device's memory is the host's
         host_need += e.device
     elif e.device > device_free:
@@ -146,8 +172,10 @@ def _refuse(e: Estimate, need: int, where: str, free: int) -> None:
     raise UserError(
         f"this sweep needs about {_size(need)} of {where} memory ({e.buckets} program(s) x "
         f"{e.slots} slots x {_size(e.member)} of parameters and optimizer state per member, "
-        f"{_size(e.activations)} of activations, {_size(e.data)} of data), but only "
-        f"{_size(free)} is available; lower --population or the widths in [space]")
+        f"{_size(e.activations)} of activations, {_size(e.data)} of data"
+        + (f", {_size(e.parking)} for paused members" if e.parking else "")
+        + f"), but only {_size(free)} is available; lower --population"
+        + (", --trials" if e.parking else "") + " or the widths in [space]")
 
 
 def _size(n: int) -> str:

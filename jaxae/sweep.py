@@ -212,7 +212,8 @@ def _run(args: argparse.Namespace, stop: StopOnSignal) -> int:
     else:
         driver = driver_lib.Driver(config, dataset)
     memory.check(config, dataset.features, len(dataset.train), len(dataset.val), driver.capacity,
-                 host_data=sum(a.nbytes for a in arrays.values() if a is not None))
+                 host_data=sum(a.nbytes for a in arrays.values() if a is not None),
+                 devices=driver.mesh.size)
     if not primary:
         return _run_secondary(args, driver, out, fingerprint)
     lock = outdir.own(out, args.resume)

@@ -26,6 +26,7 @@ from searchers.hyperband import Hyperband
 from searchers.pbt import PBT, Decision
 from searchers.random_search import RandomSearch
 from searchers.registry import (
+    MULTI_FIDELITY,
     SAMPLERS,
     SCHEDULERS,
     make_sampler,
@@ -51,6 +52,7 @@ __all__ = [
     "ASHA",
     "CMAES",
     "GP",
+    "MULTI_FIDELITY",
     "PBT",
     "SAMPLERS",
     "SCHEDULERS",

@@ -30,8 +30,8 @@ from searchers.space import Space
 from searchers.successive_halving import SuccessiveHalving
 from searchers.tpe import TPE
 
-__all__ = ["SAMPLERS", "SCHEDULERS", "SEARCHERS", "make_sampler", "make_scheduler",
-           "restore_scheduler"]
+__all__ = ["MULTI_FIDELITY", "SAMPLERS", "SCHEDULERS", "SEARCHERS", "make_sampler",
+           "make_scheduler", "restore_scheduler"]
 
 SCHEDULERS: tuple[str, ...] = ("random", "grid", "cmaes", "tpe", "gp", "sha", "hyperband", "asha")
 SAMPLERS: tuple[str, ...] = ("random", "grid", "cmaes", "tpe", "gp")  # for make_sampler, by name
@@ -41,6 +41,8 @@ _MULTI_FIDELITY: dict[str, type[SuccessiveHalving | Hyperband | ASHA]] = {
     "hyperband": Hyperband,
     "asha": ASHA,
 }
+# The schedulers that pause trials between rungs (the rest run each trial once, to the end).
+MULTI_FIDELITY: tuple[str, ...] = tuple(_MULTI_FIDELITY)
 _BY_KIND: dict[str, type[Scheduler]] = {
     cls.kind: cls for cls in (FullBudget, SuccessiveHalving, Hyperband, ASHA)
 }

@@ -125,11 +125,11 @@ def _straight(config, dataset, job_config, trial, steps):
     return float(pop_lib.evaluate(spec, pop, jax.numpy.asarray(dataset.val.x))["val_loss"][0])
 
 
-@pytest.mark.parametrize("parking_bytes", [driver_lib.PARKING_BYTES, 1])
+@pytest.mark.parametrize("parking_bytes", [buckets_lib.PARKING_BYTES, 1])
 def test_a_paused_trial_continues_from_its_parking_row_as_if_never_paused(parking_bytes,
                                                                           monkeypatch):
     # 1 byte: the lot starts with a row per slot and grows (copying its rows) when it must.
-    monkeypatch.setattr(driver_lib, "PARKING_BYTES", parking_bytes)
+    monkeypatch.setattr(buckets_lib, "PARKING_BYTES", parking_bytes)
     config = _small_config()
     dataset = data_lib.load("digits")
     configs = [{"learning_rate": lr} for lr in (2e-3, 5e-3, 8e-3)]
@@ -154,8 +154,52 @@ def test_a_paused_trial_continues_from_its_parking_row_as_if_never_paused(parkin
                     {driver_lib.sharding_lib.round_up(config.trials, driver.mesh)})  # per trial
 
 
+@pytest.mark.parametrize("parking_bytes", [buckets_lib.PARKING_BYTES, 1])
+def test_the_memory_estimate_bounds_the_parking_lots_of_a_real_sweep(parking_bytes, monkeypatch):
+    # 1 byte: each lot starts with a row per slot and doubles when a device lacks a row.
+    monkeypatch.setattr(buckets_lib, "PARKING_BYTES", parking_bytes)
+    config = config_lib.build({**_small_config(depth={"dist": "choice", "options": [1, 2]}
+                                               ).to_dict(), "trials": 24, "min_steps": 5})
+    dataset = data_lib.load("digits")
+    driver = driver_lib.Driver(config, dataset)
+    most, peak_paused = 0, 0
+    while not driver.done:
+        driver.step()
+        lots = [b.parked for b in driver.buckets.values() if b.parked is not None]
+        most = max(most, sum(leaf.nbytes for lot in lots for leaf in jax.tree.leaves(lot)))
+        peak_paused = max(peak_paused, len(driver.paused))
+        for b in driver.buckets.values():  # a lot never outgrows every trial's members
+            assert b.rows_per_device <= buckets_lib.most_parked(config)
+    assert peak_paused > 1 and len(driver.buckets) == 2
+    e = memory.estimate(config, dataset.features, len(dataset.train), len(dataset.val),
+                        driver.capacity, driver.mesh.size)
+    assert 0 < most <= e.parking
+    assert e.device == e.state + e.parking + e.activations + e.data
+    # Schedulers that never pause hold no lot, and the estimate counts none.
+    full = config_lib.build({**config.to_dict(), "searcher": "random"})
+    assert memory.estimate(full, dataset.features, len(dataset.train), len(dataset.val),
+                           driver.capacity, driver.mesh.size).parking == 0
+
+
+def test_a_sweep_whose_paused_members_cannot_fit_is_refused_naming_them(monkeypatch):
+    from jaxae.errors import UserError
+
+    config = config_lib.build({**_small_config().to_dict(), "trials": 5000, "steps": 2000,
+                               "space": {"hidden": 512, "latent_dim": 32}})
+    full = config_lib.build({**config.to_dict(), "searcher": "random"})
+    shape = (64, 1000, 200, 4)  # features, train, val, slots
+    paused, plain = memory.estimate(config, *shape), memory.estimate(full, *shape)
+    assert paused.parking > 10 * plain.state and plain.parking == 0
+    # Host memory for the black-box sweep (and its checkpoints) but not for its paused members.
+    need = memory._CHECKPOINT_COPIES * plain.state + plain.device + memory._RUNTIME
+    monkeypatch.setattr(memory, "host_available", lambda: need + plain.parking + 2**20)
+    memory.check(full, *shape, host_data=0)
+    with pytest.raises(UserError, match=r"for paused members.*lower --population, --trials"):
+        memory.check(config, *shape, host_data=0)
+
+
 def test_the_parking_lot_grows_past_its_first_size_keeping_every_paused_member(monkeypatch):
-    monkeypatch.setattr(driver_lib, "PARKING_BYTES", 1)  # starts with a row per slot
+    monkeypatch.setattr(buckets_lib, "PARKING_BYTES", 1)  # starts with a row per slot
     config = config_lib.build({**_small_config().to_dict(), "trials": 8})
     dataset = data_lib.load("digits")
     configs = [{"learning_rate": float(lr)} for lr in np.geomspace(1e-3, 1e-2, 8)]
