@@ -112,7 +112,9 @@ def sweep_config(args: argparse.Namespace, searcher: str):
     return config_lib.build({"model": args.model, "searcher": searcher,
                              "population": args.population, "trials": args.trials,
                              "steps": args.steps, "seed": args.seed, "chunk": args.chunk,
-                             "data": args.data, "space": space(args)})
+                             "data": args.data, "space": space(args),
+                             **({} if args.curve_examples is None
+                                else {"curve_examples": args.curve_examples})})
 
 
 def trainer_timer(args: argparse.Namespace, dataset):
@@ -230,6 +232,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--ref-repeats", type=int, default=2,
                    help="trainer timing rounds before the first and after every sweep")
     p.add_argument("--checkpoint-every", type=float, default=30.0)
+    p.add_argument("--curve-examples", type=int, default=None,
+                   help="validation examples of each curve point (0: all) [default: the "
+                   "sweep's, population.CURVE_EXAMPLES]")
     p.add_argument("--no-warm", dest="warm", action="store_false",
                    help="measure the first (cold) run of each sweep instead of a second one")
     p.add_argument("--tiny", action="store_true",
@@ -287,6 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             model=args.model, population=args.population, trials=args.trials, steps=args.steps,
             chunk=args.chunk, hidden=args.hidden, latent=args.latent, batch=args.batch,
             activations=args.activations, vary=args.vary, capacity=args.capacity,
+            curve_examples=args.curve_examples,
             data=args.data, tiny=args.tiny,
             device=f"{device.platform}:{device.device_kind}", devices=jax.device_count(),
             cores=os.cpu_count(), load_avg=os.getloadavg()[0], jax=jax.__version__)

@@ -40,6 +40,7 @@ LIMITS = {
     "repeats": 2**10,
     "eta": 2**10,
     "pbt_ready": 2**30,
+    "curve_examples": 2**30,
 }
 
 
@@ -59,6 +60,9 @@ class SweepConfig:
     aggregate: str = "mean"
     crn: bool = False
     chunk: int = 50
+    # Validation examples of each learning-curve point (the split's first ones; 0: all of it);
+    # None: population.CURVE_EXAMPLES. A job's result always uses the whole split.
+    curve_examples: int | None = None
     eta: int = 3
     min_steps: int | None = None
     sampler: str = "random"
@@ -73,7 +77,7 @@ class SweepConfig:
         d = dataclasses.asdict(self)
         # Left out while unset, so a sweep stored before they existed keeps its fingerprint
         # (and resumes).
-        for name in PBT_SETTINGS:
+        for name in (*PBT_SETTINGS, "curve_examples"):
             if d[name] is None:
                 del d[name]
         return d
@@ -159,7 +163,7 @@ _SETTINGS = tuple(name for name in _FIELDS if name != "space")  # the [sweep] ke
 _CHOICES = {"model": hparams.MODELS, "searcher": SEARCHER_NAMES, "aggregate": AGGREGATES,
             "sampler": tuple(SAMPLERS), "precision": PRECISION_NAMES}
 _LOWS = {"population": 1, "trials": 1, "steps": 1, "seed": 0, "repeats": 1, "chunk": 1, "eta": 2,
-         "min_steps": 1, "pbt_ready": 1}
+         "min_steps": 1, "pbt_ready": 1, "curve_examples": 0}
 # Real-valued settings: (low, high, whether low itself is allowed).
 _REALS = {"pbt_fraction": (0.0, 0.5, False), "pbt_resample": (0.0, 1.0, True)}
 
@@ -355,3 +359,13 @@ def value_range(config: SweepConfig, name: str) -> list[Any]:
 def count_buckets(config: SweepConfig) -> int:
     """How many distinct compiled programs the space can ask for."""
     return math.prod(len(set(value_range(config, name))) for name in hparams.BUCKET_NAMES)
+
+
+def curve_examples(config: SweepConfig) -> int | None:
+    """Validation examples of a sweep's learning-curve points (``population.run_chunk``'s
+    ``curve``): None for all of the split."""
+    from jaxae.population import CURVE_EXAMPLES
+
+    if config.curve_examples is None:
+        return CURVE_EXAMPLES
+    return config.curve_examples or None

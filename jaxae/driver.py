@@ -39,7 +39,7 @@ from jaxae import driver_state, hparams, placement, programs, runner
 from jaxae import population as pop_lib
 from jaxae import sharding as sharding_lib
 from jaxae.buckets import Bucket, member_keys, train_spec
-from jaxae.config import SweepConfig, fixed, searched
+from jaxae.config import SweepConfig, curve_examples, fixed, searched
 from jaxae.data import Dataset
 from jaxae.jobs import Event, Paused, Running, aggregate
 from jaxae.store import TrialStore
@@ -545,9 +545,10 @@ class Driver:
                 run = self.running.get(owner[0])
                 if run is None or run.job.budget != before.target[slot]:
                     continue
+                # The whole split's loss (the curve's points may use fewer examples).
+                loss = host["final"][slot] if "final" in host else host["val"][rounds - 1, slot]
                 finished.setdefault(owner[0], []).append(
-                    (owner[1], float(host["val"][rounds - 1, slot]), bool(diverged[-1, slot]),
-                     int(step[-1, slot])))
+                    (owner[1], float(loss), bool(diverged[-1, slot]), int(step[-1, slot])))
                 if before.active[slot] and diverged[-1, slot] and owner[0] not in self._released:
                     now = run.slots[owner[1]]  # stopped where it diverged, wherever it is now
                     bucket.step[now], bucket.diverged[now] = step[-1, slot], True
@@ -560,16 +561,18 @@ class Driver:
         if bucket.key not in self._program_pairs:
             spec, length, rounds, mesh, group = (bucket.spec, self.config.chunk, self.rounds,
                                                  self.local_mesh, bucket.group)
+            curve = curve_examples(self.config)
             place = functools.partial(placement.place, spec, mesh=mesh)
             run = lambda f: lambda pop, x, val, groups, steps: f(  # noqa: E731
-                spec, pop, x, val, groups, length, rounds, steps, mesh=mesh, group=group)
+                spec, pop, x, val, groups, length, rounds, steps, mesh=mesh, group=group,
+                curve=curve)
             self._program_pairs[bucket.key] = (
                 programs.Program("place", place, functools.partial(placement.place.lower, spec,
                                                                    mesh=mesh),
                                  (spec, mesh), donated=2),
                 programs.Program("run_chunk", run(pop_lib.run_chunk_packed),
                                  run(pop_lib.run_chunk_packed.lower),
-                                 (spec, length, rounds, mesh, group), donated=1))
+                                 (spec, length, rounds, mesh, group, curve), donated=1))
         return self._program_pairs[bucket.key]
 
     def _chunk_args(self, bucket: Bucket, groups: np.ndarray, steps: int) -> tuple:

@@ -43,6 +43,10 @@ from jaxae.sharding import AXIS
 TRACES: collections.Counter = collections.Counter()
 
 EVAL_BLOCK = 1024  # validation examples per block: bounds eval memory at [slots, block, hidden].
+# Validation examples of a sweep's learning-curve points (``run_chunk``'s ``curve``): the first
+# this many of the split (a random permutation, so a uniform subset). A job's result is always
+# measured on the whole split.
+CURVE_EXAMPLES = 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -309,11 +313,11 @@ def _evaluate_member(spec: TrainSpec, blocks: tuple[jax.Array, jax.Array], m: Po
     return {k: jnp.sum(v) / total for k, v in sums.items()}
 
 
-@functools.partial(jax.jit, static_argnums=(0, 5, 6), static_argnames=("mesh", "group"),
+@functools.partial(jax.jit, static_argnums=(0, 5, 6), static_argnames=("mesh", "group", "curve"),
                    donate_argnums=(1,))
 def run_chunk(spec: TrainSpec, pop: Population, train_x: jax.Array, val_x: jax.Array,
               groups: jax.Array, length: int, rounds: int, steps: jax.Array,
-              mesh: Mesh | None = None, group: int | None = None
+              mesh: Mesh | None = None, group: int | None = None, curve: int | None = None
               ) -> tuple[Population, dict[str, jax.Array]]:
     """A sweep's chunk: up to ``rounds`` rounds of ``length`` steps, each followed by an
     evaluation, in one program call (``steps`` of them in all, a dynamic count: the last round
@@ -340,53 +344,81 @@ def run_chunk(spec: TrainSpec, pop: Population, train_x: jax.Array, val_x: jax.A
             own groups (``shard_map``).
         group: slots per group on each device, a divisor of the device's slots; None:
             ``grouping.group_size``'s.
+        curve: validation examples of each round's evaluation (the first ``curve`` of
+            ``val_x``); None, or at least ``val_x``'s: all of them. When fewer, a group any of
+            whose members' job ends in the chunk (its target reached, or diverged) is also
+            evaluated on the whole split once, after its last round: a job's result is the same
+            whatever ``curve`` is, and curve points cost ``curve`` examples, not the split.
 
     Returns:
         The new population and, per round and slot, ``{"train": [rounds, slots] mean training
         loss (NaN: none), "val": [rounds, slots], "step": [rounds, slots], "diverged": [rounds,
-        slots]}``; slots of groups that did not run, and rounds past the last one run, keep NaN
-        losses and the slot's step and divergence as the chunk found them. Every member's
-        numbers are those of ``train_chunk`` alone.
+        slots]}``, and with a ``curve`` below the split's size ``"final": [slots]``, the whole
+        split's loss where the group was evaluated on it (NaN elsewhere); slots of groups that
+        did not run, and rounds past the last one run, keep NaN losses and the slot's step and
+        divergence as the chunk found them. Every member's numbers are those of ``train_chunk``
+        alone.
     """
     TRACES["run_chunk"] += 1
     TRACES["run_chunk", spec] += 1
+    curve = _curve_examples(curve, val_x.shape[0])
     local = functools.partial(_run_groups, spec, length=length, rounds=rounds, group=group,
-                              per_device=mesh is not None and mesh.size > 1)
+                              per_device=mesh is not None and mesh.size > 1, curve=curve)
     if mesh is not None and mesh.size > 1:
+        per_round = PartitionSpec(None, AXIS)
+        outs = {name: per_round for name in ("train", "val", "step", "diverged")}
+        if curve is not None:
+            outs["final"] = PartitionSpec(AXIS)
         local = jax.shard_map(
             local, mesh=mesh,
             in_specs=(PartitionSpec(AXIS), PartitionSpec(), PartitionSpec(), PartitionSpec(AXIS),
                       PartitionSpec()),
-            out_specs=(PartitionSpec(AXIS), PartitionSpec(None, AXIS)))
+            out_specs=(PartitionSpec(AXIS), outs))
     return local(pop, train_x, val_x, groups, steps)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 5, 6), static_argnames=("mesh", "group"),
+def _curve_examples(curve: int | None, n_val: int) -> int | None:
+    """``run_chunk``'s ``curve`` where it is below the split's size, else None (all of it)."""
+    if curve is None or curve >= n_val:
+        return None
+    if curve < 1:
+        raise ValueError(f"curve must be a positive number of examples, got {curve}")
+    return curve
+
+
+@functools.partial(jax.jit, static_argnums=(0, 5, 6), static_argnames=("mesh", "group", "curve"),
                    donate_argnums=(1,))
 def run_chunk_packed(spec: TrainSpec, pop: Population, train_x: jax.Array, val_x: jax.Array,
                      groups: jax.Array, length: int, rounds: int, steps: jax.Array,
-                     mesh: Mesh | None = None, group: int | None = None
+                     mesh: Mesh | None = None, group: int | None = None, curve: int | None = None
                      ) -> tuple[Population, jax.Array]:
     """``run_chunk`` whose results come as one float32 array [4, rounds, slots] (train, val,
-    steps, divergence; the last two bit for bit as int32 in float32's bits): a sweep reads a
-    chunk back in one device-to-host transfer instead of four (``unpack_results``)."""
+    steps, divergence; the last two bit for bit as int32 in float32's bits), and a fifth row of
+    ``final`` (the same in every round) where it has one: a sweep reads a chunk back in one
+    device-to-host transfer (``unpack_results``)."""
     pop, out = run_chunk(spec, pop, train_x, val_x, groups, length, rounds, steps, mesh=mesh,
-                         group=group)
+                         group=group, curve=curve)
     as_float = lambda a: jax.lax.bitcast_convert_type(a.astype(jnp.int32), jnp.float32)  # noqa: E731
-    return pop, jnp.stack([out["train"], out["val"], as_float(out["step"]),
-                           as_float(out["diverged"])])
+    rows = [out["train"], out["val"], as_float(out["step"]), as_float(out["diverged"])]
+    if "final" in out:
+        rows.append(jnp.broadcast_to(out["final"], out["val"].shape))
+    return pop, jnp.stack(rows)
 
 
 def unpack_results(packed: np.ndarray) -> dict[str, np.ndarray]:
     """``run_chunk``'s results from ``run_chunk_packed``'s array, on the host."""
     packed = np.asarray(packed, np.float32)
-    ints = packed[2:].view(np.int32)
-    return {"train": packed[0], "val": packed[1], "step": ints[0], "diverged": ints[1] != 0}
+    ints = packed[2:4].view(np.int32)
+    out = {"train": packed[0], "val": packed[1], "step": ints[0], "diverged": ints[1] != 0}
+    if len(packed) > 4:
+        out["final"] = packed[4, 0]
+    return out
 
 
 def _run_groups(spec: TrainSpec, pop: Population, train_x: jax.Array, val_x: jax.Array,
                 groups: jax.Array, steps: jax.Array, *, length: int, rounds: int,
-                group: int | None, per_device: bool) -> tuple[Population, dict[str, jax.Array]]:
+                group: int | None, per_device: bool, curve: int | None = None
+                ) -> tuple[Population, dict[str, jax.Array]]:
     """``run_chunk`` on one device's slots: a loop over the listed groups, each through every
     round (its state stays in cache for the whole chunk)."""
     slots = pop.size
@@ -395,6 +427,8 @@ def _run_groups(spec: TrainSpec, pop: Population, train_x: jax.Array, val_x: jax
     split = lambda a: a.reshape((num_groups, group, *a.shape[1:]))  # noqa: E731
     by_group = jax.tree.map(split, pop)
     blocks = _blocks(val_x)
+    # Each round's curve point on the split's first ``curve`` examples (all: None).
+    curve_blocks = blocks if curve is None else _blocks(val_x[:curve])
     as_rounds = lambda a: jnp.broadcast_to(split(a), (rounds, num_groups, group))  # noqa: E731
     # NaN derived from the slots' steps, so that inside shard_map it varies over the slot axis
     # like the losses written into it (a while loop's carry must keep its type).
@@ -402,6 +436,8 @@ def _run_groups(spec: TrainSpec, pop: Population, train_x: jax.Array, val_x: jax
         as_rounds(pop.step), jnp.float32)
     out = {"train": nan, "val": nan, "step": as_rounds(pop.step),
            "diverged": as_rounds(pop.diverged)}
+    if curve is not None:
+        out["final"] = nan[0]
     num_rounds = (steps + length - 1) // length
 
     def one_group(i, carry):
@@ -419,16 +455,29 @@ def _run_groups(spec: TrainSpec, pop: Population, train_x: jax.Array, val_x: jax
             count = finite.sum(axis=1)
             train = jnp.where(finite, losses, 0.0).sum(axis=1) / jnp.where(count > 0, count,
                                                                             jnp.nan)
-            val = jax.vmap(functools.partial(_evaluate_member, spec, blocks))(members)
+            val = jax.vmap(functools.partial(_evaluate_member, spec, curve_blocks))(members)
             new = {"train": train, "val": val["val_loss"], "step": members.step,
                    "diverged": members.diverged}
-            return members, {k: out[k].at[r, g].set(new[k]) for k in out}
+            return members, {k: out[k].at[r, g].set(new[k]) if k != "final" else out[k]
+                             for k in out}
 
         members, out = jax.lax.fori_loop(0, num_rounds, one_round, (members, out))
+        if curve is not None:
+            # A stopped member's parameters no longer change, so this is its loss where it
+            # stopped, as a round's evaluation on the whole split would have given it.
+            stopped = (members.trial >= 0) & ((members.step >= members.target)
+                                              | members.diverged)
+            skipped = jnp.zeros_like(members.step, jnp.float32) + jnp.nan
+            final = jax.lax.cond(
+                stopped.any(),
+                lambda m: jax.vmap(functools.partial(_evaluate_member, spec, blocks))(m)[
+                    "val_loss"],
+                lambda m: skipped, members)
+            out = {**out, "final": out["final"].at[g].set(final)}
         return jax.tree.map(lambda a, b: a.at[g].set(b), by_group, members), out
 
     count = jnp.sum(groups >= 0)
     by_group, out = jax.lax.fori_loop(0, count, one_group, (by_group, out))
     merge = lambda a: a.reshape((slots, *a.shape[2:]))  # noqa: E731
     return (jax.tree.map(merge, by_group),
-            {k: v.reshape((rounds, slots)) for k, v in out.items()})
+            {k: v.reshape((slots,) if k == "final" else (rounds, slots)) for k, v in out.items()})

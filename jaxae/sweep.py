@@ -96,6 +96,9 @@ def parser() -> argparse.ArgumentParser:
         f"on CPUs [default: {d.precision}]")
     add("--chunk", type=int, default=None,
         help=f"steps trained per jitted call between evaluations [default: {d.chunk}]")
+    add("--curve-examples", type=int, default=None, metavar="N", dest="curve_examples",
+        help="validation examples of each learning-curve point (the split's first N; 0: all); "
+        "a trial's loss always uses the whole split [default: 1024]")
     add("--checkpoint-every", type=float, default=CHECKPOINT_EVERY, metavar="SECONDS",
         help=f"seconds between checkpoints (0: after every chunk) [default: {CHECKPOINT_EVERY:g}]")
     add("--no-report", action="store_true", help="skip the report at the end")
@@ -127,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 _FLAG_SETTINGS = ("model", "searcher", "population", "trials", "steps", "seed", "data", "repeats",
                   "aggregate", "crn", "eta", "min_steps", "sampler", "chunk", "precision",
-                  "pbt_ready", "pbt_fraction", "pbt_resample")
+                  "pbt_ready", "pbt_fraction", "pbt_resample", "curve_examples")
 
 
 def _settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str]]:

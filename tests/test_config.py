@@ -110,3 +110,21 @@ def test_value_ranges_and_bucket_counts_of_a_space():
     assert config_lib.count_buckets(both) == 3 * 2
     assert set(config_lib.searched(config)) == {"depth", "activation", "beta"}
     assert config_lib.fixed(config) == {"hidden": 48}
+
+
+def test_curve_examples_is_a_count_of_examples_stored_only_when_set():
+    from jaxae.population import CURVE_EXAMPLES
+
+    assert "curve_examples = -1" in refused({"curve_examples": -1})
+    assert "curve_examples = 1.5" in refused({"curve_examples": 1.5})
+    assert "--curve-examples" in refused({"curve_examples": True},
+                                         {"curve_examples": "--curve-examples"})
+    unset = config_lib.build({})
+    # A sweep stored before the setting existed keeps its fingerprint (resumes): unset, it is
+    # not in the stored form, and the default applies.
+    assert "curve_examples" not in unset.to_dict()
+    assert config_lib.curve_examples(unset) == CURVE_EXAMPLES
+    assert config_lib.curve_examples(config_lib.build({"curve_examples": 0})) is None  # all
+    some = config_lib.build({"curve_examples": 300})
+    assert some.to_dict()["curve_examples"] == 300 and config_lib.curve_examples(some) == 300
+    assert config_lib.build(some.to_dict()) == some

@@ -114,15 +114,50 @@ def _small_config(searcher="asha", **space):
                   **space}})
 
 
-def _straight(config, dataset, job_config, trial, steps):
-    """``trial`` trained alone, in one program call, straight to ``steps``: its final val loss."""
+def _straight(config, dataset, job_config, trial, steps, examples=None):
+    """``trial`` trained alone, in one program call, straight to ``steps``: its final val loss
+    (on the split's first ``examples``; None: all)."""
     resolved = hparams.resolve(config.model, {**config_lib.fixed(config), **job_config})
     spec = train_spec(config, dataset.features, tuple(resolved[n] for n in hparams.BUCKET_NAMES))
     member = placement.Member(trial, resolved, steps, buckets_lib.member_keys(config, trial, 0),
                               horizon=config.steps)
     pop = placement.assign(spec, placement.create(spec, 1), [0], [member])
     pop, _ = pop_lib.train_chunk(spec, pop, jax.numpy.asarray(dataset.train.x), steps)
-    return float(pop_lib.evaluate(spec, pop, jax.numpy.asarray(dataset.val.x))["val_loss"][0])
+    val = jax.numpy.asarray(dataset.val.x[:examples])
+    return float(pop_lib.evaluate(spec, pop, val)["val_loss"][0])
+
+
+def test_curve_points_use_the_first_examples_and_every_result_the_whole_split():
+    dataset = data_lib.load("digits")  # 270 validation examples
+    runs = {}
+    for examples in (0, 100):  # 0: all of them
+        config = config_lib.build({**_small_config().to_dict(), "trials": 6, "min_steps": 3,
+                                   "curve_examples": examples})
+        driver = driver_lib.Driver(config, dataset)
+        events, curves = [], []
+        while not driver.done:
+            e, c = driver.step()
+            events += e
+            curves += c
+        runs[examples] = (config, driver, events, curves)
+    (_, whole, events, curves), (config, part, events_100, curves_100) = runs[0], runs[100]
+    # The same jobs and results, to the bit: only the curves' validation points differ.
+    assert whole.scheduler.state_dict() == part.scheduler.state_dict()
+    assert [(e.trial, e.status, e.val_loss, e.steps) for e in events] == [
+        (e.trial, e.status, e.val_loss, e.steps) for e in events_100]
+    assert [c[:4] for c in curves] == [c[:4] for c in curves_100]
+    assert any(a[4] != b[4] for a, b in zip(curves, curves_100, strict=True))
+    # Each point is the trial's loss on the split's first 100 examples (a solo run's).
+    configs = {e.trial: e.config for e in events_100}
+    for trial, _, step, _, val in curves_100[::7]:
+        expected = _straight(config, dataset, configs[trial], trial, step, examples=100)
+        np.testing.assert_allclose(val, expected, rtol=2e-6)
+    # A job's result (told, stored) is the whole split's, as a solo run measures it.
+    told = {(t, b): loss for t, b, loss in [(e.trial, e.budget, e.val_loss) for e in events_100
+                                            if e.told]}
+    for (trial, budget), loss in list(told.items())[:4]:
+        np.testing.assert_allclose(loss, _straight(config, dataset, configs[trial], trial,
+                                                   budget), rtol=2e-6)
 
 
 @pytest.mark.parametrize("parking_bytes", [buckets_lib.PARKING_BYTES, 1])
