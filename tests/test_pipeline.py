@@ -20,10 +20,10 @@ def pipelined(monkeypatch):
     monkeypatch.setenv("JAXAE_PIPELINE", "on")
 
 
-def _driver(searcher="asha", trials=8, learning_rate=None, model="ae", steps=30):
+def _driver(searcher="asha", trials=8, learning_rate=None, model="ae", steps=30, curve=None):
     config = config_lib.build({
         "model": model, "searcher": searcher, "population": 4, "trials": trials, "steps": steps,
-        "chunk": 10,
+        "chunk": 10, **({} if curve is None else {"curve_examples": curve}),
         "space": {"hidden": 16, "latent_dim": 4, "batch_size": 16, "learning_rate": (
             learning_rate or {"dist": "float", "low": 1e-3, "high": 1e-2, "log": True})}})
     return driver_lib.Driver(config, data_lib.load("digits"))
@@ -76,17 +76,19 @@ def test_the_pipeline_keeps_a_chunk_in_flight_between_steps(pipelined):
     assert {e.trial for e in events if e.status in ("completed", "pruned")} == set(range(8))
 
 
-@pytest.mark.parametrize(("searcher", "learning_rate", "model", "steps"), [
-    ("asha", None, "ae", 30),  # members paused and continued
+@pytest.mark.parametrize(("searcher", "learning_rate", "model", "steps", "curve"), [
+    # Members paused and continued; curve points on 100 of the 270 validation examples (a
+    # chunk's results then carry each ended job's loss on all of them).
+    ("asha", None, "ae", 30, 100),
     # Members that diverge, in jobs longer than a chunk (so some diverge in a chunk that is in
     # flight at a checkpoint) and jobs freed as their last chunk starts.
-    ("random", {"dist": "choice", "options": [1e-3, 10.0]}, "vae", 60),
+    ("random", {"dist": "choice", "options": [1e-3, 10.0]}, "vae", 60, None),
 ])
 def test_saved_at_any_step_a_pipelined_sweep_resumes_exactly(pipelined, searcher,
-                                                            learning_rate, model, steps):
+                                                            learning_rate, model, steps, curve):
     """With a chunk in flight at every checkpoint: a driver loaded from any step's bytes ends
     as the uninterrupted one, and so does the schedule (the steps and the number of chunks)."""
-    make = lambda: _driver(searcher, 9, learning_rate, model, steps)  # noqa: E731
+    make = lambda: _driver(searcher, 9, learning_rate, model, steps, curve)  # noqa: E731
     straight = make()
     rest = _told(_events(straight))
     chunks = straight.chunk
