@@ -38,7 +38,7 @@ from jaxae import hparams, placement
 from jaxae import population as pop_lib
 from jaxae import sharding as sharding_lib
 from jaxae.buckets import member_keys, train_spec
-from jaxae.config import SweepConfig, fixed, searched
+from jaxae.config import SweepConfig, curve_examples, fixed, searched
 from jaxae.data import Dataset
 from jaxae.jobs import Event
 from jaxae.runner import write
@@ -123,6 +123,11 @@ class PBTDriver:
         self.mesh, self.slots, self.local_mesh, self.train_x, self.val_x = sharding_lib.layout(
             dataset.train.x, dataset.val.x)
         self.features = dataset.features
+        # Curve points between exploits on the split's first examples (``curve_examples``);
+        # exploits and final results on all of it. None: the whole split every chunk.
+        curve = curve_examples(config)
+        self.curve_x = (self.val_x[:curve] if curve is not None and curve < len(dataset.val)
+                        else None)
         self.ready = ready_steps(config)
         self.policy = make_policy(config)
         self.configs = [self.resolve(c) for c in self.policy.ask()]  # resolved, per member
@@ -200,16 +205,25 @@ class PBTDriver:
         steps = np.zeros(len(self.configs), np.int64)
         diverged = np.zeros(len(self.configs), bool)
         curves = []
+        elapsed = min((self.chunk + 1) * self.config.chunk, self.config.steps)
+        decides = elapsed >= self.config.steps or elapsed % self.ready == 0
         for bucket in self.buckets.values():
             bucket.pop = sharding_lib.shard(bucket.pop, self.slots)
             before = sharding_lib.to_host(bucket.pop.step)
             t0 = time.perf_counter()
             bucket.pop, losses = pop_lib.train_chunk(
                 bucket.spec, bucket.pop, self.train_x, self.config.chunk, mesh=self.local_mesh)
-            metrics = pop_lib.evaluate(bucket.spec, bucket.pop, self.val_x)
-            host = sharding_lib.to_host({"losses": losses, "val": metrics["val_loss"],
-                                         "step": bucket.pop.step,
-                                         "diverged": bucket.pop.diverged})
+            fetch = {"losses": losses, "step": bucket.pop.step, "diverged": bucket.pop.diverged}
+            if self.curve_x is None or decides:  # the whole split: what exploits compare
+                fetch["val"] = pop_lib.evaluate(bucket.spec, bucket.pop, self.val_x)["val_loss"]
+            if self.curve_x is not None:
+                fetch["curve"] = pop_lib.evaluate(bucket.spec, bucket.pop,
+                                                  self.curve_x)["val_loss"]
+            host = sharding_lib.to_host(fetch)
+            host.setdefault("curve", host.get("val"))
+            # A member whose evaluation is not finite has diverged (either evaluation).
+            finite = np.isfinite(host["curve"]) & np.isfinite(host.get("val", host["curve"]))
+            host.setdefault("val", np.full(len(finite), np.nan))
             if bucket.first_chunk_s is None:  # mostly compilation (sweep.json reports it)
                 bucket.first_chunk_s = time.perf_counter() - t0
             self.member_steps += int((host["step"] - before).sum())
@@ -220,14 +234,14 @@ class PBTDriver:
                     continue
                 i = owner[0]
                 val[i], steps[i] = host["val"][slot], host["step"][slot]
-                diverged[i] = host["diverged"][slot] or not np.isfinite(host["val"][slot])
+                diverged[i] = host["diverged"][slot] or not finite[slot]
                 trained = np.isfinite(host["losses"][slot])
                 if host["step"][slot] > before[slot] or host["diverged"][slot]:
                     train_loss = float(host["losses"][slot][trained].mean()) \
                         if trained.any() else None
-                    curves.append((i, 0, int(host["step"][slot]), train_loss, float(val[i])))
+                    curves.append((i, 0, int(host["step"][slot]), train_loss,
+                                   float(host["curve"][slot])))
         self.chunk += 1
-        elapsed = min(self.chunk * self.config.chunk, self.config.steps)
         losses = np.where(diverged, np.nan, val)
         if elapsed >= self.config.steps:
             self.finished = True

@@ -383,3 +383,33 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     assert sweep_lib.main(["--resume", "--out", str(out), "--no-report", "--no-progress"]) == 0
     for sql in ALL_TABLES:
         assert rows(out, sql) == rows(tmp_path / "straight", sql), sql
+
+
+def test_curve_points_between_exploits_use_the_first_examples_and_decisions_all_of_them():
+    runs = {}
+    for examples in (0, 100):  # 0: all 270 validation examples
+        d = make_driver(f"pbt_ready = 10\ncurve_examples = {examples}")
+        events, curves = [], []
+        while not d.done:
+            e, c = d.step()
+            events += e
+            curves += c
+        runs[examples] = d, events, curves
+    (whole, events, curves), (part, events_100, curves_100) = runs[0], runs[100]
+    # The same exploits, configurations and results to the bit: only curve points differ.
+    assert part.configs == whole.configs
+    assert [(e.trial, e.status, e.val_loss, e.steps) for e in events_100] == [
+        (e.trial, e.status, e.val_loss, e.steps) for e in events]
+    assert [c[:4] for c in curves_100] == [c[:4] for c in curves]
+    # Each point is the population's loss on the split's first 100 examples, at every chunk
+    # (exploit points included): the first chunk's, before any exploit, from a fresh driver.
+    fresh = make_driver("pbt_ready = 10\ncurve_examples = 100")
+    (bucket,) = fresh.buckets.values()
+    bucket.pop, _ = P.train_chunk(bucket.spec, bucket.pop, fresh.train_x,
+                                  fresh.config.chunk)
+    expected = np.asarray(P.evaluate(bucket.spec, bucket.pop,
+                                     fresh.val_x[:100])["val_loss"])
+    first = {t: v for t, _, step, _, v in curves_100 if step == fresh.config.chunk}
+    for trial, (_, slot) in enumerate(fresh.where):
+        np.testing.assert_allclose(first[trial], expected[slot], rtol=2e-6)
+    assert all(a[4] != b[4] for a, b in zip(curves, curves_100, strict=True))
