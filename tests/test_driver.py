@@ -379,6 +379,45 @@ def test_only_the_listed_groups_train_and_the_rest_keep_their_state():
         np.testing.assert_array_equal(unpacked[name], out[name])
 
 
+def test_curve_points_on_the_first_examples_and_a_stopped_groups_loss_on_all_of_them():
+    config = _small_config("random")
+    dataset = data_lib.load("digits")
+    spec = train_spec(config, dataset.features, bucket_of(config))
+    # Slot 2 stops at 7 steps (its group's loss on the whole split is its result); slot 3 and
+    # the group of slots 4, 5 train on (no whole-split evaluation); slots 0, 1 do not run.
+    targets = [20, 20, 7, 20, 20, 20]
+    members = [placement.Member(t, hparams.resolve("ae", {"hidden": 16, "latent_dim": 4,
+                                                          "batch_size": 16,
+                                                          "learning_rate": 3e-3}),
+                                targets[t], pop_lib.trial_keys(0, t), horizon=30)
+               for t in range(6)]
+    x, val = jax.numpy.asarray(dataset.train.x), jax.numpy.asarray(dataset.val.x)
+    make = lambda: placement.assign(spec, placement.create(spec, 6), range(6), members)  # noqa: E731
+    groups = np.array([1, 2, -1], np.int32)
+    _, out = pop_lib.run_chunk(spec, make(), x, val, groups, 5, 3, np.int32(12), group=2,
+                               curve=100)
+    out = jax.device_get(out)
+    alone = [pop_lib.train_chunk(spec, make(), x, n, group=2)[0] for n in (5, 10, 12)]
+    for r, pop in enumerate(alone):  # each round's point: the first 100 examples
+        want = jax.device_get(pop_lib.evaluate(spec, pop, val[:100])["val_loss"])
+        np.testing.assert_allclose(out["val"][r, 2:], want[2:], rtol=2e-6)
+    whole = jax.device_get(pop_lib.evaluate(spec, alone[-1], val)["val_loss"])
+    np.testing.assert_allclose(out["final"][2:4], whole[2:4], rtol=2e-6)
+    assert np.isnan(out["final"][[0, 1, 4, 5]]).all()
+    # All of the split (or more): the program without the separate evaluation.
+    _, plain = pop_lib.run_chunk(spec, make(), x, val, groups, 5, 3, np.int32(12), group=2,
+                                 curve=len(dataset.val))
+    assert "final" not in plain
+    np.testing.assert_allclose(jax.device_get(plain["val"])[2, 2:], whole[2:], rtol=2e-6)
+    # Packed for the sweep: the same, "final" included, in one array.
+    _, packed = pop_lib.run_chunk_packed(spec, make(), x, val, groups, 5, 3, np.int32(12),
+                                         group=2, curve=100)
+    unpacked = pop_lib.unpack_results(jax.device_get(packed))
+    assert sorted(unpacked) == sorted(out)
+    for name in out:
+        np.testing.assert_array_equal(unpacked[name], out[name])
+
+
 def test_activations_are_a_per_slot_choice_with_each_activations_own_numbers():
     config = _small_config("random", activation={"dist": "choice", "options": ["relu", "tanh"]})
     dataset = data_lib.load("digits")
