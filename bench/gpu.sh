@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The GPU measurements of bench/RESULTS.md, as one script for a lent accelerator (a few minutes).
 #
-#   OUT=/tmp/gpu bash bench/gpu.sh [trainer|sweep|buckets|all]    # default: all
+#   OUT=/tmp/gpu bash bench/gpu.sh [trainer|sweep|buckets|all|curves]    # default: all
+#
+# ``curves`` (not in ``all``; ~70 s): a random sweep on MNIST-shaped data (a generated Keras
+# .npz: 9,000 validation images) with curve points on all of the split against the default 1024.
 #
 # Runs from the checkout without installing (PYTHONPATH=$PWD); every command has its own time
 # limit so one hang cannot eat the machine's time (520 s in all at worst: under the device
@@ -60,6 +63,13 @@ if [[ $PHASE == buckets || $PHASE == all ]]; then
   BUCKETS="--searchers tpe --population 64 --trials 128 --steps 1000 --hidden 128 --latent 32 --vary batch_size=64,128 --no-warm"
   run sweep-buckets 50 $PY bench/sweep.py $BUCKETS --capacity population
   run sweep-buckets-share 50 $PY bench/sweep.py $BUCKETS --capacity share
+fi
+if [[ $PHASE == curves ]]; then
+  $PY -c "import numpy as np; r = np.random.default_rng(0); b = r.integers(0, 255, (50, 28, 28)).astype(np.uint8); np.savez('$OUT/mnistlike.npz', x_train=b[r.integers(0, 50, 60000)], x_test=b[r.integers(0, 50, 10000)])"
+  CURVES="--data $OUT/mnistlike.npz --searchers random --population 64 --trials 128 --steps 800 --hidden 512 --latent 32 --batch 128"
+  run sweep-curves-all 35 $PY bench/sweep.py $CURVES --curve-examples 0
+  run sweep-curves-1024 35 $PY bench/sweep.py $CURVES
+  rm -f "$OUT/mnistlike.npz"
 fi
 # The device tool brings back at most 8 files: everything goes home as one archive, and a short
 # summary of every JSON line goes to stdout as well.
