@@ -85,15 +85,15 @@ def estimate(config, features: int, n_train: int, n_val: int, slots: int, device
     buckets = most_buckets(config)
     data = 4 * features * (n_train + n_val) + 4 * slots * buckets * config.chunk
     return Estimate(buckets, slots, member, buckets * slots * member, activations, data,
-                    parking(config, specs, slots, devices))
+                    parking(config, specs, member, slots, devices))
 
 
-def parking(config, specs: list, slots: int, devices: int) -> int:
+def parking(config, specs: list, member: int, slots: int, devices: int) -> int:
     """The most bytes a sweep's parking lots (``Driver._grow_parking``) hold: none where no trial
     pauses (the black-box searchers, population-based training); else each bucket's first rows
     (``buckets.parking_rows``) plus at most twice the members paused at once (a lot doubles when
     a device lacks a row), and never more than every trial's members on every device of every
-    bucket."""
+    bucket. ``member``: the largest program's bytes per member (``Estimate.member``)."""
     from jaxae import grouping
     from jaxae.buckets import most_parked, parking_rows
     from searchers import MULTI_FIDELITY
@@ -101,7 +101,6 @@ def parking(config, specs: list, slots: int, devices: int) -> int:
     if config.searcher not in MULTI_FIDELITY:
         return 0
     most = most_parked(config)
-    member = max(grouping.state_bytes(s) for s in specs) + _MEMBER_OVERHEAD
     first = max(devices * parking_rows(config, s, slots, devices)
                 * (grouping.state_bytes(s) + _MEMBER_OVERHEAD) for s in specs)
     buckets = most_buckets(config)

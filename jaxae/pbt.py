@@ -125,9 +125,8 @@ class PBTDriver:
         self.features = dataset.features
         # Curve points between exploits on the split's first examples (``curve_examples``);
         # exploits and final results on all of it. None: the whole split every chunk.
-        curve = curve_examples(config)
-        self.curve_x = (self.val_x[:curve] if curve is not None and curve < len(dataset.val)
-                        else None)
+        curve = pop_lib.curve_subset(curve_examples(config), len(dataset.val))
+        self.curve_x = None if curve is None else self.val_x[:curve]
         self.ready = ready_steps(config)
         self.policy = make_policy(config)
         self.configs = [self.resolve(c) for c in self.policy.ask()]  # resolved, per member

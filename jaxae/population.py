@@ -361,7 +361,7 @@ def run_chunk(spec: TrainSpec, pop: Population, train_x: jax.Array, val_x: jax.A
     """
     TRACES["run_chunk"] += 1
     TRACES["run_chunk", spec] += 1
-    curve = _curve_examples(curve, val_x.shape[0])
+    curve = curve_subset(curve, val_x.shape[0])
     local = functools.partial(_run_groups, spec, length=length, rounds=rounds, group=group,
                               per_device=mesh is not None and mesh.size > 1, curve=curve)
     if mesh is not None and mesh.size > 1:
@@ -377,8 +377,9 @@ def run_chunk(spec: TrainSpec, pop: Population, train_x: jax.Array, val_x: jax.A
     return local(pop, train_x, val_x, groups, steps)
 
 
-def _curve_examples(curve: int | None, n_val: int) -> int | None:
-    """``run_chunk``'s ``curve`` where it is below the split's size, else None (all of it)."""
+def curve_subset(curve: int | None, n_val: int) -> int | None:
+    """Validation examples of a curve point: ``curve`` where it is below the split's size
+    ``n_val``, else None (all of it)."""
     if curve is None or curve >= n_val:
         return None
     if curve < 1:

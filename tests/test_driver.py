@@ -409,8 +409,8 @@ def test_curve_points_on_the_first_examples_and_a_stopped_groups_loss_on_all_of_
     np.testing.assert_allclose(out["final"][2:4], whole[2:4], rtol=2e-6)
     assert np.isnan(out["final"][[0, 1, 4, 5]]).all()
     # A subset of all of the split (or more) is the split: the program without "final".
-    assert pop_lib._curve_examples(len(dataset.val), len(dataset.val)) is None
-    assert pop_lib._curve_examples(100, len(dataset.val)) == 100
+    assert pop_lib.curve_subset(len(dataset.val), len(dataset.val)) is None
+    assert pop_lib.curve_subset(100, len(dataset.val)) == 100
 
 
 def test_activations_are_a_per_slot_choice_with_each_activations_own_numbers():
